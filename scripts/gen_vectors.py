@@ -1,0 +1,431 @@
+"""Write the protocol test vectors, tests/vectors/frames.json (PROTOCOL.md §Test vectors).
+
+    python scripts/gen_vectors.py          # (re)write the file
+    python scripts/gen_vectors.py --check  # exit 1 if the file is not what this script writes
+
+Each vector is ``{name, direction, hex, frame}`` for a valid frame or ``{name, direction, hex, error}`` for an
+invalid one. ``direction`` is who sends it: ``"client"`` frames are decoded as a hub does (client frames
+only, ``SERVER_LIMITS``), ``"server"`` frames as a client does (hub frames only, ``CLIENT_LIMITS``).
+
+The expectations are written here by hand, not read back from the implementation: a valid vector's ``hex``
+is its ``frame`` map encoded by a generic MessagePack encoder (keys in the order written, which is the
+order of the struct fields), and an invalid vector's ``error`` is the code the spec requires. The script
+refuses to write a vector the implementation disagrees with, and tests/protocol/test_vectors.py checks the
+checked-in file both ways. Output is deterministic: no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import msgspec  # noqa: E402
+
+from protocol import codec, frames  # noqa: E402
+from protocol.errors import ErrorCode, ProtocolError  # noqa: E402
+
+OUT = ROOT / "tests" / "vectors" / "frames.json"
+DECODERS = {
+    "client": codec.FrameDecoder(frames.CLIENT_FRAMES, codec.SERVER_LIMITS),
+    "server": codec.FrameDecoder(frames.SERVER_FRAMES, codec.CLIENT_LIMITS),
+}
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in Unix milliseconds
+HLC0 = T0 << 10  # a hybrid-logical-clock timestamp: ms * 1024 + counter
+TOKEN = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJzdWIiOiJwb3Mtc2gwMS0zIiwicm9sZSI6InBvcyIsInN0b3JlIjoic2gwMSIsImV4cCI6MTc2NzIyOTIwMH0"
+    ".c2lnbmF0dXJlLW5vdC1jaGVja2VkLWluLXZlY3RvcnM"
+)
+LINE = {
+    "qty": 3,
+    "attrs": {"size": "M"},
+    "vv": {"app-m42-a": 3, "pos-sh01-3": 6},
+    "dots": [["app-m42-a", 3, "a", 1, HLC0 + 1], ["pos-sh01-3", 6, "a", 2, HLC0 + 2048]],
+}
+
+VALID: list[tuple[str, str, dict[str, Any]]] = [
+    # --- client → hub
+    (
+        "hello, required fields only",
+        "client",
+        {"t": "hello", "versions": [1], "token": TOKEN, "client_id": "pos-sh01-3"},
+    ),
+    (
+        "hello, every field",
+        "client",
+        {
+            "t": "hello",
+            "versions": [1, 2],
+            "token": TOKEN,
+            "client_id": "pos-sh01-3",
+            "ts": T0,
+            "agent": "syncd-python/0.1.0 (pos)",
+        },
+    ),
+    ("sub, fresh: asks for a snapshot", "client", {"t": "sub", "id": 1, "topic": "cart:m42"}),
+    (
+        "sub, resuming after a cursor",
+        "client",
+        {"t": "sub", "id": 2, "topic": "stock:SKU-1", "cursor": ["e7f3", 41]},
+    ),
+    ("unsub", "client", {"t": "unsub", "topic": "stock:SKU-1"}),
+    (
+        "op, required fields only",
+        "client",
+        {"t": "op", "seq": 1, "kind": "cart.clear", "args": {"member": "m42"}},
+    ),
+    (
+        "op, every field",
+        "client",
+        {
+            "t": "op",
+            "seq": 7,
+            "kind": "cart.add",
+            "args": {"member": "m42", "sku": "SKU-1", "qty": 2},
+            "ctx": {"app-m42-a": 3, "~": 2},
+            "hlc": HLC0 + 5,
+            "ts": T0 + 5,
+        },
+    ),
+    (
+        "ops, a batch of two",
+        "client",
+        {
+            "t": "ops",
+            "ops": [
+                {
+                    "t": "op",
+                    "seq": 8,
+                    "kind": "cart.set",
+                    "args": {"member": "m42", "sku": "SKU-1", "qty": 0},
+                    "ctx": {"app-m42-a": 3, "pos-sh01-3": 7},
+                    "hlc": HLC0 + 9,
+                },
+                {"t": "op", "seq": 9, "kind": "cart.remove", "args": {"member": "m42", "sku": "SKU-2"}},
+            ],
+        },
+    ),
+    ("ping from a client, no stats", "client", {"t": "ping", "ts": T0 + 15_000}),
+    (
+        "ping from a client, with stats",
+        "client",
+        {"t": "ping", "ts": T0 + 30_000, "stats": {"outbox": 3.0, "outbox_age_ms": 1250.5}},
+    ),
+    ("pong from a client", "client", {"t": "pong", "echo_ts": T0 + 45_000, "ts": T0 + 45_012}),
+    (
+        "err from a client",
+        "client",
+        {"t": "err", "code": "unknown_frame", "message": "unknown frame tag 'x'"},
+    ),
+    # --- hub → client
+    (
+        "welcome",
+        "server",
+        {
+            "t": "welcome",
+            "version": 1,
+            "session": "s-01HZX3",
+            "hub_time": T0 + 40,
+            "echo_ts": T0,
+            "last_seq": 6,
+            "heartbeat_ms": 15_000,
+            "max_frame": 65_536,
+            "max_batch": 256,
+        },
+    ),
+    (
+        "snap, fresh, with state",
+        "server",
+        {
+            "t": "snap",
+            "id": 1,
+            "topic": "cart:m42",
+            "cursor": ["e7f3", 12],
+            "state": {"lines": {"SKU-1": LINE}},
+        },
+    ),
+    (
+        "snap, resuming: no state, missed events follow",
+        "server",
+        {"t": "snap", "id": 2, "topic": "stock:SKU-1", "cursor": ["e7f3", 41]},
+    ),
+    (
+        "snap, reset: history gone, replace the state",
+        "server",
+        {
+            "t": "snap",
+            "id": 2,
+            "topic": "stock:SKU-1",
+            "cursor": ["a001", 3],
+            "state": {"sku": "SKU-1", "atp": {"app": 40, "pos": 12}},
+            "reset": True,
+        },
+    ),
+    (
+        "ev, required fields only",
+        "server",
+        {
+            "t": "ev",
+            "topic": "catalog",
+            "cursor": ["c1", 1],
+            "kind": "catalog.price",
+            "data": {"sku": "SKU-1", "price": 1999},
+            "at": T0 + 50,
+        },
+    ),
+    (
+        "ev, with origin and conflict",
+        "server",
+        {
+            "t": "ev",
+            "topic": "cart:m42",
+            "cursor": ["e7f3", 13],
+            "kind": "cart.set",
+            "data": {
+                "lines": {
+                    "SKU-1": {
+                        "qty": 5,
+                        "vv": {"app-m42-a": 4, "pos-sh01-3": 8},
+                        "dots": [["pos-sh01-3", 8, "s", 5, HLC0 + 9], ["app-m42-a", 4, "s", 2, HLC0 + 7]],
+                    },
+                    "SKU-2": None,
+                }
+            },
+            "at": T0 + 60,
+            "origin": ["pos-sh01-3", 8],
+            "conflict": {"sku": "SKU-1", "winner": ["pos-sh01-3", 8, 5], "losers": [["app-m42-a", 4, 2]]},
+        },
+    ),
+    ("ack, required fields only", "server", {"t": "ack", "seq": 1, "ok": True}),
+    ("ack, applied, with result", "server", {"t": "ack", "seq": 7, "ok": True, "result": {"qty": 3}}),
+    (
+        "ack, rejection",
+        "server",
+        {
+            "t": "ack",
+            "seq": 10,
+            "ok": False,
+            "code": "limit_exceeded",
+            "message": "a cart holds at most 200 lines",
+        },
+    ),
+    (
+        "ack, replay of a rejected op: every field",
+        "server",
+        {
+            "t": "ack",
+            "seq": 11,
+            "ok": False,
+            "result": {"available": 1},
+            "code": "insufficient_stock",
+            "message": "1 available",
+            "dup": True,
+        },
+    ),
+    (
+        "ack, replay of an applied op",
+        "server",
+        {"t": "ack", "seq": 7, "ok": True, "result": {"qty": 3}, "dup": True},
+    ),
+    ("err, required fields only", "server", {"t": "err", "code": "internal"}),
+    (
+        "err, seq_gap with ref",
+        "server",
+        {"t": "err", "code": "seq_gap", "message": "seq 12 after 10: expected 11", "ref": 12},
+    ),
+    (
+        "err, rate_limited: every field",
+        "server",
+        {"t": "err", "code": "rate_limited", "message": "20 ops/s", "ref": 13, "retry_after_ms": 2000},
+    ),
+    ("ping from a hub", "server", {"t": "ping", "ts": T0 + 45_000}),
+    ("pong from a hub", "server", {"t": "pong", "echo_ts": T0 + 15_000, "ts": T0 + 15_021}),
+]
+
+
+def enc(value: Any) -> bytes:
+    return msgspec.msgpack.encode(value)
+
+
+def fixmap(*pairs: bytes) -> bytes:
+    return bytes([0x80 | len(pairs) // 2]) + b"".join(pairs)
+
+
+PING = enc({"t": "ping", "ts": 1})
+OP_HEAD = enc("t") + enc("op") + enc("seq") + enc(1) + enc("kind") + enc("cart.add") + enc("args")
+
+
+def op_args(raw: bytes) -> bytes:
+    """``{"t": "op", "seq": 1, "kind": "cart.add", "args": <raw>}``."""
+    return b"\x84" + OP_HEAD + raw
+
+
+def padded_ping(size: int) -> bytes:
+    """A ``ping`` of exactly ``size`` bytes, padded with bin16 values under an unknown key."""
+    n = -(-size // 8200)
+    head = b"\x83" + PING[1:] + enc("pad") + b"\xdc" + n.to_bytes(2, "big")
+    left = size - len(head) - 3 * n
+    sizes = [left // n + (1 if i < left % n else 0) for i in range(n)]
+    return head + b"".join(b"\xc5" + s.to_bytes(2, "big") + bytes(s) for s in sizes)
+
+
+INVALID: list[tuple[str, str, bytes, ErrorCode]] = [
+    (
+        "frame larger than max_frame (65537 bytes to a hub)",
+        "client",
+        padded_ping(65_537),
+        ErrorCode.FRAME_TOO_LARGE,
+    ),
+    ("empty message", "client", b"", ErrorCode.MALFORMED),
+    (
+        "truncated: map declares 2 entries, holds 1",
+        "client",
+        b"\x82" + enc("t") + enc("ping"),
+        ErrorCode.MALFORMED,
+    ),
+    ("trailing byte after the frame", "client", PING + b"\xc0", ErrorCode.MALFORMED),
+    ("reserved byte 0xc1", "client", b"\x83" + PING[1:] + enc("x") + b"\xc1", ErrorCode.MALFORMED),
+    (
+        "invalid UTF-8 in a string field",
+        "client",
+        b"\x84"
+        + enc("t")
+        + enc("op")
+        + enc("seq")
+        + enc(1)
+        + enc("kind")
+        + b"\xa8cart.ad\xff"
+        + enc("args")
+        + b"\x80",
+        ErrorCode.MALFORMED,
+    ),
+    ("not a map: an array", "client", enc(["ping", 1]), ErrorCode.BAD_FRAME),
+    (
+        "extension type (fixext1)",
+        "client",
+        b"\x83" + PING[1:] + enc("x") + b"\xd4\x01\x00",
+        ErrorCode.BAD_FRAME,
+    ),
+    ("no tag", "client", enc({"ts": 1}), ErrorCode.BAD_FRAME),
+    (
+        "missing required field (op without args)",
+        "client",
+        enc({"t": "op", "seq": 1, "kind": "cart.add"}),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "ill-typed field (seq as a string)",
+        "client",
+        enc({"t": "op", "seq": "1", "kind": "cart.add", "args": {}}),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "field out of range (seq 0)",
+        "client",
+        enc({"t": "op", "seq": 0, "kind": "cart.add", "args": {}}),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "client_id outside its alphabet",
+        "client",
+        enc({"t": "hello", "versions": [1], "token": "", "client_id": "pos 1"}),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "nil for a field that is not optional",
+        "server",
+        enc({"t": "ack", "seq": 1, "ok": True, "message": None}),
+        ErrorCode.BAD_FRAME,
+    ),
+    ("unknown tag", "client", enc({"t": "subscribe", "id": 1, "topic": "catalog"}), ErrorCode.UNKNOWN_FRAME),
+    (
+        "a hub's tag sent by a client",
+        "client",
+        enc({"t": "ack", "seq": 1, "ok": True}),
+        ErrorCode.UNKNOWN_FRAME,
+    ),
+    (
+        "a client's tag sent by a hub",
+        "server",
+        enc({"t": "op", "seq": 1, "kind": "cart.clear", "args": {}}),
+        ErrorCode.UNKNOWN_FRAME,
+    ),
+    ("nested 9 deep", "client", op_args(b"\x81\xa1a" + b"\x91" * 6 + b"\x80"), ErrorCode.TOO_DEEP),
+    (
+        "str16 of 8193 bytes (declared)",
+        "client",
+        b"\x83" + PING[1:] + enc("x") + b"\xda\x20\x01",
+        ErrorCode.TOO_LONG,
+    ),
+    (
+        "str32 declaring 4 GiB",
+        "server",
+        b"\x83" + PING[1:] + enc("x") + b"\xdb\xff\xff\xff\xff",
+        ErrorCode.TOO_LONG,
+    ),
+    ("array16 of 1025 elements (declared)", "client", op_args(b"\x81\xa1a\xdc\x04\x01"), ErrorCode.TOO_LONG),
+    ("map32 declaring 2**32-1 entries", "client", b"\xdf\xff\xff\xff\xff" + PING[1:], ErrorCode.TOO_LONG),
+    (
+        "16385 entries in one frame",
+        "client",
+        op_args(b"\x81\xa1a\xdc\x00\x11" + (b"\xdc\x03\xe8" + bytes(1000)) * 17),
+        ErrorCode.TOO_LONG,
+    ),
+]
+
+
+def build() -> list[dict[str, Any]]:
+    """Every vector, checked against the implementation; raises SystemExit on a disagreement."""
+    vectors: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for name, direction, frame in VALID:
+        data = enc(frame)
+        try:
+            decoded = DECODERS[direction].decode(data)
+        except ProtocolError as exc:
+            problems.append(f"{name}: refused with {exc}")
+            continue
+        if msgspec.to_builtins(decoded) != frame or codec.encode(decoded) != data:
+            problems.append(f"{name}: does not round-trip as written (field order, defaults?)")
+        vectors.append({"name": name, "direction": direction, "hex": data.hex(), "frame": frame})
+    for name, direction, data, code in INVALID:
+        try:
+            DECODERS[direction].decode(data)
+        except ProtocolError as exc:
+            if exc.code is not code:
+                problems.append(f"{name}: refused with {exc.code}, expected {code}")
+        else:
+            problems.append(f"{name}: accepted, expected {code}")
+        vectors.append({"name": name, "direction": direction, "hex": data.hex(), "error": str(code)})
+    names = [v["name"] for v in vectors]
+    problems += [f"duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
+    if problems:
+        raise SystemExit("the implementation disagrees with these vectors:\n  " + "\n  ".join(problems))
+    return vectors
+
+
+def render() -> str:
+    return json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        current = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
+        if current != text:
+            print(f"{OUT.relative_to(ROOT)} is stale: run python scripts/gen_vectors.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
