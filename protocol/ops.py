@@ -18,17 +18,20 @@ from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 
+from protocol import cart
 from protocol.errors import ErrorCode, OpRejected
 
-Key = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}\Z")]
-"""A member id or SKU (the same alphabet as topic keys: no ``:``, braces or spaces)."""
-AttrKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# The bounds are the reference implementation's (protocol.cart), so the two validations cannot drift apart;
+# these structs are stricter only where keys must be safe in Redis keys and topic names.
+Key = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._@-]{1,64}\Z")]  # \Z: "$" would accept a final "\n"
+"""A member id or SKU (:data:`protocol.topics.KEY_PATTERN`: no ``:``, braces or spaces)."""
+AttrKey = Annotated[str, msgspec.Meta(min_length=1, max_length=cart.MAX_ATTR_KEY)]
 AttrValue: TypeAlias = (
-    Annotated[str, msgspec.Meta(max_length=256)]
-    | Annotated[int, msgspec.Meta(ge=-(2**53 - 1), le=2**53 - 1)]  # exact in Lua and JavaScript numbers
+    Annotated[str, msgspec.Meta(max_length=cart.MAX_ATTR_STR)]
+    | Annotated[int, msgspec.Meta(ge=-cart.MAX_INT, le=cart.MAX_INT)]  # exact in Lua and JavaScript numbers
     | bool
 )
-Attrs = Annotated[dict[AttrKey, AttrValue], msgspec.Meta(max_length=16)]
+Attrs = Annotated[dict[AttrKey, AttrValue], msgspec.Meta(max_length=cart.MAX_ATTRS)]
 """Line attributes (size, colour, gift wrap, …): a last-writer-wins register per line, by HLC."""
 
 
@@ -42,7 +45,7 @@ class CartAdd(OpArgs, frozen=True):
     """``cart.add``: add ``qty`` to the line; concurrent adds all count."""
 
     sku: Key
-    qty: Annotated[int, msgspec.Meta(ge=1, le=999)]
+    qty: Annotated[int, msgspec.Meta(ge=cart.ADD_QTY[0], le=cart.ADD_QTY[1])]
     attrs: Attrs | None = None
 
 
@@ -50,7 +53,7 @@ class CartSet(OpArgs, frozen=True):
     """``cart.set``: the line's quantity becomes ``qty`` over what the op's ``ctx`` saw; ``0`` removes it."""
 
     sku: Key
-    qty: Annotated[int, msgspec.Meta(ge=0, le=9999)]
+    qty: Annotated[int, msgspec.Meta(ge=cart.SET_QTY[0], le=cart.SET_QTY[1])]
     attrs: Attrs | None = None
 
 
@@ -65,10 +68,10 @@ class CartClear(OpArgs, frozen=True):
 
 
 OP_ARGS: Final[dict[str, type[OpArgs]]] = {
-    "cart.add": CartAdd,
-    "cart.set": CartSet,
-    "cart.remove": CartRemove,
-    "cart.clear": CartClear,
+    cart.ADD: CartAdd,
+    cart.SET: CartSet,
+    cart.REMOVE: CartRemove,
+    cart.CLEAR: CartClear,
 }
 """Every op kind this protocol version defines, with its argument struct."""
 

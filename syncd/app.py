@@ -1,0 +1,162 @@
+"""The hub's ASGI application: routes, and the Redis client that lives as long as the app.
+
+``create_app(settings)`` needs ``settings.redis_url``: ``syncd serve`` starts the embedded server first and
+passes its URL, tests pass the URL of a server they started. Keeping process management out of the app keeps
+it importable by any ASGI server and testable in-process with Starlette's ``TestClient``.
+
+Shared state for endpoints (``request.app.state`` / ``websocket.app.state``):
+
+- ``settings`` — the :class:`~syncd.settings.Settings` the app was built with;
+- ``redis`` — a ``redis.asyncio.Redis`` (bytes replies), created by the lifespan and closed after it.
+
+Startup reads the server's persistence, logs the durability guarantee in force, warns when Redis keeps data in
+memory only, and refuses to start when ``durability=fsync`` cannot be honoured (``ConfigError``). An
+unreachable Redis does not stop the start: the hub comes up, ``/healthz`` answers 503 until Redis answers,
+so an orchestrator can start hub and Redis in any order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from syncd import __version__
+from syncd.auth import token_verifier
+from syncd.fanout import Fanout
+from syncd.hub import Hub
+from syncd.redis_info import RedisStatus, check_durability, durability_guarantee, make_client, probe
+from syncd.settings import ConfigError, Settings
+from syncd.store.redis_store import RedisStore, channel
+
+log = logging.getLogger("syncd.app")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the hub for ``settings``. Nothing touches the network until the lifespan starts."""
+    redis_url = settings.redis_url
+    if redis_url is None:
+        raise ConfigError(
+            "create_app needs settings.redis_url; `syncd serve` starts the embedded server and passes its URL"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = make_client(redis_url)
+        try:
+            status = await probe(client)
+            # Raises ConfigError (refusing to start) when durability=fsync cannot be honoured.
+            warnings = check_durability(settings.durability, status)
+            log.info("redis at %s: %s", redact_url(redis_url), describe(status))
+            for warning in warnings:
+                log.warning("%s", warning)
+            log.info(
+                "durability=%s: %s", settings.durability, durability_guarantee(settings.durability, status)
+            )
+            app.state.redis = client
+            hub = await _start_hub(settings, client, redis_url)
+            app.state.hub = hub
+            try:
+                yield
+            finally:
+                await hub.close()
+                await hub.fanout.close()
+        finally:
+            await client.aclose()
+
+    app = Starlette(
+        routes=[Route("/healthz", healthz, methods=["GET"]), *_websocket_routes()], lifespan=lifespan
+    )
+    app.state.settings = settings
+    return app
+
+
+async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
+    """The service layer over the store, with its own pub/sub connection for fan-out."""
+    store = RedisStore(
+        client,
+        durability=settings.durability,
+        dedup_retention_s=settings.dedup_retention_s,
+        log_maxlen=settings.history_maxlen,
+    )
+
+    fanout = Fanout(lambda: make_client(redis_url), channel)
+    await fanout.start()
+    return Hub(settings, store, fanout, token_verifier(settings))
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness of the hub *and* of what it stands on.
+
+    ``ok`` (200): Redis answers and keeps what the configured durability promises. ``degraded`` with 200:
+    serving, but with a weaker guarantee (see ``warnings``). ``degraded`` with 503: Redis is unreachable or
+    still loading its data, so ops cannot be served; load balancers should route elsewhere.
+    """
+    settings: Settings = request.app.state.settings
+    status = await probe(request.app.state.redis)
+    try:
+        warnings = check_durability(settings.durability, status)
+    except ConfigError as exc:  # e.g. a failover to a server without WAITAOF since startup
+        warnings = [str(exc)]
+    serving = status.reachable and status.persistence is not None and not status.persistence.loading
+    if status.reachable and not serving:
+        warnings.append("Redis is loading its data")
+    body: dict[str, Any] = {
+        "status": "ok" if serving and not warnings else "degraded",
+        "version": __version__,
+        "redis": status.as_dict(),
+        "durability": {
+            "mode": settings.durability,
+            "guarantee": durability_guarantee(settings.durability, status),
+        },
+        "warnings": warnings,
+    }
+    return JSONResponse(body, status_code=200 if serving else 503)
+
+
+def describe(status: RedisStatus) -> str:
+    """One log-friendly line: ``valkey 9.1.2 standalone, aof=on appendfsync=everysec rdb=off``."""
+    if not status.reachable:
+        return f"unreachable ({status.error})"
+    persistence = status.persistence
+    assert persistence is not None
+    rdb = "unknown" if persistence.rdb is None else "on" if persistence.rdb else "off"
+    return (
+        f"{status.server} {status.version} {status.mode}, aof={'on' if persistence.aof else 'off'} "
+        f"appendfsync={persistence.appendfsync or 'unknown'} rdb={rdb} "
+        f"waitaof={'yes' if status.waitaof else 'no'}"
+    )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs (PITFALLS 14)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _websocket_routes() -> list[BaseRoute]:
+    # ======================================== websocket route: /ws ========================================
+    # The endpoint lives in syncd/endpoint.py (written separately). Contract: that module exposes
+    # ``endpoint``, an ASGI websocket endpoint (``async def endpoint(websocket: WebSocket) -> None`` or a
+    # ``WebSocketEndpoint`` subclass) reading ``websocket.app.state.settings`` and ``.redis``. Until it
+    # exists the hub serves /healthz only. Imported by name so this file type-checks with or without it.
+    # ======================================================================================================
+    try:
+        module = importlib.import_module("syncd.endpoint")
+    except ModuleNotFoundError as exc:
+        if exc.name != "syncd.endpoint":
+            raise  # the endpoint exists but one of *its* imports is missing: that is a real error
+        return []
+    return [WebSocketRoute("/ws", module.endpoint)]

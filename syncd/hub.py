@@ -1,0 +1,213 @@
+"""The service layer: what the hub does for a session, independent of how bytes reach it.
+
+The websocket endpoint (:mod:`syncd.endpoint`) drives the sans-I/O ``ServerProtocol`` and hands each decoded
+request to a :class:`Hub`: authenticate a ``hello``, subscribe a topic gap-free, apply an op exactly once. The
+hub checks scope and rate, and calls the store (:class:`~syncd.store.redis_store.RedisStore`), which owns
+Redis and its scripts. Hub processes hold no authoritative state: any number of them share one Redis (or Redis
+Cluster), and :class:`~syncd.fanout.Fanout` brings changes applied anywhere to every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+from protocol import codec, frames
+from protocol.errors import BackendUnavailable, CloseCode, ErrorCode, OpRejected, ProtocolError
+from protocol.ops import OpArgs
+from protocol.topics import parse_topic
+from syncd.auth import Principal, TokenVerifier
+from syncd.fanout import Fanout
+from syncd.session import RateLimit, Session, Subscription
+from syncd.settings import Settings
+from syncd.store.redis_store import HISTORY_LIMIT, RedisStore
+
+log = logging.getLogger("syncd.hub")
+
+RETRY_AFTER_UNAVAILABLE_MS = 1000
+"""What an op refused because Redis is unreachable is told: retry the same op after this long."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Hub:
+    """One hub process's services, shared by all its sessions."""
+
+    def __init__(
+        self, settings: Settings, store: RedisStore, fanout: Fanout, verifier: TokenVerifier
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.fanout = fanout
+        self.verifier = verifier
+        self.sessions: set[Session] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- handshake ------------------------------------------------------------------------------------
+
+    def authenticate(self, hello: frames.Hello) -> Principal:
+        """The hello's principal, or :class:`AuthError` with the close code to end the connection with."""
+        return self.verifier.verify(hello.token, hello.client_id)
+
+    def open_session(self, principal: Principal, raw_send: Callable[[bytes], bool] | None = None) -> Session:
+        session = Session(
+            principal,
+            max_queue=self.settings.send_queue,
+            rate=RateLimit(rate=self.settings.op_rate, burst=self.settings.op_burst),
+            on_gap=self._resync_later,
+        )
+        session.raw_send = raw_send
+        self.sessions.add(session)
+        return session
+
+    def close_session(self, session: Session) -> None:
+        self.sessions.discard(session)
+        for topic in list(session.subscriptions):
+            self.fanout.leave(topic, session)
+        session.subscriptions.clear()
+
+    @staticmethod
+    def new_session_id() -> str:
+        return uuid.uuid4().hex
+
+    # -- subscriptions ------------------------------------------------------------------------------------
+
+    async def subscribe(self, session: Session, request: frames.Subscribe) -> None:
+        """Answer ``sub`` with a snapshot (or the missed events), then live events, with no gap between."""
+        try:
+            topic = parse_topic(request.topic)
+        except ProtocolError as exc:
+            return self._error(session, exc.code, exc.message, request.id)
+        if not session.principal.may_read(topic):
+            return self._error(
+                session, ErrorCode.NOT_PERMITTED, f"{topic} is outside the token's scope", request.id
+            )
+        name = str(topic)
+        if (
+            name not in session.subscriptions
+            and len(session.subscriptions) >= self.settings.max_subscriptions
+        ):
+            return self._error(
+                session,
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.settings.max_subscriptions} subscriptions per connection",
+                request.id,
+            )
+        sub = session.subscriptions[name] = Subscription(name, request.id)
+        try:
+            await self.fanout.join(name, session)  # first: from now on, live events are buffered in `sub`
+            await self._synchronise(session, sub, request.cursor)
+        except ProtocolError as exc:  # e.g. a topic kind with no state yet
+            self._drop(session, name)
+            self._error(session, exc.code, exc.message, request.id)
+        except BackendUnavailable as exc:
+            self._drop(session, name)
+            self._error(session, ErrorCode.UNAVAILABLE, str(exc), request.id, RETRY_AFTER_UNAVAILABLE_MS)
+
+    def unsubscribe(self, session: Session, request: frames.Unsubscribe) -> None:
+        self._drop(session, request.topic)
+
+    def _drop(self, session: Session, topic: str) -> None:
+        if session.subscriptions.pop(topic, None) is not None:
+            self.fanout.leave(topic, session)
+
+    async def _synchronise(self, session: Session, sub: Subscription, cursor: frames.Cursor | None) -> None:
+        """Send what the client lacks — the events after its cursor, or a snapshot — then go live."""
+        if cursor is not None:
+            events = await self._history(sub.topic, cursor)
+            if events is not None:
+                session.send(codec.encode(frames.Snapshot(id=sub.request_id, topic=sub.topic, cursor=cursor)))
+                last = cursor.offset
+                for event in events:
+                    session.send(codec.encode(event))
+                    last = event.cursor.offset
+                session.synchronised(sub, cursor.epoch, last)
+                return
+        at, state = await self.store.snapshot(sub.topic)
+        reset = cursor is not None
+        session.send(
+            codec.encode(
+                frames.Snapshot(id=sub.request_id, topic=sub.topic, cursor=at, state=state, reset=reset)
+            )
+        )
+        session.synchronised(sub, at.epoch, at.offset)
+
+    async def _history(self, topic: str, cursor: frames.Cursor) -> list[frames.Event] | None:
+        """Every event after ``cursor``, or ``None`` when it cannot be honoured (a reset is due)."""
+        events: list[frames.Event] = []
+        while True:
+            page = await self.store.events_after(topic, cursor)
+            if page is None:
+                return None
+            events.extend(page)
+            if not page or len(page) < HISTORY_LIMIT:
+                return events
+            cursor = page[-1].cursor
+
+    def _resync_later(self, session: Session, sub: Subscription) -> None:
+        """A live event revealed a hole (or a new epoch): fill it from the stream, off the fan-out path."""
+        task = asyncio.create_task(self._resync(session, sub))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, session: Session, sub: Subscription) -> None:
+        try:
+            await self._synchronise(session, sub, frames.Cursor(sub.epoch, sub.offset) if sub.epoch else None)
+        except Exception as exc:  # the session cannot be trusted to be complete any more
+            log.warning("resync of %s failed: %s", sub.topic, exc)
+            session.close(CloseCode.BACKEND_UNAVAILABLE, "could not fill a gap; resume from your cursors")
+
+    # -- ops ------------------------------------------------------------------------------------------
+
+    async def apply(self, session: Session, ops: Iterable[frames.Op]) -> None:
+        """Apply ops in order and queue their acks. Stops at the first op that is not settled (gap, rate,
+        backend): the client resends from there, and the ops after it would only be refused as gaps.
+        """
+        principal = session.principal
+        for op in ops:
+            retry = session.rate.take(now_ms())
+            if retry is not None:
+                return self._error(session, ErrorCode.RATE_LIMITED, "op rate exceeded", op.seq, retry)
+            try:
+                outcome = await self.store.apply_op(principal.client_id, op, check=_scope_check(principal))
+            except ProtocolError as exc:
+                return self._error(session, exc.code, exc.message, op.seq)
+            except BackendUnavailable as exc:
+                return self._error(
+                    session, ErrorCode.UNAVAILABLE, str(exc), op.seq, RETRY_AFTER_UNAVAILABLE_MS
+                )
+            session.send(codec.encode(outcome.ack()))
+
+    @staticmethod
+    def _error(
+        session: Session, code: ErrorCode, message: str, ref: int | None, retry_after_ms: int | None = None
+    ) -> None:
+        session.send(
+            codec.encode(
+                frames.Error(code=code, message=message[:1024], ref=ref, retry_after_ms=retry_after_ms)
+            )
+        )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for session in list(self.sessions):
+            session.close(CloseCode.GOING_AWAY, "hub shutting down")
+
+
+def _scope_check(principal: Principal) -> Callable[[OpArgs], None]:
+    """Ops act for a member: the token must hold it (a rejection, settled like any other)."""
+
+    def check(args: OpArgs) -> None:
+        if not principal.may_act_for(args.member):
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "member outside the token's scope")
+
+    return check

@@ -1,0 +1,163 @@
+"""One client connection's state on the hub: its identity, its subscriptions and its send queue.
+
+Everything sent to a client — acks, snapshots, events, errors — goes through one bounded queue drained by one
+writer, so frames leave in the order they were produced and a slow client costs the hub memory up to the bound
+only: past it the session is closed with ``SLOW_CONSUMER`` (4001, "reconnect later") and its client resumes
+from its cursors. Fan-out never waits on a client.
+
+A subscription remembers the last offset delivered. Live events are checked against it: an old offset is a
+duplicate and dropped, the next offset is delivered, a later one reveals a hole and the session catches up
+from the stream before delivering more. While a subscription is being (re)synchronised — snapshot or history
+being read — live events are buffered and replayed once the read is done, so nothing falls between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+from collections.abc import Callable
+from typing import Final
+
+from protocol import frames
+from protocol.errors import CloseCode
+from syncd.auth import Principal
+
+MAX_BUFFERED: Final = 10_000
+"""Live events held for one subscription while it synchronises; beyond it the session reconnects."""
+
+
+@dataclasses.dataclass(slots=True)
+class Subscription:
+    topic: str
+    request_id: int
+    epoch: str = ""
+    offset: int = 0
+    buffer: list[tuple[frames.Cursor, bytes]] | None = dataclasses.field(default_factory=list)
+    """Not ``None`` while synchronising: live events that arrived meanwhile."""
+
+
+@dataclasses.dataclass(slots=True)
+class RateLimit:
+    """A token bucket: ``rate`` ops per second on average, bursts of ``burst``; time is passed in (ms)."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp_ms: int = 0
+
+    def take(self, now_ms: int, n: int = 1) -> int | None:
+        """Take ``n`` tokens; ``None`` if granted, else the milliseconds after which ``n`` will be there."""
+        if self.tokens < 0:
+            self.tokens, self.stamp_ms = self.burst, now_ms
+        self.tokens = min(self.burst, self.tokens + (now_ms - self.stamp_ms) * self.rate / 1000)
+        self.stamp_ms = now_ms
+        if self.tokens >= n:
+            self.tokens -= n
+            return None
+        return max(1, int((n - self.tokens) * 1000 / self.rate) + 1)
+
+
+class Session:
+    """State of one connection. Methods called by fan-out never block and never raise."""
+
+    def __init__(
+        self,
+        principal: Principal,
+        *,
+        max_queue: int,
+        rate: RateLimit,
+        on_gap: Callable[[Session, Subscription], None],
+    ) -> None:
+        self.principal = principal
+        self.subscriptions: dict[str, Subscription] = {}
+        self.rate = rate
+        self._on_gap = on_gap
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._max_queue = max_queue
+        self._wake = asyncio.Event()
+        self._writing = False
+        self.raw_send: Callable[[bytes], bool] | None = None
+        """The transport's fast path (:data:`syncd.transport.RAW_SEND`), when the server offers it."""
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    # -- the send queue --------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue one encoded frame for the writer, or end a session whose client does not keep up."""
+        if self.close_code is not None:
+            return
+        if len(self._queue) >= self._max_queue:
+            self.close(CloseCode.SLOW_CONSUMER, "send queue overflow")
+            return
+        self._queue.append(data)
+        self._wake.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Ask the writer to flush what is queued, then close the websocket with ``code``."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+            self._wake.set()
+
+    def send_event(self, data: bytes, framed: bytes) -> None:
+        """Queue an event, or write its pre-framed bytes at once when nothing is queued or being written
+        (so frames still leave in order)."""
+        idle = not self._queue and not self._writing and self.close_code is None
+        if not (idle and self.raw_send is not None and self.raw_send(framed)):
+            self.send(data)
+
+    async def next_batch(self) -> list[bytes]:
+        """Wait for frames to send; ``[]`` once the session is closing and the queue is empty.
+
+        The writer calls it again only once the previous batch is written, so until then the session
+        knows a write is in flight and keeps later frames behind it.
+        """
+        self._writing = False
+        while not self._queue and self.close_code is None:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.close_code is not None and self.close_code == CloseCode.SLOW_CONSUMER:
+            self._queue.clear()  # what it could not take, it will fetch again from its cursors
+        batch = list(self._queue)
+        self._queue.clear()
+        self._writing = bool(batch)
+        return batch
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- subscriptions ------------------------------------------------------------------------------------
+
+    def deliver(self, topic: str, cursor: frames.Cursor, frame: bytes, framed: bytes | None = None) -> None:
+        sub = self.subscriptions.get(topic)
+        if sub is None:
+            return
+        if sub.buffer is not None:
+            if len(sub.buffer) >= MAX_BUFFERED:
+                self.close(CloseCode.SLOW_CONSUMER, "too many events while synchronising")
+            else:
+                sub.buffer.append((cursor, frame))
+            return
+        if cursor.epoch != sub.epoch or cursor.offset > sub.offset + 1:
+            # A hole, or the topic's history was rebuilt: synchronise before delivering more.
+            sub.buffer = [(cursor, frame)]
+            self._on_gap(self, sub)
+        elif cursor.offset == sub.offset + 1:
+            sub.offset = cursor.offset
+            if framed is None:
+                self.send(frame)
+            else:
+                self.send_event(frame, framed)
+        # else: an offset already delivered (snapshot or history covered it)
+
+    def synchronised(self, sub: Subscription, epoch: str, offset: int) -> None:
+        """The snapshot/history up to ``(epoch, offset)`` is queued: replay the buffered live events."""
+        buffered, sub.buffer = sub.buffer or [], None
+        sub.epoch, sub.offset = epoch, offset
+        for cursor, frame in buffered:
+            self.deliver(sub.topic, cursor, frame)
+
+    def fanout_lost(self) -> None:
+        self.close(CloseCode.BACKEND_UNAVAILABLE, "hub lost its event stream; resume from your cursors")

@@ -1,0 +1,280 @@
+-- _cart.lua: cart line rules shared by the cart_* op scripts (docs/cart-rules.md is normative).
+--
+-- KEYS of every cart op: 1 {m:M}:d:<client_id> (dedup), 2 {m:M}:cart (sku -> line), 3 {m:M}:cart:meta
+-- (fold counter), 4 {m:M}:top:cart (epoch, offset), 5 {m:M}:log:cart (event stream).
+--
+-- A line in memory: {dots = {{client, seq, kind, value, hlc}, ...} in apply order, attrs = map or nil,
+-- ak = {hlc, client, seq} or nil}. Stored as the MessagePack map of its wire shape plus 'ak'
+-- ({qty, attrs?, vv, dots, ak?}), so a snapshot needs no transformation beyond dropping 'ak'.
+
+local MAX_LINES = 200
+local MAX_DOTS = 16
+local BASE = '~'
+
+local function cart_keys()
+    return {dedup = KEYS[1], cart = KEYS[2], meta = KEYS[3], top = KEYS[4], log = KEYS[5]}
+end
+
+local function decode_line(raw)
+    local t = cmsgpack.unpack(raw)
+    return {dots = t.dots, attrs = t.attrs, ak = t.ak}
+end
+
+local function line_qty(dots)
+    local sum, winner = 0, nil
+    for _, d in ipairs(dots) do
+        if d[3] == 's' then
+            if not winner or key_lt(winner[5], winner[1], winner[2], d[5], d[1], d[2]) then
+                winner = d
+            end
+        else
+            sum = sum + d[4]
+        end
+    end
+    return sum + (winner and winner[4] or 0)
+end
+
+local function enc_line(line, with_ak)
+    local keys = {'qty'}
+    local enc = {qty = mp(line_qty(line.dots))}
+    local stored_attrs = with_ak and line.ak ~= nil
+    if line.attrs and (stored_attrs or next(line.attrs)) then
+        keys[#keys + 1] = 'attrs'
+        local akeys = sorted_keys(line.attrs)
+        local aenc = {}
+        for _, k in ipairs(akeys) do
+            aenc[k] = mp(line.attrs[k])
+        end
+        enc.attrs = mp_map(akeys, aenc)
+    end
+    local vv = {}
+    local dots = {}
+    for i, d in ipairs(line.dots) do
+        if (vv[d[1]] or 0) < d[2] then
+            vv[d[1]] = d[2]
+        end
+        dots[i] = mp_arr({mp(d[1]), mp(d[2]), mp(d[3]), mp(d[4]), mp(d[5])})
+    end
+    local vkeys = sorted_keys(vv)
+    local venc = {}
+    for _, k in ipairs(vkeys) do
+        venc[k] = mp(vv[k])
+    end
+    keys[#keys + 1] = 'vv'
+    enc.vv = mp_map(vkeys, venc)
+    keys[#keys + 1] = 'dots'
+    enc.dots = mp_arr(dots)
+    if with_ak and line.ak then
+        keys[#keys + 1] = 'ak'
+        enc.ak = mp_arr({mp(line.ak[1]), mp(line.ak[2]), mp(line.ak[3])})
+    end
+    return mp_map(keys, enc)
+end
+
+-- ctx covers the dot (c, s) iff ctx[c] >= s.
+local function covered(ctx, d)
+    local seen = ctx[d[1]]
+    return type(seen) == 'number' and seen >= d[2]
+end
+
+-- Drops the dots ctx covers; returns whether any was dropped.
+local function remove_covered(line, ctx)
+    local kept = {}
+    for _, d in ipairs(line.dots) do
+        if not covered(ctx, d) then
+            kept[#kept + 1] = d
+        end
+    end
+    local removed = #kept < #line.dots
+    line.dots = kept
+    return removed
+end
+
+-- attrs is a register: of the ops that added a dot and carried attrs, the one with the greatest
+-- (hlc, client_id, seq) wins; its key is kept as 'ak'.
+local function apply_attrs(line, p, attrs)
+    if attrs == nil then
+        return
+    end
+    local ak = line.ak
+    if ak == nil or key_lt(ak[1], ak[2], ak[3], p.hlc, p.client, p.seq) then
+        line.attrs = attrs
+        line.ak = {p.hlc, p.client, p.seq}
+    end
+end
+
+local function count_kind(dots, kind)
+    local n = 0
+    for _, d in ipairs(dots) do
+        if d[3] == kind then
+            n = n + 1
+        end
+    end
+    return n
+end
+
+-- Bounds: when a line holds more than MAX_DOTS dots besides the base, just as many of its oldest add dots as
+-- exceed the bound are folded into the single base dot [BASE, n, 'b', sum, 0], kept first in the list; n is
+-- the cart's fold counter plus one, so no existing ctx covers the new base. Set dots are never folded (a set
+-- that would leave more than MAX_DOTS of them is rejected before). Returns the counter used, or nil.
+local function fold_line(line, counter)
+    local dots = line.dots
+    local excess = #dots - count_kind(dots, 'b') - MAX_DOTS
+    if excess <= 0 then
+        return nil
+    end
+    local n = counter + 1
+    local sum = 0
+    local kept = {}
+    for _, d in ipairs(dots) do
+        if d[3] == 'b' then
+            sum = sum + d[4]
+        elseif d[3] == 'a' and excess > 0 then
+            sum = sum + d[4]
+            excess = excess - 1
+        else
+            kept[#kept + 1] = d
+        end
+    end
+    table.insert(kept, 1, {BASE, n, 'b', sum, 0})
+    line.dots = kept
+    return n
+end
+
+-- Two or more live set dots: {sku, winner = [c, s, v], losers = [[c, s, v], ...]}, greatest first.
+local function conflict_of(sku, line)
+    local sets = {}
+    for _, d in ipairs(line.dots) do
+        if d[3] == 's' then
+            sets[#sets + 1] = d
+        end
+    end
+    if #sets < 2 then
+        return nil
+    end
+    table.sort(sets, function(a, b)
+        return key_lt(b[5], b[1], b[2], a[5], a[1], a[2])
+    end)
+    local function cv(d)
+        return mp_arr({mp(d[1]), mp(d[2]), mp(d[4])})
+    end
+    local losers = {}
+    for i = 2, #sets do
+        losers[#losers + 1] = cv(sets[i])
+    end
+    return mp_map({'sku', 'winner', 'losers'}, {sku = mp(sku), winner = cv(sets[1]), losers = mp_arr(losers)})
+end
+
+-- The cart's fold counter, read once per script.
+local function fold_counter(K)
+    return tonumber(redis.call('HGET', K.meta, 'fold') or '0')
+end
+
+-- Cheap invariant checks on the already validated arguments (Python validates them fully before the call).
+-- An op failing them is rejected as bad_args and recorded, so it can never block the ops behind it.
+local function check_ctx(ctx)
+    if type(ctx) ~= 'table' then
+        return false
+    end
+    for k, v in pairs(ctx) do
+        if type(k) ~= 'string' or not is_int(v, 0, 9007199254740991) then
+            return false
+        end
+    end
+    return true
+end
+
+local function check_common(p)
+    return type(p.client) == 'string' and #p.client > 0 and is_int(p.seq, 1, 9007199254740991)
+        and is_int(p.hlc, 0, 9007199254740991) and check_ctx(p.ctx)
+end
+
+local function check_attrs(attrs)
+    if attrs == nil then
+        return true
+    end
+    if type(attrs) ~= 'table' then
+        return false
+    end
+    local n = 0
+    for k, v in pairs(attrs) do
+        n = n + 1
+        local tv = type(v)
+        if type(k) ~= 'string' or not (tv == 'string' or tv == 'boolean' or tv == 'number') then
+            return false
+        end
+    end
+    return n <= 16
+end
+
+-- Writes the changed lines and the fold counter, then commits (dedup, event, publish).
+-- changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose bytes changed are written
+-- and reported in the event (null = the line is gone).
+local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
+    local skus, lines = {}, {}
+    for _, ch in ipairs(changes) do
+        local sku, before, line = ch[1], ch[2], ch[3]
+        if line and #line.dots == 0 then
+            line = nil -- a line without live dots does not exist, and loses its attrs
+        end
+        local after = line and enc_line(line, true) or false
+        if after ~= before then
+            if after then
+                redis.call('HSET', K.cart, sku, after)
+                lines[sku] = enc_line(line, false)
+            else
+                redis.call('HDEL', K.cart, sku)
+                lines[sku] = MP_NIL
+            end
+            skus[#skus + 1] = sku
+        end
+    end
+    if new_counter then
+        redis.call('HSET', K.meta, 'fold', fmt(new_counter))
+    end
+    table.sort(skus, str_lt)
+    local data = mp_map({'lines'}, {lines = mp_map(skus, lines)})
+    return commit(K.dedup, K.top, K.log, p, result_enc, data, conflict_enc)
+end
+
+-- The shared body of cart.add, cart.set and cart.remove (docs/cart-rules.md, in the reference's order):
+-- remove what ctx covers (set, remove), check the bounds, add the op's dot (add; set with qty > 0), fold,
+-- attrs. Every check comes before the first write; a rejection leaves the cart untouched.
+local function line_op(K, p, sku, removes, kind, qty, attrs)
+    local raw = redis.call('HGET', K.cart, sku)
+    local line = raw and decode_line(raw) or {dots = {}}
+    if removes then
+        remove_covered(line, p.ctx)
+    end
+    local counter = nil
+    if kind then
+        if not raw and redis.call('HLEN', K.cart) >= MAX_LINES then
+            return reject(K.dedup, p, 'limit_exceeded', 'a cart holds at most 200 lines')
+        end
+        if kind == 's' and count_kind(line.dots, 's') >= MAX_DOTS then
+            return reject(K.dedup, p, 'limit_exceeded', 'a line holds at most 16 concurrent sets')
+        end
+        line.dots[#line.dots + 1] = {p.client, p.seq, kind, qty, p.hlc}
+        counter = fold_line(line, fold_counter(K))
+        apply_attrs(line, p, attrs)
+    end
+    local qty_after, conflict = 0, nil
+    if #line.dots > 0 then
+        qty_after = line_qty(line.dots)
+        conflict = conflict_of(sku, line)
+    end
+    local result = mp_map({'qty'}, {qty = mp(qty_after)})
+    return finish(K, p, {{sku, raw or false, line}}, counter, result, conflict)
+end
+
+local function check_sku(sku)
+    return type(sku) == 'string' and #sku > 0 and #sku <= 64
+end
+
+-- attrs arrive as MessagePack, or as an empty string when the op carries none.
+local function op_attrs(raw)
+    if raw == nil or raw == '' then
+        return nil
+    end
+    return cmsgpack.unpack(raw)
+end

@@ -1,0 +1,209 @@
+-- _lib.lua: the prelude shared by every op script (the loader prepends it; it is never run alone).
+--
+-- What every op script does, in this order (PITFALLS 3: Lua has no rollback, so nothing is written before
+-- every check has passed):
+--   1. dedup of (client_id, seq) against the entity's dedup hash;
+--   2. validation and the domain rules, reading only;
+--   3. the writes of the op;
+--   4. the dedup record, the topic offset and the event appended to the topic's stream;
+--   5. PUBLISH of the same event bytes for the hubs' fan-out.
+--
+-- Numbers: Lua 5.1 numbers are doubles, exact for integers up to 2^53 (the protocol's bound for seq, hlc,
+-- offsets). They are turned into strings only with string.format('%d'): tostring() and '..' use '%.14g' and
+-- would print a large seq as 9.007199254741e+15.
+--
+-- Encoding: values are MessagePack. cmsgpack packs scalars; maps and arrays are assembled here with explicit
+-- headers, because cmsgpack encodes an empty table as an array and the wire needs empty maps ({"lines": {}}).
+-- Strings are compared by their bytes (str_lt), never with '<', which uses the server's locale (strcoll).
+
+local mp = cmsgpack.pack
+local MP_NIL = '\192'
+
+local function fmt(n)
+    return string.format('%d', n)
+end
+
+local function mp_header(n, fix, b16, b32)
+    if n < 16 then
+        return string.char(fix + n)
+    elseif n < 65536 then
+        return string.char(b16, math.floor(n / 256), n % 256)
+    end
+    return string.char(b32, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+        math.floor(n / 256) % 256, n % 256)
+end
+
+-- An array from already-encoded elements.
+local function mp_arr(items)
+    return mp_header(#items, 0x90, 0xdc, 0xdd) .. table.concat(items)
+end
+
+-- A map from a list of string keys and a table key -> already-encoded value; keys keep the given order.
+local function mp_map(keys, enc)
+    local parts = {}
+    for i = 1, #keys do
+        parts[#parts + 1] = mp(keys[i])
+        parts[#parts + 1] = enc[keys[i]]
+    end
+    return mp_header(#keys, 0x80, 0xde, 0xdf) .. table.concat(parts)
+end
+
+local function str_lt(a, b)
+    local la, lb = #a, #b
+    for i = 1, math.min(la, lb) do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then
+            return x < y
+        end
+    end
+    return la < lb
+end
+
+-- (hlc, client_id, seq) order used for the set winner and the attrs register.
+local function key_lt(h1, c1, s1, h2, c2, s2)
+    if h1 ~= h2 then
+        return h1 < h2
+    end
+    if c1 ~= c2 then
+        return str_lt(c1, c2)
+    end
+    return s1 < s2
+end
+
+local function sorted_keys(t)
+    local keys = {}
+    for k in pairs(t) do
+        keys[#keys + 1] = k
+    end
+    table.sort(keys, str_lt)
+    return keys
+end
+
+local function is_int(v, lo, hi)
+    return type(v) == 'number' and v == math.floor(v) and v >= lo and v <= hi
+end
+
+-- An outcome record: [ok, code, message, result, conflict], the bytes stored for dedup and sent to Python.
+local function record(ok, code, message, result_enc, conflict_enc)
+    return mp_arr({mp(ok), code and mp(code) or MP_NIL, mp(message or ''), result_enc or MP_NIL,
+        conflict_enc or MP_NIL})
+end
+
+local PLAIN_OK = record(true, nil, '', nil, nil)
+
+-- The common ARGV of every op script; op-specific arguments follow from ARGV[12].
+local function op_params()
+    local p = {
+        client = ARGV[1],
+        seq = tonumber(ARGV[2]),
+        settled = ARGV[3] == '1',
+        hlc = tonumber(ARGV[4]),
+        ctx = cmsgpack.unpack(ARGV[5]),
+        dedup_ms = tonumber(ARGV[6]),
+        maxlen = tonumber(ARGV[7]),
+        epoch = ARGV[8],
+        channel = ARGV[9],
+        topic = ARGV[10],
+        kind = ARGV[11],
+    }
+    return p
+end
+
+-- Dedup hash of (client, entity): 'max' = the client's highest seq settled here; 'r:<seq>' = the record of an
+-- outcome that is not a plain ok (a rejection, a conflict), kept as long as the hash; 'k:<seq % RING>' =
+-- '<seq>|<record>' of a plain ok, a ring of the client's last RING outcomes here. RING must be at least the
+-- hub's in-flight window: a client only replays ops it has no ack for, and it never has more than that many.
+local RING = 64
+
+-- Step 1. A reply when (client, seq) was already settled for this entity, else nil.
+--
+-- seq <= max: the op was applied (or rejected) here before: answer with its record, or a plain ok.
+-- settled: the caller knows from the client's watermark that seq was settled, yet this entity has no trace of
+-- it (the dedup hash expired after its retention): answer a plain ok dup, never apply the op a second time.
+-- The TTL refresh is a write on purpose: a WAITAOF after it also covers the original write (the AOF is one
+-- sequence per node), so a dup is acked only once the original outcome is durable.
+local function dedup_check(dkey, p)
+    local max = tonumber(redis.call('HGET', dkey, 'max') or '0')
+    if p.seq > max and not p.settled then
+        return nil
+    end
+    local s = fmt(p.seq)
+    local stored = redis.call('HGET', dkey, 'r:' .. s)
+    if not stored then
+        local slot = redis.call('HGET', dkey, 'k:' .. fmt(p.seq % RING))
+        if slot and string.sub(slot, 1, #s + 1) == s .. '|' then
+            stored = string.sub(slot, #s + 2)
+        end
+    end
+    redis.call('PEXPIRE', dkey, p.dedup_ms)
+    return {stored or PLAIN_OK, 1, 0, ''}
+end
+
+local function dedup_record(dkey, p, rec, plain)
+    local s = fmt(p.seq)
+    redis.call('HSET', dkey, 'max', s)
+    if plain then
+        redis.call('HSET', dkey, 'k:' .. fmt(p.seq % RING), s .. '|' .. rec)
+    else
+        redis.call('HSET', dkey, 'r:' .. s, rec)
+    end
+    redis.call('PEXPIRE', dkey, p.dedup_ms)
+end
+
+-- A rejection is a result: recorded so a replay answers the same, and nothing else is written.
+local function reject(dkey, p, code, message)
+    local rec = record(false, code, message, nil, nil)
+    dedup_record(dkey, p, rec, false)
+    return {rec, 0, 0, ''}
+end
+
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The topic's (epoch, offset), minting a new epoch (and dropping any stale stream) when the topic is unknown:
+-- after a total loss every old cursor then names an epoch that no longer exists and gets a reset.
+local function topic_meta(topkey, logkey, epoch_candidate)
+    local meta = redis.call('HMGET', topkey, 'epoch', 'offset')
+    if meta[1] then
+        return meta[1], tonumber(meta[2])
+    end
+    redis.call('DEL', logkey)
+    redis.call('HSET', topkey, 'epoch', epoch_candidate, 'offset', '0')
+    return epoch_candidate, 0
+end
+
+-- Steps 4 and 5: next offset, stream entry '<offset>-0' (so a cursor maps to an entry id), trim, publish.
+-- The body is the complete 'ev' frame, so hubs forward the published bytes to websockets unchanged.
+local function append_event(topkey, logkey, p, data_enc, conflict_enc)
+    local epoch, offset = topic_meta(topkey, logkey, p.epoch)
+    offset = offset + 1
+    local keys = {'t', 'topic', 'cursor', 'kind', 'data', 'at', 'origin'}
+    local enc = {
+        t = mp('ev'),
+        topic = mp(p.topic),
+        cursor = mp_arr({mp(epoch), mp(offset)}),
+        kind = mp(p.kind),
+        data = data_enc,
+        at = mp(now_ms()),
+        origin = mp_arr({mp(p.client), mp(p.seq)}),
+    }
+    if conflict_enc then
+        keys[#keys + 1] = 'conflict'
+        enc.conflict = conflict_enc
+    end
+    local body = mp_map(keys, enc)
+    redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body)
+    redis.call('HSET', topkey, 'offset', fmt(offset))
+    redis.call('PUBLISH', p.channel, body)
+    return offset, body
+end
+
+-- Steps 4-5 for an applied op, and the reply: {record, dup, offset, event}.
+local function commit(dkey, topkey, logkey, p, result_enc, data_enc, conflict_enc)
+    local rec = record(true, nil, '', result_enc, conflict_enc)
+    dedup_record(dkey, p, rec, conflict_enc == nil)
+    local offset, body = append_event(topkey, logkey, p, data_enc, conflict_enc)
+    return {rec, 0, offset, body}
+end

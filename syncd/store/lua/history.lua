@@ -1,0 +1,26 @@
+-- The events of a topic after a cursor (epoch, offset), oldest first, at most ARGV[3] of them.
+-- KEYS: 1 top (epoch, offset), 2 log (stream). ARGV: 1 epoch, 2 offset, 3 limit.
+-- Reply: {0} when the cursor cannot be honoured (unknown topic, other epoch, cursor ahead of the topic, or the
+-- first needed entry trimmed away): the caller sends a reset snapshot. Else {1, event, event, ...}.
+-- Read-only: it never mints an epoch (a snapshot does).
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if not meta[1] or meta[1] ~= ARGV[1] then
+    return {0}
+end
+local current, after = tonumber(meta[2]), tonumber(ARGV[2])
+if after > current then
+    return {0}
+end
+if after == current then
+    return {1}
+end
+local first = string.format('%d-0', after + 1)
+local entries = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', ARGV[3])
+if #entries == 0 or entries[1][1] ~= first then
+    return {0}
+end
+local reply = {1}
+for i, entry in ipairs(entries) do
+    reply[i + 1] = entry[2][2]
+end
+return reply

@@ -1,0 +1,563 @@
+"""RedisStore: ops, snapshots and history of topics, on Redis or Redis Cluster, through one Lua script each.
+
+Key layout
+----------
+Every key one script touches shares a hash slot, so the same scripts run unchanged on Redis Cluster::
+
+    {m:<member>}:cart               hash   sku -> line (MessagePack: wire shape + "ak", the attrs key)
+    {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
+    {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
+                                           max -> highest seq settled here; r:<seq> -> record of a rejection
+                                           or conflict; k:<seq % 64> -> "<seq>|record" of a plain ok (a ring)
+    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>
+    {m:<member>}:log:cart           stream entry "<offset>-0", field "ev" = the encoded ``ev`` frame
+    {c:<client_id>}:seq             hash   last -> the client's watermark: highest seq settled
+    {c:<client_id>}:r:<seq>         string record of an op rejected before any member script (TTL)
+    channel ev:cart:<member>        PUBLISH of the same ``ev`` frame bytes, for the hubs' fan-out
+
+MessagePack, not JSON, for stored values: Redis' cjson prints numbers with 14 significant digits, so an HLC
+or seq near 2**53 would come back changed; cmsgpack keeps integers exact, is what the wire speaks anyway, and
+the scripts assemble maps with explicit headers, so an empty map never turns into an empty array.
+
+One op, step by step
+--------------------
+``seq`` counts a client's ops across every member, so the client's watermark cannot live in the member's
+slot; the member's dedup hash cannot live in the client's. The protocol spans the two slots:
+
+1. ``client_check`` (client slot, read-only): the watermark ``last`` and any pre-script rejection of ``seq``.
+   ``seq > last + 1`` is a gap: refused with ``seq_gap``, nothing touched, nothing recorded.
+2. The op's script (member slot): dedup, checks, writes, event, PUBLISH, in one atomic step. ``seq <= max``
+   of that client in the dedup hash answers the original outcome, marked dup, and changes nothing.
+3. ``client_settle`` (client slot): raise ``last`` to ``seq``; it never lowers it.
+
+Why a crash between 2 and 3 is safe: the client never got the ack, so it replays the op with the same
+``seq``; ``last`` still says ``seq - 1``, so the op passes step 1, and the member's dedup hash answers with
+the original outcome without applying it again (PITFALLS 8: the dedup record is written in the same atomic
+step as the effect); step 3 then advances ``last``. Conversely ``last >= seq`` implies the op was settled, so
+an op at or below the watermark is never applied again, even after its dedup hash expired (the script is told
+so and answers a plain ok dup).
+
+Ops rejected before any script (unknown kind, bad arguments) are settled in the client slot: the rejection is
+recorded under ``{c:<client_id>}:r:<seq>`` (with the dedup retention as TTL) and ``last`` advances, so a
+replay answers the same. Ops of one client are serialised inside this process, in call order.
+
+Durability
+----------
+``script``: the ack follows the script's reply. ``fsync``: every write step is followed, on the same
+connection (a pipeline), by ``WAITAOF 1 0 <timeout>``, and the op is reported only once the local AOF holds
+it; a timeout or error raises :class:`~protocol.errors.BackendUnavailable` (the op may be applied: the client
+retries with the same seq and gets the dup answer). The last step always writes (even a dup refreshes the
+dedup TTL and rewrites ``last``), and the AOF is one sequence per node, so the final WAITAOF also covers an
+earlier attempt's writes. Refusing to start against a server without WAITAOF is :mod:`syncd.redis_info`'s job.
+
+Errors: connection failures, timeouts, cluster-down and read-only replicas become ``BackendUnavailable``;
+an unknown topic is a :class:`~protocol.errors.ProtocolError` (``unknown_topic``); a seq gap a
+``ProtocolError`` with ``seq_gap`` (reported, no close code). A script error (a bug: every expected failure
+is a recorded rejection) propagates as redis' ``ResponseError`` and the op's outcome is unknown
+(``internal``); as the scripts check everything before their first write, a failed check cannot leave a
+partial effect (PITFALLS 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Annotated, Any, Final, TypeAlias
+
+import msgspec
+import redis.exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from protocol import frames
+from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolError
+from protocol.ops import CartAdd, CartSet, OpArgs, parse_args
+from protocol.topics import TopicKind, TopicName, parse_topic
+from syncd.settings import Durability
+from syncd.store.scripts import Script, load_scripts
+
+RedisClient: TypeAlias = "Redis | RedisCluster"
+EncodableArg: TypeAlias = bytes | str | int
+
+DEDUP_RETENTION_S: Final = 7 * 24 * 3600
+"""Default lifetime of a (client, member) dedup hash after its last write."""
+LOG_MAXLEN: Final = 1000
+"""Default number of events a topic's stream keeps; older cursors get a reset snapshot."""
+HISTORY_LIMIT: Final = 500
+"""Default number of events one :meth:`RedisStore.events_after` call returns."""
+FSYNC_TIMEOUT_MS: Final = 2000
+
+_UNAVAILABLE: Final = (
+    rexc.ConnectionError,  # includes BusyLoadingError (server replaying its AOF) and MaxConnectionsError
+    rexc.TimeoutError,
+    rexc.ClusterError,  # includes ClusterDownError, MasterDownError
+    rexc.TryAgainError,
+    rexc.ReadOnlyError,  # talking to a replica after a failover
+    rexc.OutOfMemoryError,
+    rexc.RedisClusterException,  # slot not covered, no node reachable
+    OSError,
+)
+
+_MAX_SEQ: Final = 2**53 - 1
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+"""frames.ClientId, anchored at both ends: the id is part of Redis keys and hash tags."""
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+
+def member_slot(member: str) -> str:
+    """The hash tag of everything that belongs to one member."""
+    return f"{{m:{member}}}"
+
+
+def client_slot(client_id: str) -> str:
+    """The hash tag of a client's watermark and pre-script rejections."""
+    return f"{{c:{client_id}}}"
+
+
+# Topic kind -> hash-tag prefix of the entity that owns the topic's offset and stream.
+_TOPIC_SLOTS: Final = {
+    TopicKind.CART: "m",
+    TopicKind.POINTS: "m",
+    TopicKind.MEMBER: "m",
+    TopicKind.STOCK: "sku",
+    TopicKind.STORE: "s",
+}
+
+
+def topic_keys(topic: TopicName) -> tuple[str, str]:
+    """``(meta, stream)`` keys of a topic: ``{m:M}:top:cart`` and ``{m:M}:log:cart`` for ``cart:M``."""
+    prefix = _TOPIC_SLOTS.get(topic.kind)
+    slot = "{catalog}" if prefix is None else f"{{{prefix}:{topic.key}}}"
+    return f"{slot}:top:{topic.kind.value}", f"{slot}:log:{topic.kind.value}"
+
+
+def channel(topic: str) -> str:
+    """The pub/sub channel on which every event of ``topic`` is published (``ev:cart:m42``)."""
+    return f"ev:{topic}"
+
+
+# --- outcomes --------------------------------------------------------------------------------------------
+
+
+class _Record(msgspec.Struct, array_like=True, frozen=True):
+    """An op's outcome as the scripts store it for dedup: ``[ok, code, message, result, conflict]``."""
+
+    ok: bool
+    code: str | None
+    message: str
+    result: dict[str, Any] | None
+    conflict: dict[str, Any] | None
+
+
+_record_decoder: Final = msgspec.msgpack.Decoder(_Record)
+_event_decoder: Final = msgspec.msgpack.Decoder(frames.Event)
+_encoder: Final = msgspec.msgpack.Encoder()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OpOutcome:
+    """What applying one op did, as the hub acks it and fans it out.
+
+    ``ok`` false: a rejection (``code``), settled like a success. ``dup``: the op had been settled before and
+    this is its original outcome (``result`` is ``None`` only if that outcome is no longer retained).
+    ``event`` / ``event_frame``: the event this op appended (decoded, and the exact bytes also published on
+    :func:`channel`), only on the op's first application; ``offset`` is its position in the topic.
+    """
+
+    seq: int
+    ok: bool
+    dup: bool = False
+    code: str | None = None
+    message: str = ""
+    result: dict[str, Any] | None = None
+    conflict: dict[str, Any] | None = None
+    offset: int = 0
+    event: frames.Event | None = None
+    event_frame: bytes | None = None
+
+    def ack(self) -> frames.Ack:
+        """The ``ack`` frame answering the op."""
+        return frames.Ack(
+            seq=self.seq, ok=self.ok, result=self.result, code=self.code, message=self.message, dup=self.dup
+        )
+
+
+def _from_record(seq: int, raw: bytes, *, dup: bool) -> OpOutcome:
+    rec = _record_decoder.decode(raw)
+    return OpOutcome(
+        seq=seq,
+        ok=rec.ok,
+        dup=dup,
+        code=rec.code,
+        message=rec.message,
+        result=rec.result,
+        conflict=rec.conflict,
+    )
+
+
+# --- op dispatch -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OpSpec:
+    """How one op kind reaches Redis: its script, the topic it appends to, its KEYS and its own ARGV."""
+
+    script: str
+    topic: Callable[[Any], str]
+    keys: Callable[[Any, str], list[str]]
+    """``(args, client_id) -> KEYS``: dedup hash first, then the entity's keys, then the topic's."""
+    argv: Callable[[Any], list[EncodableArg]]
+
+
+def _cart_keys(args: OpArgs, client_id: str) -> list[str]:
+    slot = member_slot(args.member)
+    top, log = topic_keys(TopicName(TopicKind.CART, args.member))
+    return [f"{slot}:d:{client_id}", f"{slot}:cart", f"{slot}:cart:meta", top, log]
+
+
+def _cart_topic(args: OpArgs) -> str:
+    return f"cart:{args.member}"
+
+
+def _line_argv(args: CartAdd | CartSet) -> list[EncodableArg]:
+    return [args.sku, args.qty, b"" if args.attrs is None else _encoder.encode(args.attrs)]
+
+
+_OPS: Final[dict[str, _OpSpec]] = {
+    "cart.add": _OpSpec("cart_add", _cart_topic, _cart_keys, _line_argv),
+    "cart.set": _OpSpec("cart_set", _cart_topic, _cart_keys, _line_argv),
+    "cart.remove": _OpSpec("cart_remove", _cart_topic, _cart_keys, lambda a: [a.sku]),
+    "cart.clear": _OpSpec("cart_clear", _cart_topic, _cart_keys, lambda a: []),
+}
+"""Op kind -> how to run it. Stock and points ops are added here with their scripts."""
+
+
+class _OpFields(msgspec.Struct, frozen=True):
+    """The op frame's fields beyond ``args`` that reach the scripts, with the frame's own bounds."""
+
+    hlc: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)] = 0
+    ctx: frames.VersionVector | None = None
+
+
+# --- the store -------------------------------------------------------------------------------------------
+
+
+class RedisStore:
+    """Applies ops and serves snapshots and history, on a ``redis.asyncio`` ``Redis`` or ``RedisCluster``.
+
+    The client must be created with ``decode_responses=False`` (values are MessagePack bytes). The store does
+    not own it: the caller closes it. Scripts are loaded on first use of each and re-loaded on NOSCRIPT;
+    :meth:`load_scripts` loads them all up front.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        durability: Durability = "script",
+        dedup_retention_s: int = DEDUP_RETENTION_S,
+        log_maxlen: int = LOG_MAXLEN,
+        fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
+    ) -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("RedisStore needs a client with decode_responses=False")
+        if durability not in ("script", "fsync"):
+            raise ValueError(f"unknown durability {durability!r}")
+        # fsync_timeout_ms 0 would make WAITAOF block forever; a MAXLEN of 0 would keep no history at all.
+        for name, value in (
+            ("dedup_retention_s", dedup_retention_s),
+            ("log_maxlen", log_maxlen),
+            ("fsync_timeout_ms", fsync_timeout_ms),
+        ):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self.durability: Durability = durability
+        self.dedup_retention_s = dedup_retention_s
+        self.log_maxlen = log_maxlen
+        self.fsync_timeout_ms = fsync_timeout_ms
+        self._scripts = load_scripts()
+        self._locks = _KeyedLocks()
+
+    # -- scripts --------------------------------------------------------------------------------------
+
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD every script (on every primary of a cluster)."""
+        with _unavailable("loading scripts"):
+            for script in self._scripts.values():
+                await self._client.script_load(script.source)
+
+    async def _eval(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg], *, wait: bool) -> Any:
+        """EVALSHA ``name``; with ``wait``, WAITAOF on the same connection before returning.
+
+        NOSCRIPT (a restarted or flushed server) re-loads the script and runs it again: the reply to a
+        NOSCRIPT is an error before any effect, so the retry cannot apply an op twice.
+        """
+        script = self._scripts[name]
+        with _unavailable(name):
+            try:
+                return await self._eval_once(script, keys, argv, wait=wait)
+            except rexc.NoScriptError:
+                await self._client.script_load(script.source)
+                return await self._eval_once(script, keys, argv, wait=wait)
+
+    async def _eval_once(
+        self, script: Script, keys: Sequence[str], argv: Sequence[EncodableArg], *, wait: bool
+    ) -> Any:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *argv)
+        if not wait:
+            return await self._client.execute_command(*command)
+        # WAITAOF waits for the writes of *its own connection*: a pipeline keeps both on one connection.
+        pipe: Any = self._client.pipeline(transaction=False)
+        pipe.execute_command(*command)
+        waitaof = ("WAITAOF", 1, 0, self.fsync_timeout_ms)
+        node = None
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(keys[0])
+            pipe.execute_command(*waitaof, target_nodes=node)
+        else:
+            pipe.execute_command(*waitaof)
+        reply, fsynced = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(self._client, RedisCluster) and self._client.get_node_from_key(keys[0]) != node:
+            # The slot moved during the call (MOVED/ASK): the script ran elsewhere, out of this WAITAOF's
+            # reach. Unknown durability is unknown outcome: the retry answers from dedup on the new node.
+            raise BackendUnavailable(f"{script.name}: slot moved during the write; retry the op")
+        if isinstance(fsynced, Exception):
+            raise BackendUnavailable(f"WAITAOF failed after {script.name}: {fsynced}")
+        if int(fsynced[0]) < 1:
+            raise BackendUnavailable(
+                f"{script.name}: not fsynced to the AOF within {self.fsync_timeout_ms} ms; outcome unknown"
+            )
+        return reply
+
+    # -- ops ------------------------------------------------------------------------------------------
+
+    async def apply_op(
+        self, client_id: str, op: frames.Op, *, check: Callable[[OpArgs], None] | None = None
+    ) -> OpOutcome:
+        """Apply one op of ``client_id`` exactly once and return its outcome (a rejection is an outcome).
+
+        Raises :class:`ProtocolError` ``seq_gap`` when ``op.seq`` skips numbers (nothing is recorded: the
+        client must first send the missing ops), and :class:`BackendUnavailable` when Redis cannot be reached
+        or, with ``fsync``, does not confirm the write in time; then the outcome is unknown and the client
+        retries the same op (same ``seq``), which is safe.
+
+        ``check`` (the hub's scope check) sees the parsed arguments before any script runs; an
+        :class:`OpRejected` it raises is settled like any other rejection, so a replay answers the same.
+        """
+        _check_identity(client_id, op.seq)
+        async with self._locks.hold(client_id):
+            return await self._apply(client_id, op, check)
+
+    async def _apply(
+        self, client_id: str, op: frames.Op, check: Callable[[OpArgs], None] | None
+    ) -> OpOutcome:
+        seq = op.seq
+        slot = client_slot(client_id)
+        ckeys = [f"{slot}:seq", f"{slot}:r:{seq}"]
+        last_raw, stored = await self._eval("client_check", ckeys, [], wait=False)
+        last = int(last_raw)
+        if seq > last + 1:
+            raise ProtocolError(
+                ErrorCode.SEQ_GAP, f"seq {seq} of {client_id} follows {last}: send {last + 1} first"
+            )
+        settled = seq <= last
+        if stored:
+            outcome = _from_record(seq, stored, dup=True)
+        else:
+            try:
+                spec, args, fields = _validate(op)
+                if check is not None:
+                    check(args)
+            except OpRejected as exc:
+                outcome = OpOutcome(seq=seq, ok=False, dup=settled, code=exc.code, message=exc.message)
+                record = (
+                    b"" if settled else _encoder.encode(_Record(False, exc.code, exc.message, None, None))
+                )
+                await self._settle(ckeys, seq, record)
+                return outcome
+            outcome = await self._run_op(client_id, op, spec, args, fields, settled=settled)
+        await self._settle(ckeys, seq, b"")
+        return outcome
+
+    async def _run_op(
+        self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
+    ) -> OpOutcome:
+        topic = spec.topic(args)
+        argv: list[EncodableArg] = [
+            client_id,
+            op.seq,
+            1 if settled else 0,
+            fields.hlc,
+            _encoder.encode(fields.ctx or {}),
+            self.dedup_retention_s * 1000,
+            self.log_maxlen,
+            _new_epoch(),
+            channel(topic),
+            topic,
+            op.kind,
+            *spec.argv(args),
+        ]
+        # In a cluster the member's and the client's slots may be on different nodes: each needs a WAITAOF.
+        wait = self.durability == "fsync" and self._cluster
+        raw_rec, dup, offset, body = await self._eval(
+            spec.script, spec.keys(args, client_id), argv, wait=wait
+        )
+        outcome = _from_record(op.seq, raw_rec, dup=bool(dup))
+        if body:
+            return dataclasses.replace(
+                outcome, offset=int(offset), event=_event_decoder.decode(body), event_frame=bytes(body)
+            )
+        return outcome
+
+    async def _settle(self, ckeys: list[str], seq: int, record: bytes) -> None:
+        ttl_ms = self.dedup_retention_s * 1000
+        await self._eval("client_settle", ckeys, [seq, record, ttl_ms], wait=self.durability == "fsync")
+
+    async def last_seq(self, client_id: str) -> int:
+        """The client's watermark: the highest seq settled (``welcome.last_seq``); 0 for a new client."""
+        with _unavailable("last_seq"):
+            raw = await self._client.execute_command("HGET", f"{client_slot(client_id)}:seq", "last")
+        return 0 if raw is None else int(raw)
+
+    # -- topics ---------------------------------------------------------------------------------------
+
+    async def snapshot(self, topic: str) -> tuple[frames.Cursor, dict[str, Any]]:
+        """The topic's state and its cursor, read atomically: events after the cursor are exactly the changes
+        after the state. Mints the topic's epoch if it has none (a new topic, or one lost with its data).
+        """
+        name = parse_topic(topic)
+        if name.kind is not TopicKind.CART:
+            raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"no snapshot for {name.kind} topics yet")
+        assert name.key is not None  # keyed kind
+        cursor, stored = await self._cart_snapshot(name.key)
+        return cursor, {"lines": {sku: _wire_line(line) for sku, line in stored.items()}}
+
+    async def load_cart(self, member: str) -> dict[str, Any]:
+        """The cart as stored, in :mod:`protocol.cart`'s shape: ``{"lines": {sku: line}, "folds": n}``.
+
+        For tests, the archive and restores; clients get :meth:`snapshot`.
+        """
+        slot = member_slot(member)
+        with _unavailable("load_cart"):
+            pipe: Any = self._client.pipeline(transaction=False)
+            pipe.execute_command("HGETALL", f"{slot}:cart")
+            pipe.execute_command("HGET", f"{slot}:cart:meta", "fold")
+            flat, folds = await pipe.execute()
+        lines = _pairs(flat) if isinstance(flat, list) else dict(flat)
+        return {
+            "lines": {_text(sku): msgspec.msgpack.decode(raw) for sku, raw in lines.items()},
+            "folds": int(folds or 0),
+        }
+
+    async def _cart_snapshot(self, member: str) -> tuple[frames.Cursor, dict[str, dict[str, Any]]]:
+        top, log = topic_keys(TopicName(TopicKind.CART, member))
+        reply = await self._eval(
+            "cart_snapshot", [top, log, f"{member_slot(member)}:cart"], [_new_epoch()], wait=False
+        )
+        cursor = frames.Cursor(epoch=_text(reply[0]), offset=int(reply[1]))
+        lines = {_text(reply[i]): msgspec.msgpack.decode(reply[i + 1]) for i in range(2, len(reply), 2)}
+        return cursor, lines
+
+    async def events_after(
+        self, topic: str, cursor: frames.Cursor, *, limit: int = HISTORY_LIMIT
+    ) -> list[frames.Event] | None:
+        """The topic's events after ``cursor``, oldest first, at most ``limit`` (call again from the last
+        one's cursor for more); ``[]`` when the cursor is current.
+
+        ``None`` when the cursor cannot be honoured: the topic is unknown, its epoch differs (history lost),
+        the cursor is ahead of the topic, or the first event needed was trimmed (MAXLEN). The caller then
+        answers with a snapshot marked ``reset``.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        name = parse_topic(topic)
+        top, log = topic_keys(name)
+        reply = await self._eval("history", [top, log], [cursor.epoch, cursor.offset, limit], wait=False)
+        if not int(reply[0]):
+            return None
+        return [_event_decoder.decode(body) for body in reply[1:]]
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _check_identity(client_id: str, seq: int) -> None:
+    """``client_id`` and ``seq`` name the op: without valid ones there is nothing to settle or answer."""
+    if not isinstance(client_id, str) or _CLIENT_ID.fullmatch(client_id) is None:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"invalid client_id {str(client_id)[:64]!r}")
+    if type(seq) is not int or not 1 <= seq <= _MAX_SEQ:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"invalid seq {seq!r}")
+
+
+def _validate(op: frames.Op) -> tuple[_OpSpec, OpArgs, _OpFields]:
+    """The op's spec, typed args and fields, or :class:`OpRejected` (``unknown_op``/``bad_args``)."""
+    args = parse_args(op.kind, op.args)
+    spec = _OPS[op.kind]
+    try:
+        fields = msgspec.convert({"hlc": op.hlc, "ctx": op.ctx}, type=_OpFields, strict=True)
+    except msgspec.ValidationError as exc:
+        raise OpRejected(ErrorCode.BAD_ARGS, f"{op.kind}: {exc}") from None
+    return spec, args, fields
+
+
+def _wire_line(stored: dict[str, Any]) -> dict[str, Any]:
+    line = {k: v for k, v in stored.items() if k != "ak"}
+    if not line.get("attrs", True):
+        del line["attrs"]
+    return line
+
+
+def _new_epoch() -> str:
+    # Offered to every script that may have to create a topic; used only when it does. Random, so an epoch
+    # minted after a total loss never equals one a client still holds.
+    return secrets.token_hex(8)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Any:
+    """Map Redis being unreachable, loading, down or read-only to :class:`BackendUnavailable`."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise BackendUnavailable(f"redis unavailable ({what}): {exc}") from exc
+
+
+class _KeyedLocks:
+    """One FIFO lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

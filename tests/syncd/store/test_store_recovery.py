@@ -1,0 +1,145 @@
+"""Scripts return after SCRIPT FLUSH and restarts; outages are BackendUnavailable; fsync acks wait."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from protocol import frames
+from protocol.errors import BackendUnavailable
+from syncd.embedded import EmbeddedRedis, bundled_binary
+from syncd.store import OpOutcome, RedisStore
+
+Devices = Callable[..., Any]
+
+
+def add(seq: int, qty: int = 1, sku: str = "tea") -> frames.Op:
+    return frames.Op(seq=seq, kind="cart.add", args={"member": "m1", "sku": sku, "qty": qty})
+
+
+async def apply_retrying(store: RedisStore, client_id: str, op: frames.Op, attempts: int = 5) -> OpOutcome:
+    """What the hub does on BackendUnavailable: retry the same op (same seq)."""
+    for _ in range(attempts - 1):
+        try:
+            return await store.apply_op(client_id, op)
+        except BackendUnavailable:
+            continue
+    return await store.apply_op(client_id, op)
+
+
+async def waitaof_calls(url: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_waitaof", {}).get("calls", 0))
+
+
+async def test_scripts_are_reloaded_after_script_flush(
+    device: Devices, redis_client: Redis | RedisCluster
+) -> None:
+    a = device("a")
+    await a.add("tea", 1)
+    await redis_client.script_flush()
+    assert (await a.add("tea", 1)).result == {"qty": 2}
+    await redis_client.script_flush()
+    cursor, state = await a.store.snapshot("cart:m1")
+    assert cursor.offset == 2 and state["lines"]["tea"]["qty"] == 2
+    await redis_client.script_flush()
+    assert await a.store.events_after("cart:m1", frames.Cursor(cursor.epoch, 1)) is not None
+
+
+async def test_load_scripts_up_front(store: RedisStore, redis_client: Redis | RedisCluster) -> None:
+    await redis_client.script_flush()
+    await store.load_scripts()
+    sha = store._scripts["cart_add"].sha
+    exists = await redis_client.script_exists(sha)
+    assert exists == [True]
+
+
+async def test_state_and_scripts_survive_a_server_restart(redis_server: EmbeddedRedis) -> None:
+    client = Redis.from_url(redis_server.url)
+    store = RedisStore(client)
+    try:
+        await store.apply_op("a", add(1, 2))
+        cursor, _ = await store.snapshot("cart:m1")
+        redis_server.restart()  # graceful: the AOF is complete; the script cache is empty
+        outcome = await apply_retrying(store, "a", add(2, 3))
+        assert outcome.ok and outcome.result == {"qty": 5} and not outcome.dup
+        assert outcome.event is not None and outcome.event.cursor == frames.Cursor(cursor.epoch, 2)
+        assert await store.last_seq("a") == 2
+    finally:
+        await client.aclose()
+
+
+async def test_dead_server_is_backend_unavailable_and_the_retry_applies_once(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = Redis.from_url(redis_server.url, socket_connect_timeout=2)
+    store = RedisStore(client)
+    try:
+        await store.apply_op("a", add(1, 2))
+        redis_server.kill()
+        with pytest.raises(BackendUnavailable):
+            await store.apply_op("a", add(2, 3))
+        with pytest.raises(BackendUnavailable):
+            await store.snapshot("cart:m1")
+        redis_server.restart()
+        outcome = await apply_retrying(store, "a", add(2, 3))
+        again = await store.apply_op("a", add(2, 3))
+        assert (outcome.result, again.result, again.dup) == ({"qty": 5}, {"qty": 5}, True)
+    finally:
+        await client.aclose()
+
+
+async def test_fsync_durability_acks_after_waitaof(valkey_server: EmbeddedRedis) -> None:
+    client = Redis.from_url(valkey_server.url)
+    store = RedisStore(client, durability="fsync")
+    try:
+        await store.load_scripts()  # so no NOSCRIPT retry adds a WAITAOF to the count
+        before = await waitaof_calls(valkey_server.url)
+        outcome = await store.apply_op("a", add(1, 2))
+        again = await store.apply_op("a", add(1, 2))
+        assert outcome.ok and again.dup
+        # Standalone: one WAITAOF per settle covers the member script's write too (same node, one AOF).
+        assert await waitaof_calls(valkey_server.url) - before == 2
+    finally:
+        await client.aclose()
+
+
+async def test_fsync_without_waitaof_support_is_backend_unavailable(
+    redis_server_factory: Callable[..., EmbeddedRedis],
+) -> None:
+    no_aof = redis_server_factory(binary=bundled_binary(), appendonly=False)
+    client = Redis.from_url(no_aof.url)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await RedisStore(client, durability="fsync").apply_op("a", add(1))
+    finally:
+        await client.aclose()
+        no_aof.stop()
+
+
+async def test_fsync_durability_on_a_cluster_waits_on_each_node_written(
+    cluster_factory: Callable[[], list[EmbeddedRedis]],
+) -> None:
+    nodes = cluster_factory()
+    client = RedisCluster(host=nodes[0].host, port=nodes[0].port)
+    store = RedisStore(client, durability="fsync")
+    try:
+        await store.load_scripts()
+        before = [await waitaof_calls(node.url) for node in nodes]
+        for seq in range(1, 4):
+            assert (await store.apply_op("pos-1", add(seq))).ok
+        after = [await waitaof_calls(node.url) for node in nodes]
+        assert sum(after) - sum(before) == 6  # member script + settle, for each op
+        assert (await store.snapshot("cart:m1"))[1]["lines"]["tea"]["qty"] == 3
+    finally:
+        await client.aclose()
+        for node in nodes:
+            node.stop()

@@ -1,0 +1,164 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from syncd.settings import ConfigError, Settings, env_var
+
+
+def test_defaults_describe_a_local_hub_with_the_embedded_server() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.redis_url is None
+    assert settings.embedded
+    assert settings.data_dir == Path("var")
+    assert settings.log_level == "info"
+    assert settings.durability == "script"
+    assert settings.allowed_origins == ()
+    assert (settings.heartbeat_ms, settings.max_frame) == (15_000, 65_536)
+
+
+def test_every_field_is_read_from_its_syncd_variable() -> None:
+    environ = {
+        "SYNCD_HOST": "0.0.0.0",
+        "SYNCD_PORT": "9000",
+        "SYNCD_REDIS_URL": "redis://db:6379/2",
+        "SYNCD_DATA_DIR": "/srv/syncd",
+        "SYNCD_LOG_LEVEL": "DEBUG",
+        "SYNCD_DURABILITY": "fsync",
+        "SYNCD_ALLOWED_ORIGINS": "https://shop.example.com, http://localhost:5173/",
+        "SYNCD_HEARTBEAT_MS": "20000",
+        "SYNCD_MAX_FRAME": "131072",
+        "SYNCD_TOKEN_SECRET": "k" * 40,
+        "SYNCD_TOKEN_ALGORITHM": "es256",
+        "SYNCD_TOKEN_PUBLIC_KEY": "/etc/syncd/tokens.pem",
+        "SYNCD_MAX_BATCH": "128",
+        "SYNCD_MAX_SUBSCRIPTIONS": "50",
+        "SYNCD_OP_RATE": "500",
+        "SYNCD_OP_BURST": "5_000",
+        "SYNCD_SEND_QUEUE": "1024",
+        "SYNCD_DEDUP_RETENTION_S": "1209600",
+        "SYNCD_HISTORY_MAXLEN": "2000",
+    }
+    assert {env_var(f.name) for f in dataclasses.fields(Settings)} == set(environ)
+    settings = Settings.from_env(environ)
+    assert settings == Settings(
+        host="0.0.0.0",
+        port=9000,
+        redis_url="redis://db:6379/2",
+        data_dir=Path("/srv/syncd"),
+        log_level="debug",
+        durability="fsync",
+        allowed_origins=("https://shop.example.com", "http://localhost:5173"),
+        heartbeat_ms=20_000,
+        max_frame=131_072,
+        token_secret="k" * 40,
+        token_algorithm="ES256",
+        token_public_key=Path("/etc/syncd/tokens.pem"),
+        max_batch=128,
+        max_subscriptions=50,
+        op_rate=500,
+        op_burst=5000,
+        send_queue=1024,
+        dedup_retention_s=14 * 24 * 3600,
+        history_maxlen=2000,
+    )
+    assert not settings.embedded
+
+
+def test_overrides_win_over_the_environment_and_none_means_not_given() -> None:
+    environ = {"SYNCD_PORT": "9000", "SYNCD_HOST": "0.0.0.0"}
+    settings = Settings.from_env(environ, port="9100", host=None, max_frame=4096)
+    assert (settings.port, settings.host, settings.max_frame) == (9100, "0.0.0.0", 4096)
+
+
+def test_empty_variable_counts_as_unset_and_empty_override_selects_the_default() -> None:
+    assert Settings.from_env({"SYNCD_REDIS_URL": "", "SYNCD_PORT": ""}) == Settings()
+    assert Settings.from_env({"SYNCD_REDIS_URL": "redis://db"}, redis_url="").redis_url is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SYNCD_PORT", "http"),
+        ("SYNCD_PORT", "0"),
+        ("SYNCD_PORT", "70000"),
+        ("SYNCD_REDIS_URL", "localhost:6379"),
+        ("SYNCD_LOG_LEVEL", "verbose"),
+        ("SYNCD_DURABILITY", "always"),
+        ("SYNCD_ALLOWED_ORIGINS", "*"),
+        ("SYNCD_ALLOWED_ORIGINS", "https://shop.example.com/cart"),
+        ("SYNCD_ALLOWED_ORIGINS", "ftp://shop.example.com"),
+        ("SYNCD_ALLOWED_ORIGINS", "https://shop.example.com:99999"),
+        ("SYNCD_HEARTBEAT_MS", "10"),
+        ("SYNCD_MAX_FRAME", "100"),
+        ("SYNCD_MAX_FRAME", str(64 * 1024 * 1024)),
+    ],
+)
+def test_a_bad_value_fails_with_a_message_naming_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable) as raised:
+        Settings.from_env({variable: value})
+    assert value in str(raised.value)
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigError, match="SYNCD_PORT"):
+        Settings(port=True)
+    with pytest.raises(ConfigError, match="SYNCD_DURABILITY"):
+        Settings(durability="sometimes")  # type: ignore[arg-type]
+
+
+def test_unknown_override_is_refused() -> None:
+    with pytest.raises(ConfigError, match="redis_uri"):
+        Settings.from_env({}, redis_uri="redis://db")
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().port = 1  # type: ignore[misc]
+
+
+def test_origin_allowlist_admits_non_browser_clients_and_listed_origins_only() -> None:
+    closed = Settings()
+    assert closed.origin_allowed(None)
+    assert not closed.origin_allowed("https://shop.example.com")
+    listed = Settings.from_env({"SYNCD_ALLOWED_ORIGINS": "https://shop.example.com"})
+    assert listed.origin_allowed("https://shop.example.com")
+    assert listed.origin_allowed("HTTPS://Shop.Example.com")
+    assert not listed.origin_allowed("https://shop.example.com.evil.test")
+    assert not listed.origin_allowed("http://shop.example.com")
+    assert not listed.origin_allowed("null")
+
+
+def test_origin_list_may_be_given_as_a_sequence() -> None:
+    settings = Settings.from_env({}, allowed_origins=["https://a.example", " https://b.example/ "])
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+
+
+def test_cli_reports_a_bad_setting_in_one_line_and_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncd.cli import main
+
+    monkeypatch.delenv("SYNCD_PORT", raising=False)
+    assert main(["serve", "--port", "http"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "SYNCD_PORT (--port)" in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SYNCD_TOKEN_SECRET", "short", "at least 32 characters"),
+        ("SYNCD_TOKEN_ALGORITHM", "none", "one of HS256, RS256, ES256"),
+        ("SYNCD_TOKEN_ALGORITHM", "RS256", "a PEM file exactly when"),
+        ("SYNCD_MAX_BATCH", "0", "SYNCD_MAX_BATCH"),
+        ("SYNCD_SEND_QUEUE", "1", "SYNCD_SEND_QUEUE"),
+    ],
+)
+def test_hub_limits_and_token_settings_are_validated(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        Settings.from_env({variable: value})
+    assert "short" not in str(err.value)  # a secret is never echoed
