@@ -86,6 +86,7 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
         durability=settings.durability,
         dedup_retention_s=settings.dedup_retention_s,
         log_maxlen=settings.history_maxlen,
+        log_max_age_s=settings.history_max_age_s,
     )
 
     fanout = Fanout(lambda: make_client(redis_url), channel)

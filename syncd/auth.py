@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import jwt
+import msgspec
 
+from protocol import frames
 from protocol.errors import CloseCode
 from protocol.topics import MEMBER_KINDS, TopicKind, TopicName, is_valid_key
 from syncd.settings import Settings
@@ -184,4 +186,9 @@ def mint_token(
         claims["channel"] = channel
     if store is not None:
         claims["store"] = store
+    try:
+        msgspec.convert(client_id, frames.ClientId)
+    except msgspec.ValidationError:
+        raise AuthError(CloseCode.UNAUTHORIZED, f"not a valid client_id: {client_id[:64]!r}") from None
+    principal_from_claims(claims)  # refuse to mint what a hub would refuse
     return jwt.encode(claims, key, algorithm=algorithm)

@@ -32,7 +32,8 @@ from typing import Any
 from protocol.errors import SyncError
 from syncd import __version__
 from syncd.app import create_app, redact_url
-from syncd.embedded import EmbeddedRedis
+from syncd.auth import AuthError, Role, load_or_create_secret, mint_token
+from syncd.embedded import EmbeddedRedis, bundled_binary
 from syncd.redis_info import check_durability, make_client, probe
 from syncd.settings import DURABILITY_MODES, LOG_LEVELS, ConfigError, Settings, env_var
 
@@ -81,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     option("allowed_origins", "comma-separated browser origins allowed to connect")
     option("heartbeat_ms", "heartbeat interval of the protocol, in milliseconds")
     option("max_frame", "largest websocket frame accepted, in bytes")
+
+    token = commands.add_parser(
+        "token",
+        help="mint a development token",
+        description="Print a signed token the hub accepts (HS256, with SYNCD_TOKEN_SECRET or the secret the "
+        "hub created in its data dir). Production tokens come from the brand's identity service.",
+    )
+    token.add_argument("--client-id", required=True, help="the device's client_id (the token's subject)")
+    token.add_argument("--role", choices=[r.value for r in Role], default=Role.APP.value)
+    token.add_argument("--channel", default=None, help="mini_program, official_account, h5, app, web, pos, …")
+    token.add_argument(
+        "--member", action="append", default=[], help="a member it may act for (repeat; * for all)"
+    )
+    token.add_argument("--store", default=None, help="the store of a pos terminal")
+    token.add_argument("--ttl", type=float, default=24 * 3600, help="validity in seconds [default: a day]")
+    token.add_argument(
+        "--data-dir", dest="data_dir", default=None, help="the hub's data dir [SYNCD_DATA_DIR]"
+    )
     return parser
 
 
@@ -88,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``syncd`` command and of ``python -m syncd``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return 2
@@ -101,13 +122,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(settings)
 
 
+def _token(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env(os.environ, data_dir=args.data_dir)
+        if settings.token_algorithm != "HS256":
+            raise ConfigError("`syncd token` signs HS256 tokens only; the hub is configured for public keys")
+        secret = settings.token_secret or load_or_create_secret(settings.data_dir)
+        print(
+            mint_token(
+                secret,
+                client_id=args.client_id,
+                role=args.role,
+                channel=args.channel,
+                members=args.member,
+                store=args.store,
+                ttl_s=args.ttl,
+            )
+        )
+    except (ConfigError, AuthError, ValueError) as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def serve(settings: Settings) -> int:
     """Run the hub until a signal or a failure; always stops the embedded server it started."""
     embedded: EmbeddedRedis | None = None
     with _signals_raise_stop():
         try:
             if settings.redis_url is None:
-                embedded = EmbeddedRedis(settings.data_dir)
+                # fsync durability needs WAITAOF: the bundled Valkey has it, Debian's Redis 7.0 does not.
+                binary = bundled_binary() if settings.durability == "fsync" else None
+                embedded = EmbeddedRedis(settings.data_dir, binary=binary)
                 log.info(
                     "starting embedded %s %s (%s) in %s", embedded.name, embedded.version, embedded.binary,
                     embedded.server_dir,

@@ -92,6 +92,8 @@ class Settings:
     """How long the hub remembers a client's op outcomes: at least the longest time a device stays offline."""
     history_maxlen: int = 10_000
     """Events kept per topic for resume; a client further behind gets a reset snapshot."""
+    history_max_age_s: int = 7 * 24 * 3600
+    """... and for how long at most (trimmed as the topic is written)."""
 
     def __post_init__(self) -> None:
         _require(
@@ -153,6 +155,7 @@ class Settings:
         _check_int("send_queue", self.send_queue, 16, 1_000_000)
         _check_int("dedup_retention_s", self.dedup_retention_s, 60, 366 * 24 * 3600)
         _check_int("history_maxlen", self.history_maxlen, 10, 100_000_000)
+        _check_int("history_max_age_s", self.history_max_age_s, 1, 366 * 24 * 3600)
 
     @property
     def embedded(self) -> bool:
@@ -286,4 +289,5 @@ _COERCE: dict[str, Callable[[str, object], object]] = {
     "send_queue": _as_int,
     "dedup_retention_s": _as_int,
     "history_maxlen": _as_int,
+    "history_max_age_s": _as_int,
 }

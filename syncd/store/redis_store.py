@@ -87,6 +87,8 @@ DEDUP_RETENTION_S: Final = 7 * 24 * 3600
 """Default lifetime of a (client, member) dedup hash after its last write."""
 LOG_MAXLEN: Final = 1000
 """Default number of events a topic's stream keeps; older cursors get a reset snapshot."""
+LOG_MAX_AGE_S: Final = 7 * 24 * 3600
+"""Events older than this are dropped from a topic's history (a resume from before them gets a reset)."""
 HISTORY_LIMIT: Final = 500
 """Default number of events one :meth:`RedisStore.events_after` call returns."""
 FSYNC_TIMEOUT_MS: Final = 2000
@@ -263,6 +265,7 @@ class RedisStore:
         durability: Durability = "script",
         dedup_retention_s: int = DEDUP_RETENTION_S,
         log_maxlen: int = LOG_MAXLEN,
+        log_max_age_s: int = LOG_MAX_AGE_S,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
@@ -273,6 +276,7 @@ class RedisStore:
         for name, value in (
             ("dedup_retention_s", dedup_retention_s),
             ("log_maxlen", log_maxlen),
+            ("log_max_age_s", log_max_age_s),
             ("fsync_timeout_ms", fsync_timeout_ms),
         ):
             if type(value) is not int or value < 1:
@@ -282,6 +286,7 @@ class RedisStore:
         self.durability: Durability = durability
         self.dedup_retention_s = dedup_retention_s
         self.log_maxlen = log_maxlen
+        self.log_max_age_s = log_max_age_s
         self.fsync_timeout_ms = fsync_timeout_ms
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
@@ -405,6 +410,7 @@ class RedisStore:
             channel(topic),
             topic,
             op.kind,
+            self.log_max_age_s * 1000,
             *spec.argv(args),
         ]
         # In a cluster the member's and the client's slots may be on different nodes: each needs a WAITAOF.

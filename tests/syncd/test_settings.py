@@ -40,6 +40,7 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         "SYNCD_SEND_QUEUE": "1024",
         "SYNCD_DEDUP_RETENTION_S": "1209600",
         "SYNCD_HISTORY_MAXLEN": "2000",
+        "SYNCD_HISTORY_MAX_AGE_S": "86400",
     }
     assert {env_var(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -63,6 +64,7 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         send_queue=1024,
         dedup_retention_s=14 * 24 * 3600,
         history_maxlen=2000,
+        history_max_age_s=86_400,
     )
     assert not settings.embedded
 

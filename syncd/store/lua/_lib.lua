@@ -91,7 +91,7 @@ end
 
 local PLAIN_OK = record(true, nil, '', nil, nil)
 
--- The common ARGV of every op script; op-specific arguments follow from ARGV[12].
+-- The common ARGV of every op script; op-specific arguments follow from ARGV[13].
 local function op_params()
     local p = {
         client = ARGV[1],
@@ -105,6 +105,7 @@ local function op_params()
         channel = ARGV[9],
         topic = ARGV[10],
         kind = ARGV[11],
+        maxage_ms = tonumber(ARGV[12]),
     }
     return p
 end
@@ -174,11 +175,30 @@ local function topic_meta(topkey, logkey, epoch_candidate)
     return epoch_candidate, 0
 end
 
+-- Retention by age: drop entries committed before cutoff_ms from the head of the stream, at most AGE_TRIM per
+-- write. Each write adds one entry and may drop several, so trimming keeps up with any write rate; a topic that
+-- is no longer written keeps its tail until MAXLEN or its next write (a resume from it still works or resets).
+local AGE_TRIM = 8
+local function trim_by_age(logkey, cutoff_ms)
+    local head = redis.call('XRANGE', logkey, '-', '+', 'COUNT', AGE_TRIM)
+    for _, entry in ipairs(head) do
+        local fields, at = entry[2], nil
+        for i = 1, #fields, 2 do
+            if fields[i] == 'at' then at = tonumber(fields[i + 1]) end
+        end
+        if at == nil or at >= cutoff_ms then
+            return
+        end
+        redis.call('XDEL', logkey, entry[1])
+    end
+end
+
 -- Steps 4 and 5: next offset, stream entry '<offset>-0' (so a cursor maps to an entry id), trim, publish.
 -- The body is the complete 'ev' frame, so hubs forward the published bytes to websockets unchanged.
 local function append_event(topkey, logkey, p, data_enc, conflict_enc)
     local epoch, offset = topic_meta(topkey, logkey, p.epoch)
     offset = offset + 1
+    local at = now_ms()
     local keys = {'t', 'topic', 'cursor', 'kind', 'data', 'at', 'origin'}
     local enc = {
         t = mp('ev'),
@@ -186,7 +206,7 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc)
         cursor = mp_arr({mp(epoch), mp(offset)}),
         kind = mp(p.kind),
         data = data_enc,
-        at = mp(now_ms()),
+        at = mp(at),
         origin = mp_arr({mp(p.client), mp(p.seq)}),
     }
     if conflict_enc then
@@ -194,7 +214,8 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc)
         enc.conflict = conflict_enc
     end
     local body = mp_map(keys, enc)
-    redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body)
+    redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body, 'at', fmt(at))
+    trim_by_age(logkey, at - p.maxage_ms)
     redis.call('HSET', topkey, 'offset', fmt(offset))
     redis.call('PUBLISH', p.channel, body)
     return offset, body

@@ -1,13 +1,13 @@
 --@include _lib.lua _cart.lua
 -- cart.add(member, sku, qty 1..999, attrs?): add the dot [client, seq, 'a', qty, hlc]; removes nothing, so a
--- concurrent add always counts (2 + 1 = 3). ARGV[12] sku, ARGV[13] qty, ARGV[14] attrs (MessagePack or '').
+-- concurrent add always counts (2 + 1 = 3). ARGV[13] sku, ARGV[14] qty, ARGV[15] attrs (MessagePack or '').
 local p = op_params()
 local K = cart_keys()
 local dup = dedup_check(K.dedup, p)
 if dup then
     return dup
 end
-local sku, qty, attrs = ARGV[12], tonumber(ARGV[13]), op_attrs(ARGV[14])
+local sku, qty, attrs = ARGV[13], tonumber(ARGV[14]), op_attrs(ARGV[15])
 if not (check_common(p) and check_sku(sku) and is_int(qty, 1, 999) and check_attrs(attrs)) then
     return reject(K.dedup, p, 'bad_args', 'cart.add arguments failed the store invariants')
 end

@@ -1,13 +1,13 @@
 --@include _lib.lua _cart.lua
 -- cart.remove(member, sku): drop every dot ctx covers; what the client did not see survives (a remove that saw
--- qty 2 racing an unseen add(1) leaves qty 1). ARGV[12] sku.
+-- qty 2 racing an unseen add(1) leaves qty 1). ARGV[13] sku.
 local p = op_params()
 local K = cart_keys()
 local dup = dedup_check(K.dedup, p)
 if dup then
     return dup
 end
-local sku = ARGV[12]
+local sku = ARGV[13]
 if not (check_common(p) and check_sku(sku)) then
     return reject(K.dedup, p, 'bad_args', 'cart.remove arguments failed the store invariants')
 end

@@ -1,14 +1,14 @@
 --@include _lib.lua _cart.lua
 -- cart.set(member, sku, qty 0..9999, attrs?): drop every dot ctx covers, then (qty > 0) add the dot
 -- [client, seq, 's', qty, hlc]. Dots ctx does not cover survive: a concurrent add is kept (add-wins) and a
--- concurrent set stays live as a conflict. ARGV[12] sku, ARGV[13] qty, ARGV[14] attrs (MessagePack or '').
+-- concurrent set stays live as a conflict. ARGV[13] sku, ARGV[14] qty, ARGV[15] attrs (MessagePack or '').
 local p = op_params()
 local K = cart_keys()
 local dup = dedup_check(K.dedup, p)
 if dup then
     return dup
 end
-local sku, qty, attrs = ARGV[12], tonumber(ARGV[13]), op_attrs(ARGV[14])
+local sku, qty, attrs = ARGV[13], tonumber(ARGV[14]), op_attrs(ARGV[15])
 if not (check_common(p) and check_sku(sku) and is_int(qty, 0, 9999) and check_attrs(attrs)) then
     return reject(K.dedup, p, 'bad_args', 'cart.set arguments failed the store invariants')
 end

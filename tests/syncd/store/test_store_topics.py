@@ -15,6 +15,7 @@ from protocol import frames
 from protocol.errors import ProtocolError
 from syncd.store import RedisStore
 from syncd.store.redis_store import channel, member_slot
+from tests.syncd.store.conftest import Device
 
 Devices = Callable[..., Any]
 
@@ -184,3 +185,18 @@ async def test_event_is_published_with_the_bytes_of_the_stream_entry(
             await pubsub.aclose()
         for listener in listeners:
             await listener.aclose()
+
+
+async def test_history_older_than_the_retention_age_is_dropped_and_such_a_cursor_gets_a_reset(
+    redis_client: Redis | RedisCluster,
+) -> None:
+    store = RedisStore(redis_client, log_max_age_s=1)
+    a = Device(store, "a")
+    start, _ = await store.snapshot("cart:m1")
+    for _ in range(3):
+        await a.add("tea", 1)
+    middle, _ = await store.snapshot("cart:m1")
+    await asyncio.sleep(1.1)  # the retention is an age: it has to pass
+    fresh = await a.add("tea", 1)
+    assert await store.events_after("cart:m1", start) is None  # its first needed event aged out
+    assert await store.events_after("cart:m1", middle) == [fresh.event]  # the recent tail is kept
