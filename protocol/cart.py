@@ -2,24 +2,27 @@
 
 Everything here is deterministic, I/O-free and works on the wire shapes themselves (dicts, lists, strings,
 integers), so the same values are what Redis stores, what events carry and what the SDK caches. The hub's
-Lua scripts re-implement :func:`apply` and are differential-tested against it; the SDK uses it to predict
-the effect of its pending ops. Where this module and docs/cart-rules.md disagree, one of them has a bug.
+Lua scripts re-implement :func:`apply` and are differential-tested against it; the SDK uses
+:func:`predict` (the same rules without folding) to show the effect of its pending ops. Where this module
+and docs/cart-rules.md disagree, one of them has a bug.
 
 **The model in one paragraph.** A line is a set of *live dots*, one per op whose contribution still counts,
-each ``[client_id, seq, kind, value, hlc]``. An op removes exactly the dots its causal context ``ctx``
-covers (what its client had seen) and adds its own dot. So an op can only undo what it saw: concurrent adds
-survive a remove (add-wins), concurrent adds sum, and concurrent sets all stay live with one deterministic
-winner. Because every covered dot was applied before the op that covers it, the final set of live dots -
-hence the quantity - does not depend on the order in which concurrent ops arrive (tested as a property),
-which is the point: *a conflict is concurrency by the version vectors, never arrival order* (DESIGN §3,
-PITFALLS 10). The attrs register has one documented exception (:func:`apply`, rule 5).
+each ``[client_id, seq, kind, value, hlc]`` plus the op's ``attrs`` when it carried some. An op removes
+exactly the dots its causal context ``ctx`` covers (what its client had seen) and adds its own dot. So an op
+can only undo what it saw: concurrent adds survive a remove (add-wins), concurrent adds sum, and concurrent
+sets all stay live with one deterministic winner. Because every covered dot was applied before the op that
+covers it, the final set of live dots does not depend on the order in which concurrent ops arrive; and
+everything a line holds - quantity, vector, attrs, even the order of its dots - is a function of that set.
+So without folding the whole state converges, byte for byte (tested as a property over every causal
+interleaving), which is the point: *a conflict is concurrency by the version vectors, never arrival order*
+(DESIGN §3, PITFALLS 10).
 
-**Values.** A cart is ``{"lines": {sku: line}, "folds": n}``; a stored line is
-``{"qty": int, "vv": {client: seq}, "dots": [dot, …]}`` plus ``"attrs"`` and ``"ak"`` once an op wrote
-attrs. ``qty`` and ``vv`` are derived from ``dots`` (cached so that readers need not recompute them);
-:func:`wire_line` gives the form snapshots and events carry (``ak`` dropped, ``attrs`` omitted when empty).
-Carts are treated as immutable values: :func:`apply` never mutates its input, and the cart it returns
-shares unchanged lines and dots with the input, so do not mutate either.
+**Values.** A cart is ``{"lines": {sku: line}, "folds": n}``; a line is
+``{"qty": int, "attrs": {…}, "vv": {client: seq}, "dots": [dot, …]}`` (``attrs`` omitted when empty), the
+same shape stored and sent. ``qty``, ``attrs`` and ``vv`` are derived from ``dots`` (cached so that readers
+need not recompute them); ``dots`` are in canonical order (:func:`dot_order`). Carts are treated as
+immutable values: :func:`apply` never mutates its input, and the cart it returns shares unchanged lines and
+dots with the input, so do not mutate either.
 
 **Exactly once is the caller's job.** :func:`apply` does not deduplicate: the hub records ``(client_id,
 seq)`` in the same atomic step and never applies an op twice; applying one twice here would add its dot
@@ -28,11 +31,12 @@ twice.
 **Where ``ctx`` comes from.** A client must build ``ctx`` from line states the hub delivered (snapshot and
 events of ``cart:<member>``, which form a gap-free prefix of the cart's history) plus its own earlier ops:
 the rules rely on "a covered dot was applied before", and the hub entry ``~`` is only meaningful as the hub
-issued it. The SDK must therefore never fold locally (folds are numbered by the hub).
+issued it. The SDK must therefore never fold locally (folds are numbered by the hub): :func:`predict`.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -46,7 +50,9 @@ from protocol.errors import ErrorCode
 MAX_LINES: Final = 200
 """Lines per cart: an op that would create line 201 is rejected with ``limit_exceeded``."""
 MAX_DOTS: Final = 16
-"""Live dots per line besides the base dot; beyond it the oldest add-dots are folded into the base."""
+"""Live dots per line besides the base dot; beyond it the lowest add-dots are folded into the base."""
+_NO_FOLD: Final = 1 << 62
+"""The dot bound :func:`predict` uses: never reached, so it never folds nor refuses a set-dot."""
 MAX_ATTRS: Final = 16
 """Keys per ``attrs`` map."""
 MAX_ATTR_KEY: Final = 64
@@ -85,20 +91,21 @@ LIMIT_EXCEEDED: Final = ErrorCode.LIMIT_EXCEEDED.value
 AttrValue: TypeAlias = str | int | bool
 Attrs: TypeAlias = dict[str, AttrValue]
 Dot: TypeAlias = list[Any]
-"""``[client_id, seq, kind, value, hlc]``; kind ``"a"`` add (value = delta), ``"s"`` set (value = quantity),
-``"b"`` base (``["~", n, "b", sum, 0]``). A list, not a tuple: that is what MessagePack and JSON give
-back."""
+"""``[client_id, seq, kind, value, hlc]``, plus ``attrs`` as a 6th element when the op carried some; kind
+``"a"`` add (value = delta), ``"s"`` set (value = quantity), ``"b"`` base (``["~", n, "b", sum, 0]``, plus
+``attrs, [hlc, client_id, seq]`` when a folded dot carried attrs: the winning folded attrs and the key of the
+dot they came from, which the base competes with). A list, not a tuple: that is what MessagePack and JSON
+give back; a later protocol version may append elements, which these functions ignore."""
 
 
 class Line(TypedDict):
-    """A stored cart line: ``qty`` and ``vv`` derive from ``dots``; ``attrs`` and ``ak`` go together."""
+    """A cart line, stored and on the wire: ``qty``, ``attrs`` and ``vv`` derive from ``dots``."""
 
     qty: int
     vv: dict[str, int]
     dots: list[Dot]
     attrs: NotRequired[Attrs]
-    ak: NotRequired[list[Any]]
-    """``[hlc, client_id, seq]`` of the op whose ``attrs`` won (stored, not sent)."""
+    """Omitted when empty (no live dot carries attrs, or the winning ones are ``{}``)."""
 
 
 class Cart(TypedDict):
@@ -186,6 +193,29 @@ def _dot_key(dot: Dot) -> tuple[int, bytes, int]:
     return _key(dot[4], dot[0], dot[1])
 
 
+def dot_order(dot: Dot) -> tuple[bool, int, bytes, int]:
+    """The sort key of a line's canonical dot order: the base dot first, then ascending
+    ``(hlc, client_id as UTF-8 bytes, seq)``. A line's ``dots`` are always in this order, so a line's state
+    depends on its set of live dots only, never on the order ops arrived in."""
+    return (dot[2] != DOT_BASE, dot[4], dot[0].encode("utf-8"), dot[1])
+
+
+def _attrs_key(dot: Dot) -> tuple[int, bytes, int]:
+    # The key a dot's attrs compete with: its own, or for a base the key of the folded dot they came from.
+    if dot[2] == DOT_BASE:
+        return _key(*dot[6])
+    return _dot_key(dot)
+
+
+def _attrs_dot(dots: list[Dot]) -> Dot | None:
+    """The live dot whose attrs are the line's: of the dots that carry attrs, the greatest key."""
+    best: Dot | None = None
+    for d in dots:
+        if len(d) > 5 and (best is None or _attrs_key(d) > _attrs_key(best)):
+            best = d
+    return best
+
+
 def _set_dots(dots: list[Dot]) -> list[Dot]:
     """The live set-dots, winner first: greatest ``(hlc, client_id, seq)`` first."""
     return sorted((d for d in dots if d[2] == DOT_SET), key=_dot_key, reverse=True)
@@ -214,6 +244,12 @@ def _vv(dots: list[Dot]) -> dict[str, int]:
 def line_qty(line: Line) -> int:
     """The line's quantity, computed from its dots (equals the cached ``line["qty"]``)."""
     return _qty(line["dots"])
+
+
+def line_attrs(line: Line) -> Attrs:
+    """The line's attrs, computed from its dots: ``{}`` when none (equals the cached ``attrs`` or ``{}``)."""
+    winner = _attrs_dot(line["dots"])
+    return dict(winner[5]) if winner is not None else {}
 
 
 def line_vv(line: Line) -> dict[str, int]:
@@ -247,7 +283,7 @@ def conflict_of(sku: str, line: Line) -> Conflict | None:
 
 
 def wire_line(line: Line) -> Line:
-    """The line as snapshots and events carry it: ``{"qty", "attrs"?, "vv", "dots"}``, ``ak`` dropped."""
+    """The line as snapshots and events carry it: ``{"qty", "attrs"?, "vv", "dots"}`` (the stored shape)."""
     out: Line = {"qty": line["qty"], "vv": line["vv"], "dots": line["dots"]}
     attrs = line.get("attrs")
     if attrs:
@@ -260,11 +296,11 @@ def snapshot(cart: Cart) -> dict[str, Any]:
     return {"lines": {sku: wire_line(line) for sku, line in cart["lines"].items()}}
 
 
-def _make_line(dots: list[Dot], attrs: Attrs | None, ak: list[Any] | None) -> Line:
+def _make_line(dots: list[Dot]) -> Line:
     line: Line = {"qty": _qty(dots), "vv": _vv(dots), "dots": dots}
-    if attrs is not None and ak is not None:
-        line["attrs"] = attrs
-        line["ak"] = ak
+    winner = _attrs_dot(dots)
+    if winner is not None and winner[5]:
+        line["attrs"] = winner[5]
     return line
 
 
@@ -384,39 +420,38 @@ def parse_op(
 
 
 def apply(cart: Cart, op: CartOp) -> Outcome:
-    """Apply one op to a cart (docs/cart-rules.md). Pure: returns the new cart, never mutates ``cart``.
+    """Apply one op to a cart (docs/cart-rules.md), as the hub does. Pure: never mutates ``cart``.
 
     Rules, in the order a port must follow them:
 
     1. **Validate** (:func:`check_op`); a malformed op is rejected ``bad_args`` and changes nothing.
     2. **Remove what the op saw.** ``cart.set``/``cart.remove``: every dot of the line that ``ctx`` covers
-       (``ctx.get(client, 0) >= seq``; the base dot ``["~", n, …]`` is covered by ``ctx["~"] >= n``).
-       ``cart.clear``: the same on every line. ``cart.add``: nothing - adding never undoes anyone's write.
-       An op cannot remove a dot it did not see, so a concurrent add or set survives (add-wins) and a
-       remove that saw qty 2 racing an unseen ``add(1)`` leaves 1.
+       (``ctx.get(client, 0) >= seq``; the base dot ``["~", n, …]`` is covered by ``ctx["~"] >= n``),
+       attrs included. ``cart.clear``: the same on every line. ``cart.add``: nothing - adding never undoes
+       anyone's write. An op cannot remove a dot it did not see, so a concurrent add or set survives
+       (add-wins) and a remove that saw qty 2 racing an unseen ``add(1)`` leaves 1.
     3. **Add the op's dot** for ``cart.add`` (``[c, s, "a", qty, hlc]``) and for ``cart.set`` with
-       ``qty > 0`` (``[c, s, "s", qty, hlc]``), appended: the dot list is kept in apply order. ``set(0)`` adds
-       nothing: it is a remove. Rejected with ``limit_exceeded`` (before anything changes) when the dot
-       would create line 201, or would leave more than :data:`MAX_DOTS` live set-dots on the line (set-dots
-       cannot be folded: only mutually concurrent unresolved sets get there, and a client that has seen
-       them resolves them).
+       ``qty > 0`` (``[c, s, "s", qty, hlc]``), with the op's ``attrs`` (``{}`` included) as a 6th element
+       when it carried some, inserted at its place in the canonical order (:func:`dot_order`). ``set(0)``
+       adds nothing: it is a remove, and its ``attrs`` are ignored. Rejected with ``limit_exceeded``
+       (before anything changes) when the dot would create line 201, or would leave more than
+       :data:`MAX_DOTS` live set-dots on the line (set-dots cannot be folded: only mutually concurrent
+       unresolved sets get there, and a client that has seen them resolves them).
     4. **Fold** (only when a dot was added): while the line holds more than :data:`MAX_DOTS` dots besides
-       the base, the oldest add-dots (lowest positions) are folded - just as many as exceed the bound -
-       into the line's single base dot ``["~", n, "b", sum, 0]``, kept first in the list: ``sum`` = old
-       base value + folded values, ``n`` = the cart's ``folds`` counter plus one (stored back). A fresh
-       ``n`` means no existing ``ctx`` covers the new base, so folding can make a later remove keep
-       quantity it had seen (a spurious survivor) but never remove what it had not; set-dots are never
-       folded, so the winner never changes because of a fold. The line's vector then has at most 17 entries
-       (16 clients + ``~``).
-    5. **Attrs** (only ops that added a dot and carry ``attrs``): a last-writer-wins register per line; the
-       op writes it iff the line has none or its ``(hlc, client_id, seq)`` is greater than the stored
-       ``ak``. The register lives as long as the line: a line left without dots is deleted, attrs included.
-       Known limit: this is the one place where arrival order can matter. If a remove that deletes the line
-       races an add carrying attrs whose key is lower than the line's current ``ak``, the surviving line
-       has the old attrs when the add arrives first and the add's attrs when it arrives second (quantity and
-       dots agree either way). Exact convergence would need attrs kept per dot; the spec keeps one register.
-    6. **Report.** ``qty`` = the winning set-dot's value (greatest ``(hlc, client_id, seq)``) + every live
-       add and base value. ``changed`` lists lines whose dots changed (a line without dots is ``None``).
+       the base, the add-dots lowest in the canonical order are folded - just as many as exceed the bound -
+       into the line's single base dot ``["~", n, "b", sum, 0]``, kept first: ``sum`` = old base value +
+       folded values, ``n`` = the cart's ``folds`` counter plus one (stored back). If any folded dot (old
+       base included) carried attrs, the base carries those of the greatest attrs key among them, and that
+       key: ``["~", n, "b", sum, 0, attrs, [hlc, client_id, seq]]``. So a fold changes neither the line's
+       quantity, nor its winner (set-dots are never folded), nor its attrs; it only hides which folded dots
+       a later ``ctx`` saw: a fresh ``n`` is covered by no existing ``ctx``, so a later remove may keep
+       quantity it had seen (a spurious survivor) but never removes what it had not. The line's vector then
+       has at most 17 entries (16 clients + ``~``).
+    5. **Derive** ``qty`` = the winning set-dot's value (greatest ``(hlc, client_id, seq)``) + every live
+       add and base value; ``attrs`` = those of the live dot with the greatest ``(hlc, client_id, seq)``
+       among the dots that carry attrs (a base with the key it carries); ``vv`` = greatest seq per client.
+       A line left without dots is deleted.
+    6. **Report.** ``changed`` lists lines whose dots changed (a line without dots is ``None``).
        ``conflict`` = :func:`conflict_of` the op's line after the op (for clear: of the first line, in UTF-8
        byte order of sku, that holds one). ``result`` = ``{"qty": q}`` (the line's quantity after the op, 0
        if absent) or, for clear, ``{"lines": n}`` (the number of lines left in the cart).
@@ -424,8 +459,19 @@ def apply(cart: Cart, op: CartOp) -> Outcome:
     return _apply(cart, op, MAX_DOTS)
 
 
+def predict(cart: Cart, op: CartOp) -> Outcome:
+    """:func:`apply` without folding and without the set-dot bound: what a client shows for its pending op.
+
+    Base dots are numbered by the hub alone (a client's own fold would name a base no hub ever issued, and
+    a ``ctx`` built on it would be meaningless), so the SDK predicts with this and leaves bounding to the
+    hub; the hub's answer replaces the prediction once it arrives. Everything else - validation, the line
+    limit, the derived fields, the report - is as :func:`apply`.
+    """
+    return _apply(cart, op, _NO_FOLD)
+
+
 def _apply(cart: Cart, op: CartOp, max_dots: int) -> Outcome:
-    # ``max_dots`` is a parameter only so that tests can compare against a cart that never folds.
+    # ``max_dots`` is a parameter so that :func:`predict` and the tests can use other bounds.
     if check_op(op) is not None:
         return _rejected(cart, BAD_ARGS)
     if op.kind == CLEAR:
@@ -444,7 +490,7 @@ def _line_op(cart: Cart, op: CartOp, max_dots: int) -> Outcome:
     old = lines.get(sku)
     dots: list[Dot] = list(old["dots"]) if old is not None else []
 
-    # 2. remove what the op saw
+    # 2. remove what the op saw (filtering keeps the canonical order)
     count_before = len(dots)
     if op.kind != ADD:
         dots = [d for d in dots if not vvs.covers(op.ctx, d[0], d[1])]
@@ -459,7 +505,10 @@ def _line_op(cart: Cart, op: CartOp, max_dots: int) -> Outcome:
         kind: Literal["a", "s"] = DOT_ADD if op.kind == ADD else DOT_SET
         if kind == DOT_SET and sum(1 for d in dots if d[2] == DOT_SET) >= max_dots:
             return _rejected(cart, LIMIT_EXCEEDED)
-        dots.append([op.client_id, op.seq, kind, op.qty, op.hlc])
+        dot: Dot = [op.client_id, op.seq, kind, op.qty, op.hlc]
+        if op.attrs is not None:
+            dot.append(dict(op.attrs))
+        bisect.insort(dots, dot, key=dot_order)
         if _excess(dots, max_dots) > 0:
             folds += 1
             dots = _fold(dots, max_dots, folds)
@@ -473,17 +522,8 @@ def _line_op(cart: Cart, op: CartOp, max_dots: int) -> Outcome:
             result={"qty": old["qty"] if old is not None else 0},
         )
 
-    # 5. attrs, and the new line
-    new_line: Line | None = None
-    if dots:
-        attrs = old.get("attrs") if old is not None else None
-        ak = old.get("ak") if old is not None else None
-        if adds and op.attrs is not None:
-            key: list[Any] = [op.hlc, op.client_id, op.seq]
-            if ak is None or _key(*key) > _key(*ak):
-                attrs, ak = dict(op.attrs), key
-        new_line = _make_line(dots, attrs, ak)
-
+    # 5. derive the new line
+    new_line = _make_line(dots) if dots else None
     new_lines = dict(lines)
     if new_line is None:
         del new_lines[sku]  # only reachable by removing, so the line existed
@@ -502,23 +542,31 @@ def _excess(dots: list[Dot], max_dots: int) -> int:
 
 
 def _fold(dots: list[Dot], max_dots: int, n: int) -> list[Dot]:
-    """Fold the oldest add-dots into the base dot ``["~", n, "b", sum, 0]``, first in the list.
+    """Fold the lowest add-dots into the base dot ``["~", n, "b", sum, 0]``, first in the list.
 
     Only as many as exceed ``max_dots`` (non-base dots), so the newest contributions stay individually
-    removable. The caller has checked that there are enough add-dots (set-dots are at most ``max_dots``).
+    removable. The old base is folded too; if any folded dot carried attrs, the base carries the winning
+    ones with their key. The caller has checked that there are enough add-dots (set-dots are at most
+    ``max_dots``).
     """
     excess = _excess(dots, max_dots)
     total = 0
+    carried: Dot | None = None
     rest: list[Dot] = []
-    for d in dots:
-        if d[2] == DOT_BASE:
-            total += d[3]
-        elif d[2] == DOT_ADD and excess > 0:
-            total += d[3]
-            excess -= 1
-        else:
+    for d in dots:  # canonical order: the base first, then the lowest keys
+        if d[2] == DOT_SET or (d[2] == DOT_ADD and excess <= 0):
             rest.append(d)
-    return [[BASE, n, DOT_BASE, total, 0], *rest]
+            continue
+        if d[2] == DOT_ADD:
+            excess -= 1
+        total += d[3]
+        if len(d) > 5 and (carried is None or _attrs_key(d) > _attrs_key(carried)):
+            carried = d
+    base: Dot = [BASE, n, DOT_BASE, total, 0]
+    if carried is not None:
+        key = carried[6] if carried[2] == DOT_BASE else [carried[4], carried[0], carried[1]]
+        base += [carried[5], key]
+    return [base, *rest]
 
 
 def _clear(cart: Cart, ctx: Mapping[str, int]) -> Outcome:
@@ -529,7 +577,7 @@ def _clear(cart: Cart, ctx: Mapping[str, int]) -> Outcome:
         if len(dots) == len(line["dots"]):
             new_lines[sku] = line
         elif dots:
-            new_line = _make_line(dots, line.get("attrs"), line.get("ak"))
+            new_line = _make_line(dots)
             new_lines[sku] = new_line
             changed[sku] = wire_line(new_line)
         else:

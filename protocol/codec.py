@@ -60,6 +60,12 @@ class _NeverSent(frames.Frame, tag="\x00", frozen=True):
     """A tag no peer sends; keeps every decoder a tagged union (see :class:`FrameDecoder`)."""
 
 
+def shared_decoder(accept: tuple[type[frames.Frame], ...], limits: Limits) -> FrameDecoder:
+    """One decoder per (frame set, limits), shared by every connection: a decoder holds no per-message
+    state, and building msgspec's union decoder for each of thousands of connections costs memory."""
+    return _shared_decoder(accept, limits)
+
+
 class FrameDecoder:
     """Decodes the frames one side accepts (``frames.CLIENT_FRAMES`` on a hub), within ``limits``."""
 
@@ -98,99 +104,116 @@ class FrameDecoder:
 
 # --- structural pre-check ------------------------------------------------------------------------------
 
-# Fixed-size scalars: type byte → bytes of payload that follow it.
-_SCALAR: Final = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
-_SCALAR.update({0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8})
-# Variable-size: type byte → width of the big-endian length that follows it.
-_STR: Final = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4}
-_ARRAY: Final = {0xDC: 2, 0xDD: 4}
-_MAP: Final = {0xDE: 2, 0xDF: 4}
-_EXT: Final = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+# What each first byte announces: (_KIND, argument). Built once; the walk below is one table lookup per value.
+_SKIP, _STR, _STR_W, _MAP, _MAP_W, _ARRAY, _ARRAY_W, _EXT, _RESERVED = range(9)
+
+
+_FIXED: Final = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+
+
+def _first_byte_table() -> tuple[tuple[int, int], ...]:
+    table: list[tuple[int, int]] = []
+    for b in range(256):
+        if b <= 0x7F or b >= 0xE0:
+            entry = (_SKIP, 0)  # positive / negative fixint
+        elif b <= 0x8F:
+            entry = (_MAP, b & 0x0F)
+        elif b <= 0x9F:
+            entry = (_ARRAY, b & 0x0F)
+        elif b <= 0xBF:
+            entry = (_STR, b & 0x1F)
+        elif b in (0xC0, 0xC2, 0xC3):
+            entry = (_SKIP, 0)  # nil, false, true
+        elif b in _FIXED:
+            entry = (_SKIP, _FIXED[b])  # float32/64, uint8-64, int8-64
+        elif b in (0xC4, 0xD9):
+            entry = (_STR_W, 1)  # bin8, str8
+        elif b in (0xC5, 0xDA):
+            entry = (_STR_W, 2)
+        elif b in (0xC6, 0xDB):
+            entry = (_STR_W, 4)
+        elif b in (0xDC, 0xDD):
+            entry = (_ARRAY_W, 2 if b == 0xDC else 4)
+        elif b in (0xDE, 0xDF):
+            entry = (_MAP_W, 2 if b == 0xDE else 4)
+        elif b == 0xC1:
+            entry = (_RESERVED, 0)  # the one byte MessagePack never uses
+        else:
+            entry = (_EXT, 0)  # 0xC7-0xC9, 0xD4-0xD8
+        table.append(entry)
+    return tuple(table)
+
+
+_TABLE: Final = _first_byte_table()
 
 
 def check_structure(data: bytes, limits: Limits) -> None:
     """Validate that ``data`` is exactly one MessagePack map within ``limits``, without decoding it.
 
-    Work is linear in the bytes actually present, and memory is O(depth): declared lengths are compared with
-    the limits and with the bytes that remain before anything is skipped.
+    Work is linear in the values present (one table lookup each; strings are skipped by their length), and
+    memory is O(depth): a container's declared length is compared with the limits and with the bytes that
+    remain before anything else is read. A length that runs past the end is found when the next read
+    falls outside ``data``.
     """
     size = len(data)
     if size > limits.max_frame:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"{size} bytes > {limits.max_frame}")
     if size == 0:
         raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
-    first = data[0]
-    if not (0x80 <= first <= 0x8F or first in _MAP):
+    if _TABLE[data[0]][0] not in (_MAP, _MAP_W):
         raise ProtocolError(ErrorCode.BAD_FRAME, "a frame is a map")
     max_depth, max_len, max_str = limits.max_depth, limits.max_len, limits.max_str
     items_left = limits.max_items
+    table = _TABLE
     pending = [1]  # values still to read at each open depth; the root holds one value
     pos = 0
-    while pending:
-        if pending[-1] == 0:
-            pending.pop()
-            continue
-        pending[-1] -= 1
-        if pos >= size:
-            raise ProtocolError(ErrorCode.MALFORMED, "truncated frame")
-        b = data[pos]
-        pos += 1
-        if b <= 0x7F or b >= 0xE0:  # positive / negative fixint
-            continue
-        if b <= 0x8F:  # fixmap
-            count, per = b & 0x0F, 2
-        elif b <= 0x9F:  # fixarray
-            count, per = b & 0x0F, 1
-        elif b <= 0xBF:  # fixstr
-            pos = _skip(data, pos, b & 0x1F, max_str)
-            continue
-        elif b in _SCALAR:
-            pos += _SCALAR[b]
-            continue
-        elif b in _STR:
-            width = _STR[b]
-            pos = _skip(data, pos + width, _length(data, pos, width), max_str)
-            continue
-        elif b in _ARRAY:
-            width = _ARRAY[b]
-            count, per = _length(data, pos, width), 1
-            pos += width
-        elif b in _MAP:
-            width = _MAP[b]
-            count, per = _length(data, pos, width), 2
-            pos += width
-        elif b in _EXT:
-            raise ProtocolError(ErrorCode.BAD_FRAME, "extension types are not used by this protocol")
-        else:  # 0xC1, the one byte MessagePack never uses
-            raise ProtocolError(ErrorCode.MALFORMED, f"reserved byte 0x{b:02x}")
-        # a container of `count` entries, each `per` values
-        if count > max_len:
-            raise ProtocolError(ErrorCode.TOO_LONG, f"container of {count} entries > {max_len}")
-        if len(pending) > max_depth:  # opening a container at depth len(pending)
-            raise ProtocolError(ErrorCode.TOO_DEEP, f"nesting deeper than {max_depth}")
-        values = count * per
-        if values > size - pos:  # every value takes at least one byte
-            raise ProtocolError(ErrorCode.MALFORMED, "truncated frame")
-        items_left -= count
-        if items_left < 0:
-            raise ProtocolError(ErrorCode.TOO_LONG, f"more than {limits.max_items} entries in one frame")
-        pending.append(values)
-    if pos > size:
+    try:
+        while pending:
+            if not pending[-1]:
+                pending.pop()
+                continue
+            pending[-1] -= 1
+            kind, arg = table[data[pos]]
+            pos += 1
+            if kind == _SKIP:
+                pos += arg
+                continue
+            if kind in (_STR, _STR_W):
+                if kind == _STR_W:
+                    arg, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
+                if arg > max_str:
+                    raise ProtocolError(ErrorCode.TOO_LONG, f"string of {arg} bytes > {max_str}")
+                pos += arg
+                continue
+            if kind in (_MAP, _ARRAY):
+                count = arg
+            elif kind in (_MAP_W, _ARRAY_W):
+                count, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
+                if pos > size:
+                    break  # the length itself was cut off
+            elif kind == _EXT:
+                raise ProtocolError(ErrorCode.BAD_FRAME, "extension types are not used by this protocol")
+            else:
+                raise ProtocolError(ErrorCode.MALFORMED, f"reserved byte 0x{data[pos - 1]:02x}")
+            if count > max_len:
+                raise ProtocolError(ErrorCode.TOO_LONG, f"container of {count} entries > {max_len}")
+            if len(pending) > max_depth:  # this container opens at depth len(pending)
+                raise ProtocolError(ErrorCode.TOO_DEEP, f"nesting deeper than {max_depth}")
+            values = count * 2 if kind in (_MAP, _MAP_W) else count
+            if values > size - pos:  # every value takes at least one byte
+                break
+            items_left -= count
+            if items_left < 0:
+                raise ProtocolError(ErrorCode.TOO_LONG, f"more than {limits.max_items} entries in one frame")
+            pending.append(values)
+    except IndexError:  # a read past the end: a length promised more bytes than there are
+        raise ProtocolError(ErrorCode.MALFORMED, "truncated frame") from None
+    if pending or pos > size:
         raise ProtocolError(ErrorCode.MALFORMED, "truncated frame")
     if pos != size:
         raise ProtocolError(ErrorCode.MALFORMED, f"{size - pos} trailing bytes")
 
 
-def _length(data: bytes, pos: int, width: int) -> int:
-    if pos + width > len(data):
-        raise ProtocolError(ErrorCode.MALFORMED, "truncated frame")
-    return int.from_bytes(data[pos : pos + width], "big")
-
-
-def _skip(data: bytes, pos: int, length: int, max_str: int) -> int:
-    if length > max_str:
-        raise ProtocolError(ErrorCode.TOO_LONG, f"string of {length} bytes > {max_str}")
-    end = pos + length
-    if end > len(data):
-        raise ProtocolError(ErrorCode.MALFORMED, "truncated frame")
-    return end
+@functools.lru_cache(maxsize=32)
+def _shared_decoder(accept: tuple[type[frames.Frame], ...], limits: Limits) -> FrameDecoder:
+    return FrameDecoder(accept, limits)

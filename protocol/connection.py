@@ -354,7 +354,7 @@ class ServerProtocol(_Connection[ServerEvent]):
             State.AWAITING_HELLO,
             _SERVER_TRANSITIONS,
             _SERVER_ACCEPTS,
-            codec.FrameDecoder(frames.CLIENT_FRAMES, limits),
+            codec.shared_decoder(frames.CLIENT_FRAMES, limits),
         )
         self._versions = tuple(versions)
         self._limits = limits
@@ -559,7 +559,7 @@ class ClientProtocol(_Connection[ClientEvent]):
             State.IDLE,
             _CLIENT_TRANSITIONS,
             _CLIENT_ACCEPTS,
-            codec.FrameDecoder(frames.SERVER_FRAMES, limits),
+            codec.shared_decoder(frames.SERVER_FRAMES, limits),
         )
         self._hello = hello
         self._versions = tuple(versions)

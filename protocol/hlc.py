@@ -1,6 +1,6 @@
 """Hybrid logical clock: timestamps that follow wall time but never go backwards and respect causality.
 
-Used only to break ties between concurrent writes (the cart's ``set`` winner, the attrs register), never to
+Used only to break ties between concurrent writes (the cart's ``set`` winner, the attrs shown), never to
 order causally related ones: causality comes from version vectors (PITFALLS 10: tills are offline for hours
 and their clocks drift).
 

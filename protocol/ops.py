@@ -32,7 +32,8 @@ AttrValue: TypeAlias = (
     | bool
 )
 Attrs = Annotated[dict[AttrKey, AttrValue], msgspec.Meta(max_length=cart.MAX_ATTRS)]
-"""Line attributes (size, colour, gift wrap, …): a last-writer-wins register per line, by HLC."""
+"""Line attributes (size, colour, gift wrap, …), kept with the op's dot; the live dot with the greatest HLC
+wins (docs/cart-rules.md)."""
 
 
 class OpArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=False):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import msgspec  # noqa: E402
 
-from protocol import codec, frames  # noqa: E402
+from protocol import cart, codec, frames  # noqa: E402
 from protocol.errors import ErrorCode, ProtocolError  # noqa: E402
 
 OUT = ROOT / "tests" / "vectors" / "frames.json"
@@ -46,7 +46,7 @@ LINE = {
     "qty": 3,
     "attrs": {"size": "M"},
     "vv": {"app-m42-a": 3, "pos-sh01-3": 6},
-    "dots": [["app-m42-a", 3, "a", 1, HLC0 + 1], ["pos-sh01-3", 6, "a", 2, HLC0 + 2048]],
+    "dots": [["app-m42-a", 3, "a", 1, HLC0 + 1], ["pos-sh01-3", 6, "a", 2, HLC0 + 2048, {"size": "M"}]],
 }
 
 VALID: list[tuple[str, str, dict[str, Any]]] = [
@@ -192,7 +192,7 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
                     "SKU-1": {
                         "qty": 5,
                         "vv": {"app-m42-a": 4, "pos-sh01-3": 8},
-                        "dots": [["pos-sh01-3", 8, "s", 5, HLC0 + 9], ["app-m42-a", 4, "s", 2, HLC0 + 7]],
+                        "dots": [["app-m42-a", 4, "s", 2, HLC0 + 7], ["pos-sh01-3", 8, "s", 5, HLC0 + 9]],
                     },
                     "SKU-2": None,
                 }
@@ -380,6 +380,25 @@ INVALID: list[tuple[str, str, bytes, ErrorCode]] = [
 ]
 
 
+def cart_line_problems(frame: dict[str, Any]) -> list[str]:
+    """Cart lines in a snapshot or event that the cart rules (protocol/cart.py) would not produce: qty,
+    attrs and vv must be those the dots give, and the dots in canonical order."""
+    if not str(frame.get("topic", "")).startswith("cart:"):
+        return []
+    holder = frame.get("state") if frame["t"] == "snap" else frame.get("data")
+    problems: list[str] = []
+    for sku, line in ((holder or {}).get("lines") or {}).items():
+        if line is None:
+            continue
+        dots = line["dots"]
+        derived = {"qty": cart.line_qty(line), "vv": cart.line_vv(line), "attrs": cart.line_attrs(line)}
+        if {"qty": line["qty"], "vv": line["vv"], "attrs": line.get("attrs", {})} != derived:
+            problems.append(f"line {sku} is not what its dots give: {derived}")
+        if dots != sorted(dots, key=cart.dot_order) or ("attrs" in line and not line["attrs"]):
+            problems.append(f"line {sku}: dots out of canonical order, or empty attrs not omitted")
+    return problems
+
+
 def build() -> list[dict[str, Any]]:
     """Every vector, checked against the implementation; raises SystemExit on a disagreement."""
     vectors: list[dict[str, Any]] = []
@@ -393,6 +412,7 @@ def build() -> list[dict[str, Any]]:
             continue
         if msgspec.to_builtins(decoded) != frame or codec.encode(decoded) != data:
             problems.append(f"{name}: does not round-trip as written (field order, defaults?)")
+        problems += [f"{name}: {p}" for p in cart_line_problems(frame)]
         vectors.append({"name": name, "direction": direction, "hex": data.hex(), "frame": frame})
     for name, direction, data, code in INVALID:
         try:

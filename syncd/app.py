@@ -7,7 +7,8 @@ it importable by any ASGI server and testable in-process with Starlette's ``Test
 Shared state for endpoints (``request.app.state`` / ``websocket.app.state``):
 
 - ``settings`` — the :class:`~syncd.settings.Settings` the app was built with;
-- ``redis`` — a ``redis.asyncio.Redis`` (bytes replies), created by the lifespan and closed after it.
+- ``redis`` — a ``redis.asyncio.Redis`` (bytes replies), or a ``RedisCluster`` with ``redis_cluster``,
+  created by the lifespan and closed after it.
 
 Startup reads the server's persistence, logs the durability guarantee in force, warns when Redis keeps data in
 memory only, and refuses to start when ``durability=fsync`` cannot be honoured (``ConfigError``). An
@@ -29,11 +30,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from protocol.errors import BackendUnavailable
 from syncd import __version__
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
 from syncd.hub import Hub
-from syncd.redis_info import RedisStatus, check_durability, durability_guarantee, make_client, probe
+from syncd.redis_info import (
+    RedisStatus,
+    check_durability,
+    close_client,
+    durability_guarantee,
+    make_client,
+    node_connector,
+    probe,
+)
 from syncd.settings import ConfigError, Settings
 from syncd.store.redis_store import RedisStore, channel
 
@@ -50,7 +60,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = make_client(redis_url)
+        client = make_client(redis_url, cluster=settings.redis_cluster)
         try:
             status = await probe(client)
             # Raises ConfigError (refusing to start) when durability=fsync cannot be honoured.
@@ -70,7 +80,7 @@ def create_app(settings: Settings) -> Starlette:
                 await hub.close()
                 await hub.fanout.close()
         finally:
-            await client.aclose()
+            await close_client(client)
 
     app = Starlette(
         routes=[Route("/healthz", healthz, methods=["GET"]), *_websocket_routes()], lifespan=lifespan
@@ -88,8 +98,12 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
         log_maxlen=settings.history_maxlen,
         log_max_age_s=settings.history_max_age_s,
     )
+    try:
+        await store.load_scripts()  # so no node starts with some scripts and not others
+    except BackendUnavailable as exc:  # a node down: it loads all of them on its first NOSCRIPT
+        log.warning("could not load the scripts on every node yet: %s", exc)
 
-    fanout = Fanout(lambda: make_client(redis_url), channel)
+    fanout = Fanout(node_connector(redis_url, client), channel)
     await fanout.start()
     return Hub(settings, store, fanout, token_verifier(settings))
 

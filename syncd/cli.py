@@ -34,7 +34,7 @@ from syncd import __version__
 from syncd.app import create_app, redact_url
 from syncd.auth import AuthError, Role, load_or_create_secret, mint_token
 from syncd.embedded import EmbeddedRedis, bundled_binary
-from syncd.redis_info import check_durability, make_client, probe
+from syncd.redis_info import check_durability, close_client, make_client, probe
 from syncd.settings import DURABILITY_MODES, LOG_LEVELS, ConfigError, Settings, env_var
 
 log = logging.getLogger("syncd")
@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     option("host", "address to listen on")
     option("port", "port to listen on")
     option("redis_url", "Redis URL (redis://, rediss://, unix://); none starts the embedded server")
+    option(
+        "redis_cluster",
+        "the Redis URL names a node of a Redis Cluster",
+        action="store_const",
+        const=True,
+    )
     option("data_dir", "data directory of the embedded server")
     option("log_level", "log level", choices=LOG_LEVELS, type=str.lower)
     option(
@@ -186,11 +192,11 @@ def serve(settings: Settings) -> int:
 
 async def _preflight(settings: Settings) -> None:
     assert settings.redis_url is not None
-    client = make_client(settings.redis_url)
+    client = make_client(settings.redis_url, cluster=settings.redis_cluster)
     try:
         status = await probe(client)
     finally:
-        await client.aclose()
+        await close_client(client)
     if not status.reachable:
         log.warning(
             "redis at %s is unreachable (%s); starting anyway", redact_url(settings.redis_url), status.error

@@ -10,6 +10,7 @@ own connection with a close code and one log line; nothing it sends can raise in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 
@@ -46,7 +47,16 @@ async def endpoint(websocket: WebSocket) -> None:
     await conn.run()
 
 
+MAX_WAITING = 64
+"""Request frames queued on one connection before the reader stops reading (back-pressure on the client)."""
+COALESCE_MAX = 1024
+"""Ops from consecutive waiting frames applied as one store batch."""
+
+
 class _Connection:
+    """One websocket: the reader (this ASGI task), a worker that serves requests in order, the session's
+    writer, and a tick from the hub's shared ticker (heartbeats, handshake timeout, token expiry)."""
+
     def __init__(self, websocket: WebSocket, hub: Hub, proto: ServerProtocol) -> None:
         self.ws = websocket
         self.hub = hub
@@ -54,23 +64,27 @@ class _Connection:
         self.session: Session | None = None
         self.closing: tuple[int, str] | None = None
         self._pre_session: list[bytes] = []
-        self._done = asyncio.Event()
+        self._requests: collections.deque[frames.Frame] = collections.deque()
+        self._room = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        timer = asyncio.create_task(self._timer())
+        self.hub.ticker.add(self)
         try:
             await self._read()
         finally:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+            self.hub.ticker.discard(self)
+            if self._worker is not None:
+                self._worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._worker
             if self.session is not None:
                 self.hub.close_session(self.session)
 
     # -- reader -----------------------------------------------------------------------------------------
 
     async def _read(self) -> None:
-        writer: asyncio.Task[None] | None = None
         try:
             while self.closing is None:
                 message = await self.ws.receive()
@@ -86,22 +100,25 @@ class _Connection:
                     pending, self._pre_session = self._pre_session, []
                     for frame in pending:
                         await self.ws.send_bytes(frame)
-                if self.session is not None and writer is None:
-                    writer = asyncio.create_task(self._write(self.session))
+                while len(self._requests) >= MAX_WAITING and self.closing is None:
+                    self._room.clear()
+                    await self._room.wait()
             # Closing: before a session exists there is no writer; flush directly.
-            if writer is None:
+            if self.session is None:
                 await self._flush_and_close(self._pre_session)
         except WebSocketDisconnect:
             return
         finally:
-            if writer is not None:
-                if self.closing is not None and self.session is not None:
-                    self.session.close(*self.closing)
+            if self.session is not None and self.closing is not None:
+                self.session.close(*self.closing)  # the writer flushes, then closes the websocket
+                writer = self._writer
+                if writer is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(writer, timeout=5)
-                writer.cancel()
+                        await asyncio.wait_for(asyncio.shield(writer), timeout=5)
+            if self._writer is not None:
+                self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await writer
+                    await self._writer
 
     async def _process(self) -> None:
         """Act on the protocol's events (acting may produce more, e.g. a refused hello), then pass its
@@ -110,7 +127,8 @@ class _Connection:
         while events := self.proto.events_received():
             for event in events:
                 if isinstance(event, FrameReceived):
-                    await self._request(event.frame)
+                    self._emit()  # keep order: anything the protocol queued goes before the answers
+                    self._enqueue(event.frame)
                 elif isinstance(event, HelloReceived):
                     await self._hello(event.hello)
                 elif isinstance(event, CloseRequested):
@@ -119,6 +137,46 @@ class _Connection:
                     return
                 # StatsReceived: reported to metrics by a later release
         self._emit()
+
+    # -- worker: requests in arrival order, waiting ops coalesced ------------------------------------------
+
+    def _enqueue(self, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.Error):
+            return  # an err from a client needs no answer (never an err for an err)
+        self._requests.append(frame)
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        """Serve waiting requests in order; exits when none is left (a connection costs no task at rest).
+
+        Consecutive op frames are applied as one batch: under load a device's ops then share Redis
+        pipelines instead of paying two round trips each, and a reply still answers each op in order.
+        """
+        session = self.session
+        assert session is not None  # the protocol delivers requests only once open
+        try:
+            while self._requests and session.close_code is None:
+                frame = self._requests.popleft()
+                if isinstance(frame, frames.Op | frames.OpBatch):
+                    ops = _ops_of(frame)
+                    while self._requests and len(ops) < COALESCE_MAX:
+                        following = self._requests[0]
+                        if not isinstance(following, frames.Op | frames.OpBatch):
+                            break
+                        self._requests.popleft()
+                        ops.extend(_ops_of(following))
+                    self._room.set()
+                    await self.hub.apply(session, ops)
+                elif isinstance(frame, frames.Subscribe):
+                    self._room.set()
+                    await self.hub.subscribe(session, frame)
+                elif isinstance(frame, frames.Unsubscribe):
+                    self.hub.unsubscribe(session, frame)
+                self._room.set()
+        finally:
+            self._worker = None
+            self._room.set()
 
     async def _hello(self, hello: frames.Hello) -> None:
         try:
@@ -133,22 +191,12 @@ class _Connection:
             self.proto.refuse(CloseCode.BACKEND_UNAVAILABLE, "hub cannot reach its store")
             return
         raw_send = self.ws.scope.get("extensions", {}).get(RAW_SEND)
-        self.session = self.hub.open_session(principal, raw_send)
+        self.session = self.hub.open_session(principal, last_seq, raw_send)
+        self.session.on_ready = self._start_writer
+        for data in self._pre_session:  # anything refused before the hello goes first
+            self.session.send(data)
+        self._pre_session.clear()
         self.proto.accept(session=self.hub.new_session_id(), last_seq=last_seq, now_ms=now_ms())
-
-    async def _request(self, frame: frames.Frame) -> None:
-        session = self.session
-        assert session is not None  # the protocol delivers requests only once open
-        self._emit()  # keep order: anything the protocol queued goes before the answers
-        if isinstance(frame, frames.Op):
-            await self.hub.apply(session, (frame,))
-        elif isinstance(frame, frames.OpBatch):
-            await self.hub.apply(session, frame.ops)
-        elif isinstance(frame, frames.Subscribe):
-            await self.hub.subscribe(session, frame)
-        elif isinstance(frame, frames.Unsubscribe):
-            self.hub.unsubscribe(session, frame)
-        # frames.Error from a client: nothing to answer (never an err for an err)
 
     def _emit(self) -> None:
         for data in self.proto.data_to_send():
@@ -165,20 +213,25 @@ class _Connection:
 
     # -- writer and timer ---------------------------------------------------------------------------------
 
-    async def _write(self, session: Session) -> None:
-        if self._pre_session:
-            for data in self._pre_session:
-                await self.ws.send_bytes(data)
-            self._pre_session.clear()
-        while True:
-            batch = await session.next_batch()
-            for data in batch:
-                await self.ws.send_bytes(data)
-            if not batch and session.close_code is not None:
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        """Write what the session queued, then end: the next frame starts a new writer (no idle task)."""
+        session = self.session
+        assert session is not None
+        try:
+            while batch := session.take_batch():
+                for data in batch:
+                    await self.ws.send_bytes(data)
+                session.batch_sent()
+            if session.close_code is not None:
                 self._close(session.close_code, session.close_reason)
                 with contextlib.suppress(Exception):
                     await self.ws.close(session.close_code, session.close_reason[:123])
-                return
+        finally:
+            self._writer = None
 
     async def _flush_and_close(self, pending: list[bytes]) -> None:
         assert self.closing is not None
@@ -187,22 +240,26 @@ class _Connection:
                 await self.ws.send_bytes(data)
             await self.ws.close(self.closing[0], self.closing[1][:123])
 
-    async def _timer(self) -> None:
-        while True:
-            deadline = self.proto.next_deadline()
-            delay = 1.0 if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
-            await asyncio.sleep(min(delay, 1.0))
-            if deadline is not None and now_ms() >= deadline:
-                self.proto.handle_timer(now_ms())
-                for event in self.proto.events_received():
-                    if isinstance(event, CloseRequested):
-                        self._emit()
-                        self._close(event.code, event.reason)
-                        if self.session is not None:
-                            self.session.close(event.code, event.reason)
-                        else:
-                            await self._flush_and_close(self._pre_session)
-                        return
-                self._emit()
-            if self.session is not None and self.session.close_code is not None:
-                return
+    def tick(self, now: int) -> None:
+        """Called by the hub's ticker about once a second: protocol deadlines and token expiry."""
+        deadline = self.proto.next_deadline()
+        if deadline is not None and now >= deadline:
+            self.proto.handle_timer(now)
+            for event in self.proto.events_received():
+                if isinstance(event, CloseRequested):
+                    self._emit()
+                    self._close(event.code, event.reason)
+                    if self.session is not None:
+                        self.session.close(event.code, event.reason)
+                    else:
+                        self.hub.spawn(self._flush_and_close(self._pre_session))
+                    return
+            self._emit()
+        session = self.session
+        if session is not None and session.close_code is None and now >= session.principal.expires_at * 1000:
+            log.info("closing the session of %s: its token expired", session.principal.client_id)
+            session.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+
+def _ops_of(frame: frames.Op | frames.OpBatch) -> list[frames.Op]:
+    return [frame] if isinstance(frame, frames.Op) else list(frame.ops)

@@ -14,7 +14,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 from protocol import codec, frames
 from protocol.errors import BackendUnavailable, CloseCode, ErrorCode, OpRejected, ProtocolError
@@ -48,6 +49,8 @@ class Hub:
         self.verifier = verifier
         self.sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.ticker = Ticker()
+        """Connections whose deadlines one shared task checks, instead of a timer task per connection."""
 
     # -- handshake ------------------------------------------------------------------------------------
 
@@ -55,7 +58,9 @@ class Hub:
         """The hello's principal, or :class:`AuthError` with the close code to end the connection with."""
         return self.verifier.verify(hello.token, hello.client_id)
 
-    def open_session(self, principal: Principal, raw_send: Callable[[bytes], bool] | None = None) -> Session:
+    def open_session(
+        self, principal: Principal, last_seq: int, raw_send: Callable[[bytes], bool] | None = None
+    ) -> Session:
         session = Session(
             principal,
             max_queue=self.settings.send_queue,
@@ -63,6 +68,7 @@ class Hub:
             on_gap=self._resync_later,
         )
         session.raw_send = raw_send
+        session.known_last = last_seq
         self.sessions.add(session)
         return session
 
@@ -125,6 +131,9 @@ class Hub:
                 session.send(codec.encode(frames.Snapshot(id=sub.request_id, topic=sub.topic, cursor=cursor)))
                 last = cursor.offset
                 for event in events:
+                    await session.room()  # paced by the writer: a long replay must not overflow the queue
+                    if session.close_code is not None:
+                        return
                     session.send(codec.encode(event))
                     last = event.cursor.offset
                 session.synchronised(sub, cursor.epoch, last)
@@ -152,7 +161,11 @@ class Hub:
 
     def _resync_later(self, session: Session, sub: Subscription) -> None:
         """A live event revealed a hole (or a new epoch): fill it from the stream, off the fan-out path."""
-        task = asyncio.create_task(self._resync(session, sub))
+        self.spawn(self._resync(session, sub))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background; it is cancelled when the hub closes."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -165,24 +178,33 @@ class Hub:
 
     # -- ops ------------------------------------------------------------------------------------------
 
-    async def apply(self, session: Session, ops: Iterable[frames.Op]) -> None:
+    async def apply(self, session: Session, ops: Sequence[frames.Op]) -> None:
         """Apply ops in order and queue their acks. Stops at the first op that is not settled (gap, rate,
         backend): the client resends from there, and the ops after it would only be refused as gaps.
         """
         principal = session.principal
-        for op in ops:
-            retry = session.rate.take(now_ms())
-            if retry is not None:
-                return self._error(session, ErrorCode.RATE_LIMITED, "op rate exceeded", op.seq, retry)
-            try:
-                outcome = await self.store.apply_op(principal.client_id, op, check=_scope_check(principal))
-            except ProtocolError as exc:
-                return self._error(session, exc.code, exc.message, op.seq)
-            except BackendUnavailable as exc:
+        granted, retry = session.rate.take(now_ms(), len(ops))
+        if granted:
+            batch = await self.store.apply_ops(
+                principal.client_id,
+                ops[:granted],
+                check=_scope_check(principal),
+                known_last=session.known_last,
+            )
+            for outcome in batch.outcomes:
+                session.send(codec.encode(outcome.ack()))
+            if batch.outcomes:
+                session.known_last = max(session.known_last or 0, batch.outcomes[-1].seq)
+            if batch.error is not None:
+                session.known_last = None  # the watermark is not known any more: the next op checks it
+                failed = ops[len(batch.outcomes)].seq
+                if isinstance(batch.error, ProtocolError):
+                    return self._error(session, batch.error.code, batch.error.message, failed)
                 return self._error(
-                    session, ErrorCode.UNAVAILABLE, str(exc), op.seq, RETRY_AFTER_UNAVAILABLE_MS
+                    session, ErrorCode.UNAVAILABLE, str(batch.error), failed, RETRY_AFTER_UNAVAILABLE_MS
                 )
-            session.send(codec.encode(outcome.ack()))
+        if retry is not None:
+            self._error(session, ErrorCode.RATE_LIMITED, "op rate exceeded", ops[granted].seq, retry)
 
     @staticmethod
     def _error(
@@ -195,12 +217,56 @@ class Hub:
         )
 
     async def close(self) -> None:
+        await self.ticker.close()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for session in list(self.sessions):
             session.close(CloseCode.GOING_AWAY, "hub shutting down")
+
+
+class Ticking(Protocol):
+    def tick(self, now: int) -> None: ...
+
+
+class Ticker:
+    """One task, started with the first connection, calling ``tick(now_ms)`` on each about once a second.
+
+    Heartbeat and handshake deadlines are seconds apart and need no precision beyond that; one task for all
+    connections saves a task (a few KiB) per idle connection.
+    """
+
+    INTERVAL_S = 0.5
+
+    def __init__(self) -> None:
+        self._members: set[Ticking] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, member: Ticking) -> None:
+        self._members.add(member)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="syncd-ticker")
+
+    def discard(self, member: Ticking) -> None:
+        self._members.discard(member)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.INTERVAL_S)
+            now = now_ms()
+            for member in list(self._members):
+                try:
+                    member.tick(now)
+                except Exception:  # one connection's fault must not stop the others' heartbeats
+                    log.exception("tick failed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
 
 def _scope_check(principal: Principal) -> Callable[[OpArgs], None]:

@@ -7,21 +7,38 @@ Probing is read-only: ``INFO server``, ``INFO persistence`` and ``CONFIG GET`` (
 disable; the answer is then "unknown", never a guess). WAITAOF support is decided from the server's name and
 version (Redis ≥ 7.2, every Valkey): ``COMMAND INFO`` would be exact but redis-py cannot parse its answer for
 an unknown command, and a trial ``WAITAOF`` would be a write-path command on a health check.
+
+On a Redis Cluster (``SYNCD_REDIS_CLUSTER``) every primary is probed, since each holds a share of the data,
+and the answer is the weakest of them: AOF only if every primary has it, the least frequent ``appendfsync``,
+``loading`` while any primary loads, WAITAOF only if all have it. A primary that does not answer makes the
+cluster unreachable for the health check: the ops of its slots cannot be served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from syncd.settings import ConfigError, Durability, env_var
 
 PROBE_TIMEOUT = 2.0
+MAX_CONNECTIONS = 10_000
+"""Connections the hub may open to one Redis server (per node of a cluster). redis-py 8 defaults to 100 and
+then *fails* a command (``MaxConnectionsError``) instead of waiting, so a hub with more than 100 ops in flight
+— 200 writing clients — refused ops as ``unavailable`` with Redis idle. A hub has at most one op in flight
+per connection, so its sessions bound this anyway; 10,000 is Redis' own default ``maxclients``."""
+_FSYNC_STRENGTH = {"always": 2, "everysec": 1, "no": 0}
+
+RedisClient: TypeAlias = "redis.asyncio.Redis | RedisCluster"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +66,8 @@ class RedisStatus:
     persistence: Persistence | None = None
     waitaof: bool = False
     error: str | None = None
+    nodes: int | None = None
+    """Cluster mode only: how many primaries were probed (all of them)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form served under ``redis`` in ``/healthz``."""
@@ -56,13 +75,70 @@ class RedisStatus:
             return {"reachable": False, "error": self.error}
         data = dataclasses.asdict(self)
         del data["error"]
+        if self.nodes is None:
+            del data["nodes"]
         return data
 
 
-def make_client(url: str) -> redis.asyncio.Redis:
-    """The hub's Redis client for ``url``: raw bytes (frames are msgpack), bounded connect time."""
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT)
+def make_client(url: str, *, cluster: bool = False) -> RedisClient:
+    """The hub's Redis client for ``url``: raw bytes (frames are msgpack), bounded connect time.
+
+    ``cluster``: a ``RedisCluster`` that discovers the other nodes from the one ``url`` names, on first use.
+    """
+    if cluster:
+        return RedisCluster.from_url(
+            url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=MAX_CONNECTIONS
+        )
+    return _plain(url, max_connections=MAX_CONNECTIONS)
+
+
+async def close_client(client: RedisClient) -> None:
+    """Close ``client`` and every connection it holds.
+
+    ``RedisCluster.aclose()`` does nothing while a topology refresh is pending — which is the case after any
+    connection error, e.g. a primary that died — so its node connections would leak; they are closed here.
+    """
+    await client.aclose()
+    if isinstance(client, RedisCluster):
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
+
+
+def node_connector(url: str, client: RedisClient) -> Callable[[], redis.asyncio.Redis]:
+    """A factory of plain clients for pub/sub, which needs one connection to one server.
+
+    Standalone: always ``url``. Cluster: each call takes the next node the cluster client knows (round
+    robin; ``url`` itself until the client has discovered the cluster), with ``url``'s credentials and TLS.
+    A classic PUBLISH reaches the subscribers of every node, so any node will do, and when the node of the
+    current connection dies, the fan-out's next reconnect lands on another one.
+    """
+    if not isinstance(client, RedisCluster):
+        return lambda: _plain(url)
+    turn = itertools.count()
+
+    def connect() -> redis.asyncio.Redis:
+        nodes = sorted({(node.host, node.port) for node in client.get_nodes()})
+        if not nodes:
+            return _plain(url)
+        host, port = nodes[next(turn) % len(nodes)]
+        return _plain(_with_address(url, host, int(port)))
+
+    return connect
+
+
+def _plain(url: str, max_connections: int | None = None) -> redis.asyncio.Redis:
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=max_connections
+    )
     return client
+
+
+def _with_address(url: str, host: str, port: int) -> str:
+    """``url`` pointing at ``host:port``, keeping its user, password, scheme and query (TLS options)."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{address}" if userinfo else address))
 
 
 def waitaof_supported(server: str | None, version: str | None) -> bool:
@@ -75,21 +151,57 @@ def waitaof_supported(server: str | None, version: str | None) -> bool:
     return len(numbers) == 2 and (numbers[0], numbers[1]) >= (7, 2)
 
 
-async def probe(client: redis.asyncio.Redis) -> RedisStatus:
+async def probe(client: RedisClient) -> RedisStatus:
     """Ask the server who it is and how it persists; never raises, and answers within ``PROBE_TIMEOUT``.
 
-    The bound is built in because a health check that hangs on a wedged Redis is worse than none.
+    The bound is built in because a health check that hangs on a wedged Redis is worse than none. A cluster
+    is probed node by node (every primary) and reported as its weakest node.
     """
     timeout = PROBE_TIMEOUT
     try:
         async with asyncio.timeout(timeout):
-            server_info = await client.info("server")
-            persistence_info = await client.info("persistence")
-            appendfsync = await _config_get(client, "appendfsync")
-            save = await _config_get(client, "save")
-    except (RedisError, OSError, TimeoutError) as exc:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+                primaries = client.get_primaries()
+                nodes = [await _probe_node(client, node) for node in primaries]
+            else:
+                nodes = [await _probe_node(client, None)]
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
         return RedisStatus(reachable=False, error=f"{type(exc).__name__}: {reason}")
+    if not nodes:
+        return RedisStatus(reachable=False, error="RedisClusterException: the cluster has no primary")
+    return _weakest(nodes) if isinstance(client, RedisCluster) else nodes[0]
+
+
+def _weakest(nodes: list[RedisStatus]) -> RedisStatus:
+    """One status for a cluster: what every primary guarantees (see the module docstring)."""
+    first = nodes[0]
+    parts = [node.persistence for node in nodes if node.persistence is not None]
+    assert len(parts) == len(nodes)  # every node answered
+    known = [part.appendfsync for part in parts if part.appendfsync in _FSYNC_STRENGTH]
+    appendfsync = min(known, key=_FSYNC_STRENGTH.__getitem__) if len(known) == len(parts) else None
+    rdbs = [part.rdb for part in parts]
+    return dataclasses.replace(
+        first,
+        persistence=Persistence(
+            aof=all(part.aof for part in parts),
+            appendfsync=appendfsync,
+            rdb=None if None in rdbs else all(rdbs),
+            loading=any(part.loading for part in parts),
+        ),
+        waitaof=all(node.waitaof for node in nodes),
+        nodes=len(nodes),
+    )
+
+
+async def _probe_node(client: RedisClient, node: ClusterNode | None) -> RedisStatus:
+    """One server's status (``node`` of a cluster, or the server of a plain client); raises when it fails."""
+    target: dict[str, Any] = {} if node is None else {"target_nodes": node}
+    server_info = await client.info("server", **target)
+    persistence_info = await client.info("persistence", **target)
+    appendfsync = await _config_get(client, "appendfsync", target)
+    save = await _config_get(client, "save", target)
     name = str(server_info.get("server_name") or "redis")
     version = server_info.get(f"{name}_version") or server_info.get("redis_version")
     version = None if version is None else str(version)
@@ -108,9 +220,9 @@ async def probe(client: redis.asyncio.Redis) -> RedisStatus:
     )
 
 
-async def _config_get(client: redis.asyncio.Redis, name: str) -> str | None:
+async def _config_get(client: RedisClient, name: str, target: dict[str, Any]) -> str | None:
     try:
-        reply = await client.config_get(name)
+        reply = await client.config_get(name, **target)
     except RedisError:  # CONFIG disabled or renamed (managed services): unknown, not an error
         return None
     value: Any = reply.get(name)  # redis-py decodes CONFIG GET replies even for a bytes client

@@ -23,6 +23,11 @@ from protocol import frames
 from protocol.errors import CloseCode
 from syncd.auth import Principal
 
+
+def _nothing() -> None:
+    pass
+
+
 MAX_BUFFERED: Final = 10_000
 """Live events held for one subscription while it synchronises; beyond it the session reconnects."""
 
@@ -46,16 +51,18 @@ class RateLimit:
     tokens: float = -1.0
     stamp_ms: int = 0
 
-    def take(self, now_ms: int, n: int = 1) -> int | None:
-        """Take ``n`` tokens; ``None`` if granted, else the milliseconds after which ``n`` will be there."""
+    def take(self, now_ms: int, n: int = 1) -> tuple[int, int | None]:
+        """Take up to ``n`` tokens: ``(granted, None)`` when all were, else ``(granted, retry_after_ms)``
+        — the milliseconds after which the next one will be there."""
         if self.tokens < 0:
             self.tokens, self.stamp_ms = self.burst, now_ms
         self.tokens = min(self.burst, self.tokens + (now_ms - self.stamp_ms) * self.rate / 1000)
         self.stamp_ms = now_ms
-        if self.tokens >= n:
-            self.tokens -= n
-            return None
-        return max(1, int((n - self.tokens) * 1000 / self.rate) + 1)
+        granted = min(n, int(self.tokens))
+        self.tokens -= granted
+        if granted == n:
+            return granted, None
+        return granted, max(1, int((1 - self.tokens) * 1000 / self.rate) + 1)
 
 
 class Session:
@@ -71,11 +78,16 @@ class Session:
     ) -> None:
         self.principal = principal
         self.subscriptions: dict[str, Subscription] = {}
+        self.known_last: int | None = None
+        """The client's watermark as this connection last saw it settled (lets fresh ops skip a check)."""
         self.rate = rate
         self._on_gap = on_gap
         self._queue: collections.deque[bytes] = collections.deque()
         self._max_queue = max_queue
-        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self.on_ready: Callable[[], None] = _nothing
+        """Called when there is something to write (or a close to perform) and no batch is being written:
+        the connection then starts its writer, so an idle connection holds no writer task."""
         self._writing = False
         self.raw_send: Callable[[bytes], bool] | None = None
         """The transport's fast path (:data:`syncd.transport.RAW_SEND`), when the server offers it."""
@@ -92,13 +104,15 @@ class Session:
             self.close(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return
         self._queue.append(data)
-        self._wake.set()
+        if not self._writing:
+            self.on_ready()
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask the writer to flush what is queued, then close the websocket with ``code``."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-            self._wake.set()
+            self._room.set()
+            self.on_ready()
 
     def send_event(self, data: bytes, framed: bytes) -> None:
         """Queue an event, or write its pre-framed bytes at once when nothing is queued or being written
@@ -107,22 +121,34 @@ class Session:
         if not (idle and self.raw_send is not None and self.raw_send(framed)):
             self.send(data)
 
-    async def next_batch(self) -> list[bytes]:
-        """Wait for frames to send; ``[]`` once the session is closing and the queue is empty.
+    def take_batch(self) -> list[bytes]:
+        """Everything queued, for the writer; ``[]`` when nothing is (then a closing session is closed).
 
-        The writer calls it again only once the previous batch is written, so until then the session
-        knows a write is in flight and keeps later frames behind it.
+        Until :meth:`batch_sent`, the session knows a write is in flight and keeps later frames behind it.
         """
-        self._writing = False
-        while not self._queue and self.close_code is None:
-            self._wake.clear()
-            await self._wake.wait()
-        if self.close_code is not None and self.close_code == CloseCode.SLOW_CONSUMER:
+        if self.close_code == CloseCode.SLOW_CONSUMER:
             self._queue.clear()  # what it could not take, it will fetch again from its cursors
         batch = list(self._queue)
         self._queue.clear()
+        self._room.set()
         self._writing = bool(batch)
         return batch
+
+    def batch_sent(self) -> None:
+        self._writing = False
+
+    async def room(self) -> None:
+        """Wait until at most half the send queue is in use, or the session is closing.
+
+        For bulk sends (a resume replaying its missed events): queued in one go, a backlog longer than the
+        queue would trip the slow-consumer bound however fast the client reads, and its client, resuming
+        again from the same cursor, would be cut off again, forever. Paced by the writer instead, it costs
+        at most the queue's bound; a client that stops reading stalls the replay until it is closed (by the
+        live events that keep overflowing its queue or buffer, or by its heartbeat).
+        """
+        while len(self._queue) > self._max_queue // 2 and self.close_code is None:
+            self._room.clear()
+            await self._room.wait()
 
     @property
     def queued(self) -> int:

@@ -66,6 +66,10 @@ class Settings:
     port: int = 8000
     redis_url: str | None = None
     """``None``: start the embedded Redis-compatible server under ``data_dir`` (see ``syncd.embedded``)."""
+    redis_cluster: bool = False
+    """``redis_url`` names one node of a Redis Cluster: the store speaks the cluster protocol (slots, MOVED)
+    through ``RedisCluster``, and fan-out subscribes on any one node (a classic PUBLISH reaches every node).
+    Needs an explicit ``redis://``/``rediss://`` URL: the embedded server is a single node, not a cluster."""
     data_dir: Path = Path("./var")
     log_level: str = "info"
     durability: Durability = "script"
@@ -106,6 +110,21 @@ class Settings:
                 "redis_url",
                 "a URL starting with redis://, rediss:// or unix:// (or unset for the embedded server)",
                 self.redis_url,
+            )
+        _require(isinstance(self.redis_cluster, bool), "redis_cluster", "a boolean", self.redis_cluster)
+        if self.redis_cluster:
+            # Echo the scheme and database only: the URL may carry a password (PITFALLS 14).
+            parts = urlsplit(self.redis_url or "")
+            _require(
+                parts.scheme in ("redis", "rediss") and parts.path in ("", "/", "/0"),
+                "redis_cluster",
+                "a redis:// or rediss:// URL of a cluster node, database 0, in SYNCD_REDIS_URL (the embedded "
+                "server and unix sockets are single nodes; a cluster has database 0 only)",
+                "the embedded server"
+                if self.redis_url is None
+                else f"a {parts.scheme}:// URL"
+                if parts.scheme not in ("redis", "rediss")
+                else f"database {parts.path.lstrip('/')}",
             )
         _require(
             isinstance(self.data_dir, Path),
@@ -248,6 +267,20 @@ def _as_int(name: str, raw: object) -> object:
     return raw
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _as_bool(name: str, raw: object) -> object:
+    """``1/true/yes/on`` and ``0/false/no/off`` (any case); anything else is refused, never guessed."""
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{_where(name)}: expected one of {', '.join(_TRUE + _FALSE)}, got {raw!r}")
+    return raw
+
+
 def _as_path(name: str, raw: object) -> object:
     return Path(raw.strip()) if isinstance(raw, str) and raw.strip() else raw
 
@@ -273,6 +306,7 @@ _COERCE: dict[str, Callable[[str, object], object]] = {
     "host": _as_str,
     "port": _as_int,
     "redis_url": _as_str,
+    "redis_cluster": _as_bool,
     "data_dir": _as_path,
     "log_level": _as_lower,
     "durability": _as_lower,

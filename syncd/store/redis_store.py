@@ -4,7 +4,7 @@ Key layout
 ----------
 Every key one script touches shares a hash slot, so the same scripts run unchanged on Redis Cluster::
 
-    {m:<member>}:cart               hash   sku -> line (MessagePack: wire shape + "ak", the attrs key)
+    {m:<member>}:cart               hash   sku -> line (MessagePack: its wire shape, docs/cart-rules.md)
     {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
     {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
                                            max -> highest seq settled here; r:<seq> -> record of a rejection
@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -103,6 +104,8 @@ _UNAVAILABLE: Final = (
     rexc.RedisClusterException,  # slot not covered, no node reachable
     OSError,
 )
+
+log = logging.getLogger("syncd.store")
 
 _MAX_SEQ: Final = 2**53 - 1
 _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -162,6 +165,10 @@ _event_decoder: Final = msgspec.msgpack.Decoder(frames.Event)
 _encoder: Final = msgspec.msgpack.Encoder()
 
 
+PIPELINE_MAX: Final = 256
+"""Member scripts sent in one pipeline (the protocol's default ``max_batch``)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OpOutcome:
     """What applying one op did, as the hub acks it and fans it out.
@@ -180,14 +187,26 @@ class OpOutcome:
     result: dict[str, Any] | None = None
     conflict: dict[str, Any] | None = None
     offset: int = 0
-    event: frames.Event | None = None
     event_frame: bytes | None = None
+
+    @property
+    def event(self) -> frames.Event | None:
+        """The event decoded, on demand: the hub forwards :attr:`event_frame` and never needs it."""
+        return None if self.event_frame is None else _event_decoder.decode(self.event_frame)
 
     def ack(self) -> frames.Ack:
         """The ``ack`` frame answering the op."""
         return frames.Ack(
             seq=self.seq, ok=self.ok, result=self.result, code=self.code, message=self.message, dup=self.dup
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """What :meth:`RedisStore.apply_ops` settled, in order, and what stopped it, if anything."""
+
+    outcomes: list[OpOutcome]
+    error: ProtocolError | BackendUnavailable | None
 
 
 def _from_record(seq: int, raw: bytes, *, dup: bool) -> OpOutcome:
@@ -299,24 +318,49 @@ class RedisStore:
             for script in self._scripts.values():
                 await self._client.script_load(script.source)
 
+    async def _load_scripts_for(self, key: str) -> None:
+        """SCRIPT LOAD every script on the node that owns ``key``: after a restart or a flush a node then
+        holds all of them or none, never some.
+
+        That matters for pipelines (:meth:`_run_fresh`): were a node to miss one script only, an op using it
+        would fail while later ops of the same member, using another script, ran — and the retry of the
+        failed op would then be answered from dedup as a duplicate without ever being applied. Loading only
+        on the owning node (not on every primary) keeps the scripts of live nodes working while another
+        primary of a cluster is down.
+        """
+        target: dict[str, Any] = {}
+        if self._cluster:
+            target["target_nodes"] = self._client.get_node_from_key(key)  # type: ignore[union-attr]
+        with _unavailable("loading scripts"):
+            for script in self._scripts.values():
+                await self._client.execute_command("SCRIPT", "LOAD", script.source, **target)
+
     async def _eval(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg], *, wait: bool) -> Any:
         """EVALSHA ``name``; with ``wait``, WAITAOF on the same connection before returning.
 
-        NOSCRIPT (a restarted or flushed server) re-loads the script and runs it again: the reply to a
-        NOSCRIPT is an error before any effect, so the retry cannot apply an op twice.
+        NOSCRIPT (a restarted or flushed server) loads every script on the node that owns the keys and
+        runs it again: the reply to a NOSCRIPT is an error before any effect, so a retry cannot apply an op
+        twice.
         """
         script = self._scripts[name]
         with _unavailable(name):
             try:
                 return await self._eval_once(script, keys, argv, wait=wait)
             except rexc.NoScriptError:
-                await self._client.script_load(script.source)
+                await self._load_scripts_for(keys[0])
                 return await self._eval_once(script, keys, argv, wait=wait)
 
     async def _eval_once(
-        self, script: Script, keys: Sequence[str], argv: Sequence[EncodableArg], *, wait: bool
+        self,
+        script: Script,
+        keys: Sequence[str],
+        argv: Sequence[EncodableArg],
+        *,
+        wait: bool,
+        source: bool = False,
     ) -> Any:
-        command = ("EVALSHA", script.sha, len(keys), *keys, *argv)
+        head = ("EVAL", script.source) if source else ("EVALSHA", script.sha)
+        command = (*head, len(keys), *keys, *argv)
         if not wait:
             return await self._client.execute_command(*command)
         # WAITAOF waits for the writes of *its own connection*: a pipeline keeps both on one connection.
@@ -359,9 +403,122 @@ class RedisStore:
         ``check`` (the hub's scope check) sees the parsed arguments before any script runs; an
         :class:`OpRejected` it raises is settled like any other rejection, so a replay answers the same.
         """
-        _check_identity(client_id, op.seq)
+        batch = await self.apply_ops(client_id, [op], check=check)
+        if batch.error is not None:
+            raise batch.error
+        return batch.outcomes[0]
+
+    async def apply_ops(
+        self,
+        client_id: str,
+        ops: Sequence[frames.Op],
+        *,
+        check: Callable[[OpArgs], None] | None = None,
+        known_last: int | None = None,
+    ) -> Batch:
+        """Apply a client's ops in order, each exactly once, and settle them.
+
+        Returns the outcomes of the prefix of ``ops`` that was settled, and the error that stopped the rest
+        (a ``seq_gap`` :class:`ProtocolError` or :class:`BackendUnavailable`); the client resends from the
+        first op without an outcome.
+
+        Fresh ops — consecutive seqs right after the watermark — take the fast path: their member scripts
+        go to Redis in one pipeline, in order, and one ``client_settle`` then raises the watermark to the
+        last one that succeeded: two round trips for the whole run instead of three per op. ``known_last``
+        is the watermark as the caller last saw it settled (a hub connection tracks it); with it, a fresh
+        run skips ``client_check``. If it is stale (another connection of the same client settled more),
+        the member scripts' dedup still answers every op already applied with its original outcome.
+        Replays (``seq <=`` the watermark) and ops rejected before any script take the careful path, one
+        at a time (:meth:`_apply`).
+        """
+        for op in ops:
+            _check_identity(client_id, op.seq)
+        outcomes: list[OpOutcome] = []
         async with self._locks.hold(client_id):
-            return await self._apply(client_id, op, check)
+            last = known_last
+            i = 0
+            try:
+                while i < len(ops):
+                    if last is None or ops[i].seq != last + 1:
+                        outcome = await self._apply(client_id, ops[i], check)
+                        outcomes.append(outcome)
+                        last = max(last or 0, ops[i].seq)
+                        i += 1
+                        continue
+                    run = self._fresh_run(ops, i, check)
+                    if not run:  # rejected before any script: settled by the careful path
+                        last = None
+                        continue
+                    done = await self._run_fresh(client_id, run)
+                    outcomes.extend(done)
+                    i += len(done)
+                    last = ops[i - 1].seq
+            except (ProtocolError, BackendUnavailable) as exc:
+                return Batch(outcomes, exc)
+        return Batch(outcomes, None)
+
+    def _fresh_run(
+        self, ops: Sequence[frames.Op], start: int, check: Callable[[OpArgs], None] | None
+    ) -> list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]]:
+        """The longest run of consecutive, valid, permitted ops from ``start`` (at most one pipeline)."""
+        if self._cluster and self.durability == "fsync":
+            return []  # each member script needs its own WAITAOF on its node: the careful path does that
+        run: list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]] = []
+        for op in ops[start : start + PIPELINE_MAX]:
+            if run and op.seq != run[-1][0].seq + 1:
+                break
+            try:
+                spec, args, fields = _validate(op)
+                if check is not None:
+                    check(args)
+            except OpRejected:
+                break
+            run.append((op, spec, args, fields))
+        return run
+
+    async def _run_fresh(
+        self, client_id: str, run: list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]]
+    ) -> list[OpOutcome]:
+        """Pipeline the member scripts of a fresh run, then settle the prefix that succeeded.
+
+        Redis runs a connection's commands in order, so the scripts apply in seq order. The watermark is
+        raised only past ops whose script replied, never past one that failed: a failed op is retried by
+        the client (same seq) and the dedup of any later op that did run answers it as a dup.
+        """
+        with _unavailable("applying ops"):
+            pipe: Any = self._client.pipeline(transaction=False)
+            for op, spec, args, fields in run:
+                script = self._scripts[spec.script]
+                keys = spec.keys(args, client_id)
+                argv = self._op_argv(client_id, op, spec, args, fields, settled=False)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
+            replies = await pipe.execute(raise_on_error=False)
+        outcomes: list[OpOutcome] = []
+        failure: Exception | None = None
+        for index, ((op, _, args, _), reply) in enumerate(zip(run, replies, strict=True)):
+            if isinstance(reply, Exception):
+                failure = reply
+                later = zip(run[index + 1 :], replies[index + 1 :], strict=True)
+                if any(a.member == args.member and not isinstance(r, Exception) for (_, _, a, _), r in later):
+                    # Cannot happen while every node holds all scripts or none (_load_scripts_for); if it
+                    # does, a later op ran past a failed one: say so loudly, it is an invariant broken.
+                    log.error("ops of %s ran past failed op %d (%s): %s", client_id, op.seq, args, failure)
+                break
+            outcomes.append(_outcome(op.seq, reply))
+        if outcomes:
+            slot = client_slot(client_id)
+            last_seq = outcomes[-1].seq
+            await self._settle([f"{slot}:seq", f"{slot}:r:{last_seq}"], last_seq, b"")
+        if failure is not None:
+            failed_op, spec, args, _ = run[len(outcomes)]
+            if isinstance(failure, rexc.NoScriptError):
+                # A restarted or flushed node: load every script there; the caller goes on from the failed op.
+                await self._load_scripts_for(spec.keys(args, client_id)[0])
+                if not outcomes:
+                    return [await self._apply(client_id, failed_op, None)]
+            elif not outcomes:
+                raise _as_unavailable("applying ops", failure)
+        return outcomes
 
     async def _apply(
         self, client_id: str, op: frames.Op, check: Callable[[OpArgs], None] | None
@@ -394,11 +551,11 @@ class RedisStore:
         await self._settle(ckeys, seq, b"")
         return outcome
 
-    async def _run_op(
+    def _op_argv(
         self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
-    ) -> OpOutcome:
+    ) -> list[EncodableArg]:
         topic = spec.topic(args)
-        argv: list[EncodableArg] = [
+        return [
             client_id,
             op.seq,
             1 if settled else 0,
@@ -413,17 +570,15 @@ class RedisStore:
             self.log_max_age_s * 1000,
             *spec.argv(args),
         ]
+
+    async def _run_op(
+        self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
+    ) -> OpOutcome:
+        argv = self._op_argv(client_id, op, spec, args, fields, settled=settled)
         # In a cluster the member's and the client's slots may be on different nodes: each needs a WAITAOF.
         wait = self.durability == "fsync" and self._cluster
-        raw_rec, dup, offset, body = await self._eval(
-            spec.script, spec.keys(args, client_id), argv, wait=wait
-        )
-        outcome = _from_record(op.seq, raw_rec, dup=bool(dup))
-        if body:
-            return dataclasses.replace(
-                outcome, offset=int(offset), event=_event_decoder.decode(body), event_frame=bytes(body)
-            )
-        return outcome
+        reply = await self._eval(spec.script, spec.keys(args, client_id), argv, wait=wait)
+        return _outcome(op.seq, reply)
 
     async def _settle(self, ckeys: list[str], seq: int, record: bytes) -> None:
         ttl_ms = self.dedup_retention_s * 1000
@@ -497,6 +652,15 @@ class RedisStore:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
+def _outcome(seq: int, reply: Any) -> OpOutcome:
+    """An op script's reply ``[record, dup, offset, event]`` as an outcome."""
+    raw_rec, dup, offset, body = reply
+    outcome = _from_record(seq, raw_rec, dup=bool(dup))
+    if body:
+        return dataclasses.replace(outcome, offset=int(offset), event_frame=bytes(body))
+    return outcome
+
+
 def _check_identity(client_id: str, seq: int) -> None:
     """``client_id`` and ``seq`` name the op: without valid ones there is nothing to settle or answer."""
     if not isinstance(client_id, str) or _CLIENT_ID.fullmatch(client_id) is None:
@@ -544,6 +708,11 @@ def _unavailable(what: str) -> Any:
         yield
     except _UNAVAILABLE as exc:
         raise BackendUnavailable(f"redis unavailable ({what}): {exc}") from exc
+
+
+def _as_unavailable(what: str, exc: Exception) -> BackendUnavailable:
+    """A failed command inside a pipeline: the op's outcome is unknown, so the client retries it."""
+    return BackendUnavailable(f"redis failed ({what}): {exc}")
 
 
 class _KeyedLocks:

@@ -142,7 +142,10 @@ class WireClient:
     async def open(
         cls, url: str, client_id: str, *, tok: str | None = None, hello: bool = True, **headers: str
     ) -> WireClient:
-        ws = await connect(url, max_size=2**22, compression=None, additional_headers=headers or None)
+        # max_queue=None: a test may leave events unread; closing must not wait on them.
+        ws = await connect(
+            url, max_size=2**22, max_queue=None, compression=None, additional_headers=headers or None
+        )
         client = cls(ws, client_id)
         cls.opened.append(client)
         if hello:

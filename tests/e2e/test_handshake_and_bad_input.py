@@ -116,3 +116,9 @@ async def test_many_connections_at_once_are_served_independently(hub: HubProcess
     pongs = await asyncio.gather(*(c.recv_type(frames.Pong) for c in clients))
     assert [p.echo_ts for p in pongs] == list(range(1, 51))
     await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_a_session_ends_with_token_expired_when_its_token_expires(hub: HubProcess) -> None:
+    client = await WireClient.open(hub.url, "app-1", tok=token("app-1", ttl_s=2))
+    assert client.welcome is not None
+    assert await client.closed(timeout=15) == CloseCode.TOKEN_EXPIRED

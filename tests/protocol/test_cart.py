@@ -3,12 +3,15 @@
 The properties drive a small simulation of the real system: a hub applies ops one at a time (the "hub
 order"); each client sees a gap-free prefix of that history plus its own pending ops, and derives each op's
 ``ctx`` from what it saw, as the SDK does. Then the same ops are applied in other orders that keep each
-client's seq order and causal order (an op after every dot its ``ctx`` covers), and the results compared.
+client's seq order and causal order (an op after every dot its ``ctx`` covers) - every such order for short
+histories, random ones for longer - and the full states compared: quantities, attrs, vectors, the dots and
+their order.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,15 +31,17 @@ from protocol.cart import (
     CartArgsError,
     CartOp,
     Line,
-    Outcome,
     apply,
     cart_vv,
     check_op,
     conflict_of,
+    dot_order,
     empty_cart,
+    line_attrs,
     line_qty,
     line_vv,
     parse_op,
+    predict,
     snapshot,
     wire_line,
 )
@@ -92,8 +97,18 @@ def check_invariants(cart: Cart, max_dots: int = MAX_DOTS) -> None:
             assert bases[0][4] == 0
             assert 1 <= bases[0][1] <= cart["folds"]
         assert len(line["vv"]) <= max_dots + 1
-        assert ("attrs" in line) == ("ak" in line)
         assert len({(d[0], d[1]) for d in dots}) == len(dots), "dots are unique"
+        assert dots == sorted(dots, key=dot_order), "dots are in canonical order"
+        assert set(line) <= {"qty", "attrs", "vv", "dots"}
+        assert line.get("attrs", {}) == line_attrs(line)
+        assert line.get("attrs", True), "empty attrs are omitted"
+        for d in dots:
+            if d[2] == "b":
+                assert len(d) in (5, 7), "a base carries attrs with their key, or neither"
+            else:
+                assert len(d) in (5, 6)
+            assert len(d) == 5 or isinstance(d[5], dict)
+        assert line == wire_line(line), "stored and sent alike"
 
 
 def run(ops: list[CartOp], cart: Cart | None = None) -> Cart:
@@ -318,9 +333,9 @@ def test_folding_bounds_dots_and_vector() -> None:
     cart = run(ops)
     assert cart["folds"] == 0
     assert len(cart["lines"]["x"]["dots"]) == MAX_DOTS
-    out = apply(cart, add("d16", 1, 1))
+    out = apply(cart, add("d16", 1, 1, hlc=16))
     line = out.cart["lines"]["x"]
-    # 17 add-dots: the oldest is folded into a new base, first in the list.
+    # 17 add-dots: the lowest is folded into a new base, first in the list.
     assert line["dots"][0] == ["~", 1, "b", 1, 0]
     assert [d[0] for d in line["dots"][1:]] == [f"d{i:02}" for i in range(1, 17)]
     assert len(line["vv"]) == MAX_DOTS + 1
@@ -330,7 +345,7 @@ def test_folding_bounds_dots_and_vector() -> None:
     assert out.cart["folds"] == 1
     assert out.changed == {"x": wire_line(line)}
     # The next add folds one more into the same base, under a new number.
-    line = apply(out.cart, add("d17", 1, 1)).cart["lines"]["x"]
+    line = apply(out.cart, add("d17", 1, 1, hlc=17)).cart["lines"]["x"]
     assert line["dots"][0] == ["~", 2, "b", 2, 0]
     assert line["qty"] == 18
 
@@ -350,7 +365,8 @@ def test_set_dots_are_never_folded_and_fold_numbers_are_cart_wide() -> None:
     cart = run([set_("s", 1, 10, hlc=50), *[add(f"a{i}", 1, 1, hlc=i) for i in range(MAX_DOTS)]])
     line = cart["lines"]["x"]
     assert line["dots"][0] == ["~", 1, "b", 1, 0]
-    assert line["dots"][1] == ["s", 1, "s", 10, 50]  # the older set-dot stays, the oldest add went
+    assert ["s", 1, "s", 10, 50] in line["dots"]  # the set-dot stays, the lowest add went
+    assert ["a0", 1, "a", 1, 0] not in line["dots"]
     assert line["qty"] == 10 + MAX_DOTS
     cart = run([add(f"b{i}", 1, 1, sku="y") for i in range(MAX_DOTS + 1)], cart)
     assert cart["lines"]["y"]["dots"][0] == ["~", 2, "b", 1, 0]  # the cart's second fold
@@ -371,60 +387,153 @@ def test_folding_makes_spurious_survivors_never_losses() -> None:
     assert out.result == {"qty": 7}
 
 
-def test_attrs_register() -> None:
+def test_attrs_belong_to_dots_and_the_greatest_key_shows() -> None:
     cart = run([add("a", 1, 1, hlc=5, attrs={"size": "M"})])
     line = cart["lines"]["x"]
-    assert (line["attrs"], line["ak"]) == ({"size": "M"}, [5, "a", 1])
-    assert wire_line(line) == {
+    assert line == {
         "qty": 1,
         "attrs": {"size": "M"},
         "vv": {"a": 1},
-        "dots": [["a", 1, "a", 1, 5]],
+        "dots": [["a", 1, "a", 1, 5, {"size": "M"}]],
     }
-    # An older write (lower hlc) loses, a later one wins; ops without attrs leave them alone.
+    assert wire_line(line) == line
+    # A lower key (hlc) does not show, a greater one does; an op without attrs adds a dot without any.
     cart = run([add("b", 1, 1, hlc=4, attrs={"size": "S"}), add("c", 1, 1, hlc=9)], cart)
     assert cart["lines"]["x"]["attrs"] == {"size": "M"}
+    assert cart["lines"]["x"]["dots"] == [
+        ["b", 1, "a", 1, 4, {"size": "S"}],
+        ["a", 1, "a", 1, 5, {"size": "M"}],
+        ["c", 1, "a", 1, 9],
+    ]
     cart = run([set_("d", 1, 3, hlc=6, ctx=cart_vv(cart), attrs={"size": "L", "gift": True, "n": 2})], cart)
     assert cart["lines"]["x"]["attrs"] == {"size": "L", "gift": True, "n": 2}
-    assert cart["lines"]["x"]["ak"] == [6, "d", 1]
-    # Ties on hlc break on client_id bytes.
+    assert cart["lines"]["x"]["dots"] == [["d", 1, "s", 3, 6, {"size": "L", "gift": True, "n": 2}]]
+    # Ties on hlc break on client_id bytes ("D" < "d"), then seq.
     cart = run([add("D", 2, 1, hlc=6, attrs={"size": "XL"})], cart)
     assert cart["lines"]["x"]["attrs"]["size"] == "L"
-    # Empty attrs: a write like any other; the wire omits empty attrs, the store keeps the key.
+    cart = run([add("d", 2, 1, hlc=6, attrs={"size": "XS"})], cart)
+    assert cart["lines"]["x"]["attrs"] == {"size": "XS"}
+    # Empty attrs: carried like any other, so they can win; the line then omits them.
     cart = run([add("e", 1, 1, hlc=8, attrs={})], cart)
-    assert cart["lines"]["x"]["attrs"] == {}
-    assert "attrs" not in wire_line(cart["lines"]["x"])
-    assert "ak" not in wire_line(cart["lines"]["x"])
-    # set(0) is a remove: its attrs are ignored.
-    out = apply(cart, set_("f", 1, 0, hlc=99, ctx={"zz": 1}, attrs={"size": "XS"}))
-    assert out.cart["lines"]["x"]["attrs"] == {}
+    assert "attrs" not in cart["lines"]["x"]
+    assert cart["lines"]["x"]["dots"][-1] == ["e", 1, "a", 1, 8, {}]
+    assert line_attrs(cart["lines"]["x"]) == {}
+    # set(0) is a remove: its attrs are ignored (here it removes nothing).
+    out = apply(cart, set_("f", 1, 0, hlc=99, ctx={"zz": 1}, attrs={"size": "XXL"}))
+    assert out.changed == {}
+    assert "attrs" not in out.cart["lines"]["x"]
 
 
-def test_attrs_survive_a_partial_remove_and_die_with_the_line() -> None:
-    cart = run([add("a", 1, 1, hlc=5, attrs={"gift": True}), add("b", 1, 1, hlc=6)])
-    kept = run([remove("c", 1, ctx={"a": 1})], cart)
-    assert kept["lines"]["x"]["attrs"] == {"gift": True}
+def test_attrs_go_with_their_dot() -> None:
+    cart = run([add("a", 1, 1, hlc=5, attrs={"gift": True}), add("b", 1, 1, hlc=6, attrs={"gift": False})])
+    assert cart["lines"]["x"]["attrs"] == {"gift": False}
+    # Removing the winning dot shows the next one's attrs, as if it had never been written.
+    assert run([remove("c", 1, ctx={"b": 1})], cart)["lines"]["x"]["attrs"] == {"gift": True}
+    assert run([clear("c", 1, ctx={"b": 1})], cart)["lines"]["x"]["attrs"] == {"gift": True}
+    # Removing the only dots that carry attrs leaves a line without any.
+    cart = run([add("d", 1, 1, hlc=7)], cart)
+    assert "attrs" not in run([remove("c", 1, ctx={"a": 1, "b": 1})], cart)["lines"]["x"]
+    # A line that ceases to exist loses its attrs with its dots.
     gone = run([remove("c", 1, ctx=cart_vv(cart))], cart)
-    readded = run([add("a", 2, 1, hlc=1)], gone)
-    assert "attrs" not in readded["lines"]["x"]
-    cleared = run([clear("c", 1, ctx={"b": 1})], cart)  # clear keeps a partial line's attrs
-    assert cleared["lines"]["x"]["attrs"] == {"gift": True}
+    assert "attrs" not in run([add("a", 2, 1, hlc=1)], gone)["lines"]["x"]
 
 
-def test_attrs_known_arrival_order_dependence() -> None:
-    """Pinned: the one documented case where arrival order matters (docs/cart-rules.md, Attributes).
+def test_set_without_attrs_removes_the_attrs_it_saw() -> None:
+    # A set's own dot carries only the attrs the set carried; the dots it saw go, attrs included. (The SDK
+    # sends the attrs it shows with a set the application gave none, so "change the quantity" keeps them.)
+    cart = run([add("a", 1, 1, hlc=5, attrs={"gift": True})])
+    unseen = add("b", 1, 1, hlc=4, attrs={"note": "b"})
+    bare = set_("c", 1, 3, hlc=9, ctx={"a": 1})
+    for order in ([unseen, bare], [bare, unseen]):
+        line = run(order, cart)["lines"]["x"]
+        assert line["attrs"] == {"note": "b"}  # the concurrent add's attrs survive with its dot
+        assert line["qty"] == 4
+    kept = run([set_("c", 1, 3, hlc=9, ctx={"a": 1}, attrs={"gift": True})], cart)["lines"]["x"]
+    assert kept["dots"] == [["c", 1, "s", 3, 9, {"gift": True}]]
+    assert "attrs" not in run([bare], cart)["lines"]["x"]
 
-    ``d0`` wrote attrs with hlc 9; ``rm`` saw ``d0`` and removes the line; ``late`` is an add concurrent with
-    both whose attrs carry a lower hlc. Quantity and dots agree in both orders; the attrs do not.
+
+def test_attrs_converge_when_a_remove_races_an_add_with_older_attrs() -> None:
+    """The review's counterexample to the old per-line register: now both orders give the same line.
+
+    ``d0`` carries attrs with hlc 9; ``rm`` saw ``d0`` and removes the line; ``late`` is an add concurrent
+    with both whose attrs carry a lower hlc. ``d0``'s attrs go with ``d0``, so ``late``'s show either way.
     """
     cart = run([add("a", 1, 1, hlc=9, attrs={"note": "old"})])
     rm = remove("b", 1, ctx={"a": 1})
     late = add("c", 1, 1, hlc=5, attrs={"note": "new"})
     first = run([late, rm], cart)
     second = run([rm, late], cart)
-    assert first["lines"]["x"]["dots"] == second["lines"]["x"]["dots"]
-    assert first["lines"]["x"]["attrs"] == {"note": "old"}
-    assert second["lines"]["x"]["attrs"] == {"note": "new"}
+    assert first == second
+    assert first["lines"]["x"] == {
+        "qty": 1,
+        "attrs": {"note": "new"},
+        "vv": {"c": 1},
+        "dots": [["c", 1, "a", 1, 5, {"note": "new"}]],
+    }
+
+
+def test_dot_order_is_canonical_whatever_the_arrival_order() -> None:
+    ops = [add("b", 1, 1, hlc=3), add("a", 1, 2, hlc=3), set_("B", 1, 5, hlc=1), add("a", 2, 1, hlc=2)]
+    want = [["B", 1, "s", 5, 1], ["a", 2, "a", 1, 2], ["a", 1, "a", 2, 3], ["b", 1, "a", 1, 3]]
+    assert run(ops)["lines"]["x"]["dots"] == want
+    assert run(ops[::-1])["lines"]["x"]["dots"] == want
+    assert run(ops)["lines"]["x"] == run(ops[::-1])["lines"]["x"]
+
+
+def test_folding_folds_the_lowest_add_dots_even_the_new_one() -> None:
+    # A dot whose clock is behind lands low in the order, and is folded at once if it is the lowest add.
+    cart = run([add(f"d{i:02}", 1, 1, hlc=10 + i) for i in range(MAX_DOTS)])
+    out = apply(cart, add("slow", 1, 7, hlc=1))
+    line = out.cart["lines"]["x"]
+    assert line["dots"][0] == ["~", 1, "b", 7, 0]
+    assert [d[0] for d in line["dots"][1:]] == [f"d{i:02}" for i in range(MAX_DOTS)]
+    assert line["vv"] == {**{f"d{i:02}": 1 for i in range(MAX_DOTS)}, "~": 1}
+
+
+def test_a_fold_keeps_the_attrs_with_the_key_they_came_from() -> None:
+    # A set-dot with attrs and a lower key than the add-dot whose attrs show: after that add is folded, the
+    # base must still outrank the set's attrs, so it carries the folded dot's key.
+    cart = run(
+        [
+            set_("s", 1, 2, hlc=1, attrs={"gift": False}),
+            add("a", 1, 1, hlc=2, attrs={"gift": True}),
+            *[add(f"d{i:02}", 1, 1, hlc=10 + i) for i in range(MAX_DOTS - 2)],
+        ]
+    )
+    assert cart["folds"] == 0
+    assert cart["lines"]["x"]["attrs"] == {"gift": True}
+    out = apply(cart, add("z", 1, 1, hlc=99))
+    line = out.cart["lines"]["x"]
+    assert line["dots"][0] == ["~", 1, "b", 1, 0, {"gift": True}, [2, "a", 1]]
+    assert line["attrs"] == {"gift": True}
+    assert line["qty"] == cart["lines"]["x"]["qty"] + 1
+    # Folding the base again keeps the key it carries; a greater folded key replaces it.
+    line = apply(out.cart, add("y", 1, 1, hlc=100)).cart["lines"]["x"]
+    assert line["dots"][0] == ["~", 2, "b", 2, 0, {"gift": True}, [2, "a", 1]]
+    cart = run([add("w", 1, 1, hlc=3, attrs={"gift": "w"}), add("v", 1, 1, hlc=101)], out.cart)
+    assert cart["lines"]["x"]["dots"][0] == ["~", 3, "b", 3, 0, {"gift": "w"}, [3, "w", 1]]
+    assert cart["lines"]["x"]["attrs"] == {"gift": "w"}
+    # A remove that covers the base removes its attrs: the set's show again.
+    out = apply(cart, remove("r", 1, ctx={"~": 3}))
+    assert out.cart["lines"]["x"]["attrs"] == {"gift": False}
+    # A greater live key outranks the base's.
+    out = apply(cart, add("u", 1, 1, hlc=4, attrs={"gift": "u"}))
+    assert out.cart["lines"]["x"]["attrs"] == {"gift": "u"}
+
+
+def test_predict_never_folds_nor_bounds_set_dots() -> None:
+    cart = run([add(f"d{i:02}", 1, 1, hlc=i) for i in range(MAX_DOTS)])
+    out = predict(cart, add("me", 1, 1, hlc=99))
+    assert out.cart["folds"] == 0
+    assert len(out.cart["lines"]["x"]["dots"]) == MAX_DOTS + 1
+    sets = run([set_(f"c{i}", 1, 1, hlc=i) for i in range(MAX_DOTS)])
+    assert predict(sets, set_("late", 1, 5, hlc=99)).rejected is None
+    assert apply(sets, set_("late", 1, 5, hlc=99)).rejected == "limit_exceeded"
+    full = run([add("a", i + 1, 1, sku=f"s{i}") for i in range(MAX_LINES)])
+    assert predict(full, add("a", 1000, 1, sku="new")).rejected == "limit_exceeded"
+    assert predict(full, add("a", 1000, 1, sku="s0")).result == {"qty": 2}
+    assert predict(full, add("a", 1000, 0, sku="s0")).rejected == "bad_args"
 
 
 def test_apply_never_mutates_its_input() -> None:
@@ -445,7 +554,7 @@ def test_snapshot() -> None:
     cart = run([add("a", 1, 2, attrs={"k": "v"}), add("b", 1, 1, sku="y")])
     assert snapshot(cart) == {
         "lines": {
-            "x": {"qty": 2, "attrs": {"k": "v"}, "vv": {"a": 1}, "dots": [["a", 1, "a", 2, 0]]},
+            "x": {"qty": 2, "attrs": {"k": "v"}, "vv": {"a": 1}, "dots": [["a", 1, "a", 2, 0, {"k": "v"}]]},
             "y": {"qty": 1, "vv": {"b": 1}, "dots": [["b", 1, "a", 1, 0]]},
         }
     }
@@ -623,14 +732,14 @@ def specs(
         amount = draw(st.integers(min_value=1, max_value=3))
         if kind == SET:
             amount = draw(st.integers(min_value=min_set, max_value=4))
-        attrs = draw(st.none() | st.fixed_dictionaries({"k": st.integers(0, 3)})) if with_attrs else None
+        attrs = (
+            draw(st.none() | st.just({}) | st.fixed_dictionaries({"k": st.integers(0, 3)}))
+            if with_attrs
+            else None
+        )
         hlc = draw(st.integers(min_value=0, max_value=4))  # small: plenty of ties
         out.append(Spec(client, kind, draw(st.sampled_from(skus)), amount, hlc, attrs, seen[client]))
     return out
-
-
-def no_fold_apply(cart: Cart, o: CartOp) -> Outcome:
-    return cart_rules._apply(cart, o, 10**9)
 
 
 def materialise(
@@ -654,7 +763,7 @@ def materialise(
             view = states[spec.seen]
             for own in done[spec.seen :]:
                 if own is not None and own.client_id == spec.client:
-                    view = no_fold_apply(view, own).cart
+                    view = predict(view, own).cart
             if spec.kind == CLEAR:
                 ctx, sku, amount = cart_vv(view), None, None
             else:
@@ -671,7 +780,7 @@ def materialise(
             folded.append(folded[-1])
             plain.append(plain[-1])
             continue
-        out_p = no_fold_apply(plain[-1], made[1])
+        out_p = predict(plain[-1], made[1])
         assert out_p.rejected is None
         check_invariants(out_f.cart, max_dots)
         ops.append(made[0])
@@ -681,30 +790,10 @@ def materialise(
     return ops, folded, plain
 
 
-def normal(cart: Cart, with_attrs: bool = True) -> dict[str, Any]:
-    """A cart up to the order of its dots (which is apply order, so it differs between interleavings)."""
-    return {
-        sku: (
-            line["qty"],
-            line["vv"],
-            sorted(map(tuple, line["dots"])),
-            line.get("attrs") if with_attrs else 0,
-        )
-        for sku, line in cart["lines"].items()
-    }
-
-
 def reorder(data: st.DataObject, ops: list[CartOp]) -> list[CartOp]:
     """A random order of ``ops`` that keeps each client's seq order and puts every op after the dots its
     ``ctx`` covers (what the hub guarantees: covered dots were always applied first)."""
-    index = {(o.client_id, o.seq): i for i, o in enumerate(ops)}
-    deps: list[set[int]] = []
-    for i, o in enumerate(ops):
-        need = {j for j, p in enumerate(ops[:i]) if p.client_id == o.client_id}
-        for c, s in o.ctx.items():
-            # Every op of c up to seq s: the covered dots and c's earlier ops.
-            need |= {j for (cc, ss), j in index.items() if cc == c and ss <= s}
-        deps.append(need)
+    deps = causal_deps(ops)
     # A random priority per op; at each step the ready op with the best priority goes next. (Drawing an index
     # per step would shrink towards the hub order itself.)
     priority = data.draw(st.permutations(range(len(ops))))
@@ -719,11 +808,60 @@ def reorder(data: st.DataObject, ops: list[CartOp]) -> list[CartOp]:
     return order
 
 
+def causal_deps(ops: list[CartOp]) -> list[set[int]]:
+    """For each op, the ops that must come before it: its client's earlier ops and every op whose dot its
+    ``ctx`` covers (what the hub guarantees: covered dots were always applied first)."""
+    index = {(o.client_id, o.seq): i for i, o in enumerate(ops)}
+    deps: list[set[int]] = []
+    for i, o in enumerate(ops):
+        need = {j for j, p in enumerate(ops[:i]) if p.client_id == o.client_id}
+        for c, s in o.ctx.items():
+            # Every op of c up to seq s: the covered dots and c's earlier ops.
+            need |= {j for (cc, ss), j in index.items() if cc == c and ss <= s}
+        deps.append(need)
+    return deps
+
+
+def every_causal_order_ends(ops: list[CartOp]) -> Iterator[tuple[list[int], Cart]]:
+    """Every order of ``ops`` that respects :func:`causal_deps`, with the cart it ends in (depth first, each
+    prefix applied once)."""
+    deps = causal_deps(ops)
+
+    def walk(done: list[int], cart: Cart) -> Iterator[tuple[list[int], Cart]]:
+        if len(done) == len(ops):
+            yield done, cart
+            return
+        for i in range(len(ops)):
+            if i not in done and deps[i] <= set(done):
+                out = apply(cart, ops[i])
+                assert out.rejected is None
+                yield from walk([*done, i], out.cart)
+
+    yield from walk([], empty_cart())
+
+
 PROPS = settings(max_examples=150, deadline=None)
+ALL_KINDS = [ADD, SET, SET, REMOVE, CLEAR]
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs(max_ops=7, kinds=ALL_KINDS, with_attrs=True))
+def test_convergence_every_causal_interleaving_gives_the_same_cart(history: list[Spec]) -> None:
+    """The whole state - quantities, attrs, vectors, the dots and their order, the fold counter - is the
+    same after every order the hub could have applied the ops in, byte for byte (no folding here)."""
+    ops, folded, _ = materialise(history)
+    applied = [o for o in ops if o is not None]
+    assert len(applied) == len(ops)
+    orders = 0
+    for order, end in every_causal_order_ends(applied):
+        assert end == folded[-1], order
+        assert snapshot(end) == snapshot(folded[-1])
+        orders += 1
+    assert orders >= 1
 
 
 @PROPS
-@given(specs(max_ops=MAX_DOTS, kinds=[ADD, SET, SET, REMOVE, CLEAR], with_attrs=False), st.data())
+@given(specs(max_ops=MAX_DOTS, kinds=ALL_KINDS, with_attrs=True), st.data())
 def test_convergence_any_causal_interleaving_gives_the_same_cart(
     history: list[Spec], data: st.DataObject
 ) -> None:
@@ -732,27 +870,7 @@ def test_convergence_any_causal_interleaving_gives_the_same_cart(
     assert len(applied) == len(ops)  # no limit is reachable with 16 ops
     assert folded[-1]["folds"] == 0  # and no folding: this property is about the exact rules
     again = run(reorder(data, applied))
-    assert again["folds"] == 0
-    assert normal(again) == normal(folded[-1])
-
-
-@PROPS
-@given(specs(max_ops=MAX_DOTS, kinds=[ADD, SET], with_attrs=True, min_set=1), st.data())
-def test_convergence_of_attrs_while_no_line_is_deleted(history: list[Spec], data: st.DataObject) -> None:
-    # add and set(qty > 0) never delete a line, so the attrs register is the greatest key in any order.
-    ops, folded, _ = materialise(history)
-    applied = [o for o in ops if o is not None]
-    again = run(reorder(data, applied))
-    assert normal(again) == normal(folded[-1])
-
-
-@PROPS
-@given(specs(max_ops=MAX_DOTS, kinds=[ADD, SET, REMOVE, CLEAR], with_attrs=True), st.data())
-def test_convergence_of_quantities_with_attrs(history: list[Spec], data: st.DataObject) -> None:
-    # With attrs and deletions, all but attrs converges (see test_attrs_known_arrival_order_dependence).
-    ops, folded, _ = materialise(history)
-    again = run(reorder(data, [o for o in ops if o is not None]))
-    assert normal(again, with_attrs=False) == normal(folded[-1], with_attrs=False)
+    assert again == folded[-1]
 
 
 FOLD_PROPS = settings(max_examples=120, deadline=None)
@@ -767,7 +885,7 @@ FOLD_PROPS = settings(max_examples=120, deadline=None)
             specs(
                 max_ops=3 * m + 8,
                 kinds=[ADD] * (m // 2 + 3) + [SET, REMOVE, CLEAR],
-                with_attrs=False,
+                with_attrs=True,
                 skus=["x"],
             ),
         )
@@ -780,10 +898,20 @@ def test_folding_only_ever_keeps_more(case: tuple[int, list[Spec]]) -> None:
     live and the same set wins; a fold only hides which add-dots a later ``ctx`` saw, so a remove or set may
     keep them (spurious survivors) but never removes one it did not see. Hence every line's quantity with
     folding is >= the quantity without, and a line that exists without folding exists with it. (Not true:
-    "equal": a remove that saw a folded add may keep it.)
+    "equal": a remove that saw a folded add may keep it.) And a fold itself changes nothing a reader sees:
+    the op that folds gives the same quantity, attrs and conflict as the same op without folding.
     """
     max_dots, history = case
-    _, folded, plain = materialise(history, max_dots)
+    ops, folded, plain = materialise(history, max_dots)
+    for i, o in enumerate(ops):
+        if o is None:
+            continue
+        unfolded = predict(folded[i], o).cart
+        assert set(unfolded["lines"]) == set(folded[i + 1]["lines"])
+        for sku, line in unfolded["lines"].items():
+            f_line = folded[i + 1]["lines"][sku]
+            assert (f_line["qty"], f_line.get("attrs")) == (line["qty"], line.get("attrs"))
+            assert conflict_of(sku, f_line) == conflict_of(sku, line)
     for f, p in zip(folded, plain, strict=True):
         for sku, line in p["lines"].items():
             assert sku in f["lines"]

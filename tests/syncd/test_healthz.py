@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
+import redis
 from starlette.testclient import TestClient
 
 from syncd import __version__
@@ -153,3 +154,28 @@ def test_logged_urls_hide_the_password() -> None:
 )
 def test_waitaof_support_follows_server_and_version(server: str, version: str, supported: bool) -> None:
     assert waitaof_supported(server, version) is supported
+
+
+def test_a_cluster_is_probed_node_by_node_and_reported_as_its_weakest_primary(
+    cluster_factory: Callable[..., list[EmbeddedRedis]],
+) -> None:
+    nodes = cluster_factory()
+    weak = redis.Redis(host=nodes[2].host, port=nodes[2].port)
+    try:
+        weak.config_set("appendfsync", "no")  # one primary fsyncs less than the others
+    finally:
+        weak.close()
+    settings = Settings.from_env({}, redis_url=nodes[0].url, redis_cluster=True)
+    with TestClient(create_app(settings)) as http:
+        body = http.get("/healthz").json()
+        assert body["redis"]["mode"] == "cluster"
+        assert body["redis"]["nodes"] == 3
+        assert body["redis"]["persistence"]["appendfsync"] == "no"
+        assert body["status"] == "degraded"
+        assert any("appendfsync no" in warning for warning in body["warnings"])
+        nodes[1].kill()  # a primary that does not answer: its slots cannot be served
+        down = http.get("/healthz")
+        assert down.status_code == 503
+        assert down.json()["redis"]["reachable"] is False
+    for node in nodes:
+        node.stop()

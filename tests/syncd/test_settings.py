@@ -24,6 +24,7 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         "SYNCD_HOST": "0.0.0.0",
         "SYNCD_PORT": "9000",
         "SYNCD_REDIS_URL": "redis://db:6379/2",
+        "SYNCD_REDIS_CLUSTER": "No",
         "SYNCD_DATA_DIR": "/srv/syncd",
         "SYNCD_LOG_LEVEL": "DEBUG",
         "SYNCD_DURABILITY": "fsync",
@@ -48,6 +49,7 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         host="0.0.0.0",
         port=9000,
         redis_url="redis://db:6379/2",
+        redis_cluster=False,
         data_dir=Path("/srv/syncd"),
         log_level="debug",
         durability="fsync",
@@ -67,6 +69,30 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         history_max_age_s=86_400,
     )
     assert not settings.embedded
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), (" TRUE ", True), ("on", True), ("off", False)])
+def test_redis_cluster_reads_a_boolean_and_needs_a_cluster_node_url(value: str, expected: bool) -> None:
+    environ = {"SYNCD_REDIS_URL": "redis://:pw@node-1:7000", "SYNCD_REDIS_CLUSTER": value}
+    assert Settings.from_env(environ).redis_cluster is expected
+    assert Settings.from_env(environ, redis_cluster=True).redis_cluster  # the --redis-cluster flag
+    assert not Settings().redis_cluster
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SYNCD_REDIS_CLUSTER": "maybe"}, "expected one of 1, true"),
+        ({"SYNCD_REDIS_CLUSTER": "1"}, "got 'the embedded server'"),
+        ({"SYNCD_REDIS_CLUSTER": "1", "SYNCD_REDIS_URL": "unix:///run/redis.sock"}, "got 'a unix:// URL'"),
+        ({"SYNCD_REDIS_CLUSTER": "1", "SYNCD_REDIS_URL": "redis://:pw@node-1:7000/3"}, "got 'database 3'"),
+    ],
+)
+def test_redis_cluster_refuses_what_cannot_be_a_cluster(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match="SYNCD_REDIS_CLUSTER") as raised:
+        Settings.from_env(environ)
+    assert message in str(raised.value)
+    assert "pw" not in str(raised.value)  # the URL's password is never echoed
 
 
 def test_overrides_win_over_the_environment_and_none_means_not_given() -> None:

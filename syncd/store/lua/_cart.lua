@@ -3,9 +3,13 @@
 -- KEYS of every cart op: 1 {m:M}:d:<client_id> (dedup), 2 {m:M}:cart (sku -> line), 3 {m:M}:cart:meta
 -- (fold counter), 4 {m:M}:top:cart (epoch, offset), 5 {m:M}:log:cart (event stream).
 --
--- A line in memory: {dots = {{client, seq, kind, value, hlc}, ...} in apply order, attrs = map or nil,
--- ak = {hlc, client, seq} or nil}. Stored as the MessagePack map of its wire shape plus 'ak'
--- ({qty, attrs?, vv, dots, ak?}), so a snapshot needs no transformation beyond dropping 'ak'.
+-- A line in memory: {dots = {dot, ...}} in canonical order: the base dot first, then ascending
+-- (hlc, client_id, seq). A dot is {client, seq, kind, value, hlc} plus attrs (a map) when its op carried
+-- some; a base dot that carries the attrs of a folded dot also has their key {hlc, client, seq} as 7th
+-- element.
+-- qty, attrs and vv derive from the dots. Stored as the MessagePack map of its wire shape
+-- ({qty, attrs?, vv, dots}), so a snapshot needs no transformation, and the bytes of a line depend only on
+-- its set of live dots.
 
 local MAX_LINES = 200
 local MAX_DOTS = 16
@@ -16,8 +20,7 @@ local function cart_keys()
 end
 
 local function decode_line(raw)
-    local t = cmsgpack.unpack(raw)
-    return {dots = t.dots, attrs = t.attrs, ak = t.ak}
+    return {dots = cmsgpack.unpack(raw).dots}
 end
 
 local function line_qty(dots)
@@ -34,18 +37,58 @@ local function line_qty(dots)
     return sum + (winner and winner[4] or 0)
 end
 
-local function enc_line(line, with_ak)
+-- The key a dot's attrs compete with: its own (hlc, client, seq), or for a base the key it carries.
+local function attrs_key(d)
+    if d[3] == 'b' then
+        return d[7][1], d[7][2], d[7][3]
+    end
+    return d[5], d[1], d[2]
+end
+
+local function attrs_lt(a, b)
+    local h1, c1, s1 = attrs_key(a)
+    local h2, c2, s2 = attrs_key(b)
+    return key_lt(h1, c1, s1, h2, c2, s2)
+end
+
+-- The line's attrs: those of the live dot with the greatest key among the dots that carry attrs, or nil.
+local function line_attrs(dots)
+    local best = nil
+    for _, d in ipairs(dots) do
+        if d[6] ~= nil and (best == nil or attrs_lt(best, d)) then
+            best = d
+        end
+    end
+    return best and best[6]
+end
+
+local function enc_attrs(attrs)
+    local akeys = sorted_keys(attrs)
+    local aenc = {}
+    for _, k in ipairs(akeys) do
+        aenc[k] = mp(attrs[k])
+    end
+    return mp_map(akeys, aenc)
+end
+
+local function enc_dot(d)
+    local parts = {mp(d[1]), mp(d[2]), mp(d[3]), mp(d[4]), mp(d[5])}
+    if d[6] ~= nil then
+        parts[6] = enc_attrs(d[6])
+        if d[3] == 'b' then
+            parts[7] = mp_arr({mp(d[7][1]), mp(d[7][2]), mp(d[7][3])})
+        end
+    end
+    return mp_arr(parts)
+end
+
+local function enc_line(line)
     local keys = {'qty'}
     local enc = {qty = mp(line_qty(line.dots))}
-    local stored_attrs = with_ak and line.ak ~= nil
-    if line.attrs and (stored_attrs or next(line.attrs)) then
+    local attrs = line_attrs(line.dots)
+    if attrs and next(attrs) then
         keys[#keys + 1] = 'attrs'
-        local akeys = sorted_keys(line.attrs)
-        local aenc = {}
-        for _, k in ipairs(akeys) do
-            aenc[k] = mp(line.attrs[k])
-        end
-        enc.attrs = mp_map(akeys, aenc)
+        enc.attrs = enc_attrs(attrs)
     end
     local vv = {}
     local dots = {}
@@ -53,7 +96,7 @@ local function enc_line(line, with_ak)
         if (vv[d[1]] or 0) < d[2] then
             vv[d[1]] = d[2]
         end
-        dots[i] = mp_arr({mp(d[1]), mp(d[2]), mp(d[3]), mp(d[4]), mp(d[5])})
+        dots[i] = enc_dot(d)
     end
     local vkeys = sorted_keys(vv)
     local venc = {}
@@ -64,10 +107,6 @@ local function enc_line(line, with_ak)
     enc.vv = mp_map(vkeys, venc)
     keys[#keys + 1] = 'dots'
     enc.dots = mp_arr(dots)
-    if with_ak and line.ak then
-        keys[#keys + 1] = 'ak'
-        enc.ak = mp_arr({mp(line.ak[1]), mp(line.ak[2]), mp(line.ak[3])})
-    end
     return mp_map(keys, enc)
 end
 
@@ -77,7 +116,7 @@ local function covered(ctx, d)
     return type(seen) == 'number' and seen >= d[2]
 end
 
--- Drops the dots ctx covers; returns whether any was dropped.
+-- Drops the dots ctx covers (their attrs with them), keeping the order; returns whether any was dropped.
 local function remove_covered(line, ctx)
     local kept = {}
     for _, d in ipairs(line.dots) do
@@ -90,17 +129,18 @@ local function remove_covered(line, ctx)
     return removed
 end
 
--- attrs is a register: of the ops that added a dot and carried attrs, the one with the greatest
--- (hlc, client_id, seq) wins; its key is kept as 'ak'.
-local function apply_attrs(line, p, attrs)
-    if attrs == nil then
-        return
+-- Inserts a new dot at its place in the canonical order (base first, then ascending (hlc, client, seq)).
+-- New dots usually carry the greatest hlc, so the scan starts from the end.
+local function insert_dot(dots, d)
+    local i = #dots + 1
+    while i > 1 do
+        local prev = dots[i - 1]
+        if prev[3] == 'b' or not key_lt(d[5], d[1], d[2], prev[5], prev[1], prev[2]) then
+            break
+        end
+        i = i - 1
     end
-    local ak = line.ak
-    if ak == nil or key_lt(ak[1], ak[2], ak[3], p.hlc, p.client, p.seq) then
-        line.attrs = attrs
-        line.ak = {p.hlc, p.client, p.seq}
-    end
+    table.insert(dots, i, d)
 end
 
 local function count_kind(dots, kind)
@@ -113,10 +153,13 @@ local function count_kind(dots, kind)
     return n
 end
 
--- Bounds: when a line holds more than MAX_DOTS dots besides the base, just as many of its oldest add dots as
--- exceed the bound are folded into the single base dot [BASE, n, 'b', sum, 0], kept first in the list; n is
--- the cart's fold counter plus one, so no existing ctx covers the new base. Set dots are never folded (a set
--- that would leave more than MAX_DOTS of them is rejected before). Returns the counter used, or nil.
+-- Bounds: when a line holds more than MAX_DOTS dots besides the base, just as many of its lowest add dots
+-- (canonical order) as exceed the bound are folded, with the old base, into the single base dot
+-- [BASE, n, 'b', sum, 0], kept first in the list; n is the cart's fold counter plus one, so no existing ctx
+-- covers the new base. If a folded dot carried attrs, the base carries the winning ones and their key:
+-- [BASE, n, 'b', sum, 0, attrs, {hlc, client, seq}], so a fold never changes the line's attrs. Set dots are
+-- never folded (a set that would leave more than MAX_DOTS of them is rejected before). Returns the counter
+-- used, or nil.
 local function fold_line(line, counter)
     local dots = line.dots
     local excess = #dots - count_kind(dots, 'b') - MAX_DOTS
@@ -126,17 +169,27 @@ local function fold_line(line, counter)
     local n = counter + 1
     local sum = 0
     local kept = {}
+    local carried = nil
     for _, d in ipairs(dots) do
-        if d[3] == 'b' then
-            sum = sum + d[4]
-        elseif d[3] == 'a' and excess > 0 then
-            sum = sum + d[4]
-            excess = excess - 1
-        else
+        if d[3] == 's' or (d[3] == 'a' and excess <= 0) then
             kept[#kept + 1] = d
+        else
+            if d[3] == 'a' then
+                excess = excess - 1
+            end
+            sum = sum + d[4]
+            if d[6] ~= nil and (carried == nil or attrs_lt(carried, d)) then
+                carried = d
+            end
         end
     end
-    table.insert(kept, 1, {BASE, n, 'b', sum, 0})
+    local base = {BASE, n, 'b', sum, 0}
+    if carried then
+        local h, c, s = attrs_key(carried)
+        base[6] = carried[6]
+        base[7] = {h, c, s}
+    end
+    table.insert(kept, 1, base)
     line.dots = kept
     return n
 end
@@ -217,11 +270,11 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
         if line and #line.dots == 0 then
             line = nil -- a line without live dots does not exist, and loses its attrs
         end
-        local after = line and enc_line(line, true) or false
+        local after = line and enc_line(line) or false
         if after ~= before then
             if after then
                 redis.call('HSET', K.cart, sku, after)
-                lines[sku] = enc_line(line, false)
+                lines[sku] = after
             else
                 redis.call('HDEL', K.cart, sku)
                 lines[sku] = MP_NIL
@@ -238,8 +291,8 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
 end
 
 -- The shared body of cart.add, cart.set and cart.remove (docs/cart-rules.md, in the reference's order):
--- remove what ctx covers (set, remove), check the bounds, add the op's dot (add; set with qty > 0), fold,
--- attrs. Every check comes before the first write; a rejection leaves the cart untouched.
+-- remove what ctx covers (set, remove), check the bounds, add the op's dot (add; set with qty > 0) with the
+-- op's attrs, fold. Every check comes before the first write; a rejection leaves the cart untouched.
 local function line_op(K, p, sku, removes, kind, qty, attrs)
     local raw = redis.call('HGET', K.cart, sku)
     local line = raw and decode_line(raw) or {dots = {}}
@@ -254,9 +307,8 @@ local function line_op(K, p, sku, removes, kind, qty, attrs)
         if kind == 's' and count_kind(line.dots, 's') >= MAX_DOTS then
             return reject(K.dedup, p, 'limit_exceeded', 'a line holds at most 16 concurrent sets')
         end
-        line.dots[#line.dots + 1] = {p.client, p.seq, kind, qty, p.hlc}
+        insert_dot(line.dots, {p.client, p.seq, kind, qty, p.hlc, attrs})
         counter = fold_line(line, fold_counter(K))
-        apply_attrs(line, p, attrs)
     end
     local qty_after, conflict = 0, nil
     if #line.dots > 0 then

@@ -59,7 +59,7 @@ local function str_lt(a, b)
     return la < lb
 end
 
--- (hlc, client_id, seq) order used for the set winner and the attrs register.
+-- (hlc, client_id, seq) order: the set winner, the attrs winner and the canonical order of a line's dots.
 local function key_lt(h1, c1, s1, h2, c2, s2)
     if h1 ~= h2 then
         return h1 < h2
@@ -114,7 +114,7 @@ end
 -- outcome that is not a plain ok (a rejection, a conflict), kept as long as the hash; 'k:<seq % RING>' =
 -- '<seq>|<record>' of a plain ok, a ring of the client's last RING outcomes here. RING must be at least the
 -- hub's in-flight window: a client only replays ops it has no ack for, and it never has more than that many.
-local RING = 64
+local RING = 256  -- >= PIPELINE_MAX and the protocol's max_batch
 
 -- Step 1. A reply when (client, seq) was already settled for this entity, else nil.
 --

@@ -1,7 +1,8 @@
 --@include _lib.lua _cart.lua
--- cart.set(member, sku, qty 0..9999, attrs?): drop every dot ctx covers, then (qty > 0) add the dot
--- [client, seq, 's', qty, hlc]. Dots ctx does not cover survive: a concurrent add is kept (add-wins) and a
--- concurrent set stays live as a conflict. ARGV[13] sku, ARGV[14] qty, ARGV[15] attrs (MessagePack or '').
+-- cart.set(member, sku, qty 0..9999, attrs?): drop every dot ctx covers (attrs included), then (qty > 0) add
+-- the dot [client, seq, 's', qty, hlc, attrs?]. Dots ctx does not cover survive: a concurrent add is kept
+-- (add-wins) and a concurrent set stays live as a conflict. ARGV[13] sku, ARGV[14] qty, ARGV[15] attrs
+-- (MessagePack or '').
 local p = op_params()
 local K = cart_keys()
 local dup = dedup_check(K.dedup, p)

@@ -1,8 +1,9 @@
 """Fixtures for the store tests: servers (a standalone Redis and a 3-node Valkey cluster), clients, devices.
 
-Servers come from ``redis_server_factory`` (tests/conftest.py), so every one is private, on a free port, and
-stopped at the end of the session. The standalone server and the cluster are session-scoped and flushed
-before each test; tests that kill or restart a server start their own.
+Servers come from ``redis_server_factory`` and the clusters from ``valkey_cluster``/``cluster_factory``
+(tests/conftest.py, shared with the e2e tests), so every one is private, on a free port, and stopped at the
+end of the session. The standalone server and the cluster are session-scoped and flushed before each test;
+tests that kill or restart a server start their own.
 
 ``store`` is parametrized over both backends, so every cart rule runs on ``Redis`` and ``RedisCluster``.
 ``Device`` plays one client: it numbers its ops 1, 2, 3, … like the SDK, so tests read as scenarios.
@@ -10,12 +11,10 @@ before each test; tests that kill or restart a server start their own.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -23,67 +22,11 @@ from protocol import frames
 from syncd.embedded import EmbeddedRedis, bundled_binary
 from syncd.store import OpOutcome, RedisStore
 
-CLUSTER_NODES = 3
-SLOTS = 16384
-
 
 @pytest.fixture(scope="session")
 def standalone_server(redis_server_factory: Callable[..., EmbeddedRedis]) -> EmbeddedRedis:
     """The server ``syncd serve`` would pick on this machine, without persistence (the fast path)."""
     return redis_server_factory(appendonly=False)
-
-
-def start_cluster(factory: Callable[..., EmbeddedRedis], nodes: int = CLUSTER_NODES) -> list[EmbeddedRedis]:
-    """Start ``nodes`` Valkey primaries and join them into one cluster covering every slot.
-
-    Done with plain commands through redis-py (CLUSTER SET-CONFIG-EPOCH / ADDSLOTSRANGE / MEET), the steps of
-    ``redis-cli --cluster create --cluster-replicas 0``, so no extra binary is needed. Valkey (bundled) is
-    used because it has WAITAOF, so durability is testable on the cluster too. Returns once every node
-    reports ``cluster_state:ok`` and knows every other node.
-    """
-    servers = [
-        factory(
-            binary=bundled_binary(),
-            extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
-        )
-        for _ in range(nodes)
-    ]
-    clients = [redis.Redis(host=s.host, port=s.port) for s in servers]
-    try:
-        step = SLOTS // nodes
-        for i, client in enumerate(clients):
-            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
-            last = SLOTS - 1 if i == nodes - 1 else (i + 1) * step - 1
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
-        for server in servers[1:]:
-            clients[0].execute_command("CLUSTER", "MEET", server.host, server.port)
-        deadline = time.monotonic() + 60
-        while not all(_cluster_ready(client, nodes) for client in clients):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
-    finally:
-        for client in clients:
-            client.close()
-    return servers
-
-
-def _cluster_ready(client: redis.Redis, nodes: int) -> bool:
-    info = client.execute_command("CLUSTER", "INFO").decode()
-    fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
-    return fields.get("cluster_state") == "ok" and fields.get("cluster_known_nodes") == str(nodes)
-
-
-@pytest.fixture(scope="session")
-def cluster_factory(redis_server_factory: Callable[..., EmbeddedRedis]) -> Callable[[], list[EmbeddedRedis]]:
-    """``cluster_factory()`` starts one more private cluster (for tests that kill or reconfigure nodes)."""
-    return lambda: start_cluster(redis_server_factory)
-
-
-@pytest.fixture(scope="session")
-def valkey_cluster(redis_server_factory: Callable[..., EmbeddedRedis]) -> list[EmbeddedRedis]:
-    """A 3-primary Valkey cluster (AOF on, everysec), shared by the session."""
-    return start_cluster(redis_server_factory)
 
 
 async def flush(client: Redis | RedisCluster) -> None:

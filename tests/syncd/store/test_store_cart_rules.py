@@ -85,18 +85,55 @@ async def test_remove_of_everything_seen_deletes_the_line_and_reports_null(devic
     assert outcome.result == {"qty": 0}
     assert outcome.event is not None and outcome.event.data == {"lines": {"tea": None}}
     assert await a.lines() == {}
-    # A line that ceases to exist loses its attrs: a new add starts a new register.
+    # A line that ceases to exist loses its attrs with its dots.
     await a.add("tea", 1)
     assert "attrs" not in (await a.lines())["tea"]
 
 
 async def test_set_zero_is_a_remove_and_ignores_attrs(device: Devices) -> None:
-    a, b = device("a"), device("b")
+    a, b, c = device("a"), device("b"), device("c")
     await a.add("tea", 2, attrs={"size": "L"}, hlc=1)
-    await a.add("tea", 1)  # unseen by b: keeps the line alive
-    outcome = await b.set("tea", 0, ctx={"a": 1}, hlc=99, attrs={"size": "S"})
-    assert outcome.result == {"qty": 1}
-    assert (await a.lines())["tea"]["attrs"] == {"size": "L"}
+    await b.add("tea", 1, hlc=2)
+    outcome = await c.set("tea", 0, ctx={"b": 1}, hlc=99, attrs={"size": "S"})
+    assert outcome.result == {"qty": 2}
+    assert (await a.lines())["tea"] == {
+        "qty": 2,
+        "attrs": {"size": "L"},
+        "vv": {"a": 1},
+        "dots": [["a", 1, "a", 2, 1, {"size": "L"}]],
+    }
+
+
+async def test_attrs_go_with_their_dot_so_a_racing_remove_converges(device: Devices) -> None:
+    # The old per-line register kept "old" here when the add arrived before the remove.
+    a, b, c = device("a"), device("b"), device("c")
+    await a.add("tea", 1, attrs={"note": "old"}, hlc=9)
+    await c.add("tea", 1, attrs={"note": "new"}, hlc=5)  # concurrent with b's remove, arrives first
+    outcome = await b.remove("tea", ctx={"a": 1})
+    assert outcome.event is not None
+    line = {
+        "qty": 1,
+        "attrs": {"note": "new"},
+        "vv": {"c": 1},
+        "dots": [["c", 1, "a", 1, 5, {"note": "new"}]],
+    }
+    assert outcome.event.data == {"lines": {"tea": line}}
+    assert (await a.lines())["tea"] == line
+
+
+async def test_dots_are_kept_in_canonical_order(device: Devices) -> None:
+    a, b, c = device("a"), device("b"), device("c")
+    await c.add("tea", 1, hlc=7)
+    await b.add("tea", 1, hlc=3)
+    await a.set("tea", 4, ctx={}, hlc=3, attrs={"k": 1})
+    await b.add("tea", 2, hlc=1)
+    line = (await a.lines())["tea"]
+    assert line["dots"] == [
+        ["b", 2, "a", 2, 1],
+        ["a", 1, "s", 4, 3, {"k": 1}],
+        ["b", 1, "a", 1, 3],
+        ["c", 1, "a", 1, 7],
+    ]
 
 
 async def test_op_that_changes_nothing_is_still_an_event_with_no_lines(device: Devices) -> None:
@@ -144,15 +181,16 @@ async def test_empty_attrs_is_a_write_of_no_attrs(device: Devices, store: RedisS
     await a.add("tea", 1, attrs={}, hlc=2)
     assert "attrs" not in (await a.lines())["tea"]
     stored = (await store.load_cart("m1"))["lines"]["tea"]
-    assert stored["attrs"] == {} and stored["ak"] == [2, "a", 2]
+    assert "attrs" not in stored
+    assert stored["dots"] == [["a", 1, "a", 1, 1, {"size": "L"}], ["a", 2, "a", 1, 2, {}]]
 
 
-async def test_seventeenth_dot_folds_the_oldest_add_into_a_base_dot(
+async def test_seventeenth_dot_folds_the_lowest_add_into_a_base_dot(
     device: Devices, store: RedisStore
 ) -> None:
     devices = [device(f"d{i:02}") for i in range(17)]
     for i, d in enumerate(devices):
-        outcome = await d.add("tea", i + 1)
+        outcome = await d.add("tea", i + 1, hlc=i + 1)
     line = (await devices[0].lines())["tea"]
     assert line["qty"] == sum(range(1, 18))
     assert len(line["dots"]) == 17  # 16 dots + the base
@@ -160,10 +198,25 @@ async def test_seventeenth_dot_folds_the_oldest_add_into_a_base_dot(
     assert "d00" not in line["vv"] and line["vv"]["~"] == 1
     assert outcome.event is not None and outcome.event.data["lines"]["tea"] == line
     # The next fold anywhere in the cart takes the next number and absorbs the old base.
-    await devices[0].add("tea", 100)
+    await devices[0].add("tea", 100, hlc=100)
     line = (await devices[0].lines())["tea"]
     assert line["dots"][0] == ["~", 2, "b", 1 + 2, 0] and len(line["dots"]) == 17
     assert (await store.load_cart("m1"))["folds"] == 2
+
+
+async def test_a_fold_keeps_the_folded_attrs_with_their_key(device: Devices) -> None:
+    # The set's attrs have a lower key than the add's that show; once that add is folded, the base carries
+    # its attrs and its key, so the line still shows them.
+    await device("s").set("tea", 2, ctx={}, hlc=1, attrs={"gift": False})
+    await device("a").add("tea", 1, hlc=2, attrs={"gift": True})
+    for i in range(15):  # the 17th live dot folds the lowest add: a's
+        outcome = await device(f"d{i:02}").add("tea", 1, hlc=10 + i)
+    line = (await device("x").lines())["tea"]
+    assert line["dots"][0] == ["~", 1, "b", 1, 0, {"gift": True}, [2, "a", 1]]
+    assert line["attrs"] == {"gift": True} and line["qty"] == 2 + 1 + 15
+    assert outcome.event is not None and outcome.event.data["lines"]["tea"] == line
+    outcome = await device("r").remove("tea", ctx={"~": 1})  # removes the base, attrs included
+    assert (await device("x").lines())["tea"]["attrs"] == {"gift": False}
 
 
 async def test_base_dot_is_covered_by_the_hub_entry(device: Devices) -> None:

@@ -174,3 +174,34 @@ async def test_script_refuses_arguments_that_bypassed_python_validation_as_a_rec
 def test_store_settings_must_be_positive(redis_client: Redis | RedisCluster, setting: str) -> None:
     with pytest.raises(ValueError, match=setting):
         RedisStore(redis_client, **{setting: 0})
+
+
+async def test_a_pipeline_mixing_scripts_on_a_cold_script_cache_applies_every_op_once(
+    redis_client: Redis | RedisCluster,
+) -> None:
+    """After a restart or SCRIPT FLUSH a node may miss scripts; a pipeline must then never let a later op of
+    a member run past one that failed (its retry would be answered as a dup without being applied)."""
+    await redis_client.script_flush()
+    store = RedisStore(redis_client)
+    m = {"member": "m1"}
+    first = [
+        frames.Op(seq=1, kind="cart.add", args={**m, "sku": "A", "qty": 2}, hlc=10),
+        frames.Op(seq=2, kind="cart.add", args={**m, "sku": "B", "qty": 1}, hlc=11),
+    ]
+    batch = await store.apply_ops("app", first)
+    assert [o.ok for o in batch.outcomes] == [True, True]
+    assert batch.error is None
+    # Only cart_add is cached now; the next run (a fresh run, after the known watermark) also uses cart_set.
+    mixed = [
+        frames.Op(seq=3, kind="cart.add", args={**m, "sku": "A", "qty": 1}, hlc=20),
+        frames.Op(seq=4, kind="cart.set", args={**m, "sku": "B", "qty": 5}, ctx={"app": 2}, hlc=21),
+        frames.Op(seq=5, kind="cart.add", args={**m, "sku": "C", "qty": 1}, hlc=22),
+    ]
+    outcomes = []
+    while len(outcomes) < len(mixed):
+        batch = await store.apply_ops("app", mixed[len(outcomes) :], known_last=2 + len(outcomes))
+        outcomes.extend(batch.outcomes)
+        assert batch.error is None
+    assert [(o.seq, o.ok, o.dup) for o in outcomes] == [(3, True, False), (4, True, False), (5, True, False)]
+    cart = await store.load_cart("m1")
+    assert {sku: line["qty"] for sku, line in cart["lines"].items()} == {"A": 3, "B": 5, "C": 1}

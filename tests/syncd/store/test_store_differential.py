@@ -3,7 +3,8 @@
 Random histories of ops from several clients (with fresh, stale and arbitrary causal contexts, ties on HLC,
 client ids that sort differently by bytes and by locale, attrs, out-of-range quantities, and replays) are fed
 to both; after every op the outcome (ok/code, result, conflict, the event's changed lines) and the whole
-stored cart (lines with their dots, attrs and attrs key, and the fold counter) must be identical.
+stored cart (lines with their dots in order, the attrs each dot and each base carries, and the fold counter)
+must be identical.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ async def run_history(store: RedisStore, history: list[Action]) -> None:
             event("conflict")
         if want.cart["folds"] > ref["folds"]:
             event("fold")
+            if any(len(line["dots"][0]) > 5 for line in want.cart["lines"].values()):
+                event("fold: a base carries attrs")
         if got.ok:
             assert got.event is not None and got.event.data == want.event_data(), op
             assert got.event.conflict == want.conflict

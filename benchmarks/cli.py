@@ -1,0 +1,106 @@
+"""``python -m benchmarks <workload> [--json] [--quick | --smoke] [--out FILE] [--keep]``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.profiles import FULL, PROFILES
+from benchmarks.systems import scratch_dir
+from benchmarks.workloads import WORKLOADS, Result, log
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), ""
+            )
+    except OSError:
+        pass
+    redis = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "syncd_tree": _tree_digest(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "redis": redis.split(" sha=")[0],
+        "kernel": platform.release(),
+    }
+
+
+def _tree_digest() -> str:
+    """A short digest of the hub's source (syncd/ and protocol/): which code the figures are of."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(
+        [*root.glob("syncd/**/*.py"), *root.glob("syncd/**/*.lua"), *root.glob("protocol/*.py")]
+    ):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="syncd vs a floor and a peer")
+    parser.add_argument("workload", choices=[*WORKLOADS, "all"])
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per workload (one line each)"
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="smaller counts: the whole suite in under a minute"
+    )
+    size.add_argument(
+        "--smoke", action="store_true", help="tiny counts, seconds: checks that everything runs"
+    )
+    parser.add_argument("--out", help="also append the JSON objects to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (server logs)")
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke"] if args.smoke else PROFILES["quick"] if args.quick else FULL
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    host = machine()
+    failed = False
+    with scratch_dir(keep=args.keep) as workdir:
+        if args.keep:
+            log(f"scratch directory: {workdir}")
+        for name in names:
+            log(f"{name} ({profile.name})")
+            result: Result = {"date": stamp, "machine": host, **WORKLOADS[name](profile, workdir / name)}
+            failed = failed or not result["pass"]
+            line = json.dumps(result)
+            if args.out:
+                with open(args.out, "a") as out:
+                    out.write(line + "\n")
+            print(line if args.json else _human(result), flush=True)
+    return 1 if failed and profile is FULL else 0
+
+
+def _human(result: Result) -> str:
+    lines = [f"== {result['workload']} ({result['profile']})"]
+    for system in ("syncd", "floor", "peer"):
+        figures = {k: v for k, v in result[system].items() if k != "steps"}
+        lines.append(f"  {system:6} {json.dumps(figures)}")
+    lines.append(f"  ratios {json.dumps(result['ratios'])}")
+    for target in result["targets"]:
+        mark = "PASS" if target["pass"] else "FAIL"
+        lines.append(
+            f"  [{mark}] {target['target']}: {target['value']} (limit {target['op']} {target['limit']})"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""How big and how long each workload runs: ``full`` (the figures of record), ``quick`` (the whole suite in
+under a minute, same shape) and ``smoke`` (seconds; for the test that checks the output's shape)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ramp:
+    """The fan-out ramp: rates (events/s to the topic) go up by ``fast_factor`` while the monitor's p99 stays
+    under ``comfort_ms``, then by ``slow_factor``; the ramp stops at the first step whose p99 exceeds
+    ``limit_ms`` (or on any refusal or disconnect)."""
+
+    start_rate: float = 1.0
+    step_s: float = 2.0
+    grace_s: float = 0.3
+    fast_factor: float = 1.5
+    slow_factor: float = 1.1
+    comfort_ms: float = 40.0
+    limit_ms: float = 100.0
+    max_rate: float = 3000.0
+    max_steps: int = 40
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    sync_rates: tuple[float, ...] = (100.0, 1000.0)
+    sync_s: float = 10.0
+    sync_warmup_s: float = 1.0
+    write_writers: int = 100
+    write_procs: int = 2
+    write_warmup_s: float = 2.0
+    write_s: float = 10.0
+    fanout_subs: int = 1000
+    fanout_procs: int = 2
+    ramp: Ramp = Ramp()
+    sustain_p99_ms: float = 100.0
+    """A fan-out step counts as sustained when every delivery arrived and their p99 is at most this."""
+    conns: int = 5000
+    conns_procs: int = 4
+    conns_settle_s: float = 3.0
+    quiet_wait_s: float = 30.0
+    """Before measuring a system, wait up to this long for the machine to be idle (other users' work)."""
+    rounds: int = 2
+    """``sync``, ``write`` and ``fanout`` measure each system this many times, interleaved, and keep its
+    best round (every round's score is reported): one unlucky moment of a shared machine decides no ratio."""
+
+
+FULL = Profile("full")
+QUICK = Profile(
+    "quick",
+    sync_s=0.8,
+    sync_warmup_s=0.3,
+    write_warmup_s=0.5,
+    write_s=1.0,
+    fanout_subs=400,
+    ramp=Ramp(start_rate=2.0, step_s=0.5, grace_s=0.2, fast_factor=2.0, slow_factor=1.3, max_steps=8),
+    conns=600,
+    conns_procs=2,
+    conns_settle_s=0.5,
+    quiet_wait_s=0.0,
+    rounds=1,
+)
+SMOKE = Profile(
+    "smoke",
+    sync_rates=(100.0, 300.0),
+    sync_s=0.5,
+    sync_warmup_s=0.2,
+    write_writers=10,
+    write_procs=1,
+    write_warmup_s=0.2,
+    write_s=0.5,
+    fanout_subs=20,
+    fanout_procs=1,
+    ramp=Ramp(start_rate=20.0, step_s=0.3, grace_s=0.1, fast_factor=2.0, slow_factor=1.5, max_steps=3),
+    conns=50,
+    conns_procs=1,
+    conns_settle_s=0.3,
+    quiet_wait_s=0.0,
+    rounds=1,
+)
+PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}

@@ -1,0 +1,1154 @@
+"""The asyncio client: a thin driver of :class:`~clients.engine.SyncEngine` and
+:class:`~protocol.connection.ClientProtocol` over a websocket and a SQLite store.
+
+Tasks
+-----
+* **runner** — connects, runs one session, decides after its end whether and when to connect again
+  (:mod:`clients.reconnect`: jittered backoff, close codes);
+* **session loop** (inside the runner) — the only code that touches the socket: it feeds received messages
+  to the protocol object, the protocol's frames to the engine, the engine's frames back to the protocol and
+  the protocol's bytes to the socket; it runs both objects' timers and persists what the engine settled, in
+  one SQLite transaction per batch of messages;
+* **reader** — moves websocket messages into a bounded buffer (back-pressure reaches TCP when full);
+* **committer** — writes the ops the application makes, grouped, to the outbox before their call returns.
+
+Everything that changes state runs on the event loop, so the engine needs no lock. Timers are the
+protocol's and the engine's ``next_deadline()``; nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Final, TypeAlias
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import InvalidHandshake, InvalidURI
+
+from clients import reconnect
+from clients.engine import (
+    DEFAULT_WINDOW,
+    MAX_CTX,
+    CartView,
+    ChangeCause,
+    EngineEvent,
+    LoadOps,
+    Notice,
+    OpSettled,
+    SubscriptionFailed,
+    SyncEngine,
+    TopicChanged,
+    TopicSynced,
+)
+from clients.errors import ClientClosed, SubscriptionRefused
+from clients.models import (
+    CartChange,
+    CartConflict,
+    CartLine,
+    CartState,
+    ConnectionState,
+    Rejection,
+    Status,
+    from_ms,
+)
+from clients.store import SQLiteOutbox
+from protocol import codec, frames
+from protocol import topics as topic_names
+from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
+from protocol.errors import (
+    BackendUnavailable,
+    CloseCode,
+    ConnectionClosed,
+    ErrorCode,
+    OpRejected,
+    ProtocolError,
+    SyncError,
+)
+
+log = logging.getLogger("clients")
+
+__version__: Final = "0.1.0"
+TokenProvider: TypeAlias = Callable[[str], "str | Awaitable[str]"]
+"""Called with the ``client_id`` before each connection; returns a (fresh) token."""
+ConflictHook: TypeAlias = Callable[["Cart", CartConflict], "Awaitable[None] | None"]
+"""Called for every conflict the hub reports on a cart this client syncs (e.g. to re-set the quantity)."""
+Clock: TypeAlias = Callable[[], int]
+Attrs: TypeAlias = Mapping[str, str | int | bool]
+
+_MAX_MESSAGES_PER_TURN: Final = 512
+"""Messages processed between two flushes of outgoing frames."""
+PERSIST_EVERY_MS: Final = 100
+"""Settlements and topic states are written at most this often while messages stream in (one transaction
+for all of them). Losing them in a crash costs only resends answered as duplicates and events fetched
+again; an op itself is always committed before the call that made it returns."""
+_READ_BUFFER: Final = 4096
+_MAX_GROUP: Final = 1000
+"""Ops committed in one SQLite transaction when the application makes many at once."""
+_MAX_CONFLICTS: Final = 16
+_DIAGNOSE: Final = codec.FrameDecoder(frames.SERVER_FRAMES, codec.CLIENT_LIMITS)
+
+
+def wall_ms() -> int:
+    """This device's wall clock in Unix milliseconds (stamps hello, pings, ops and their HLC)."""
+    return time.time_ns() // 1_000_000
+
+
+# --- op handles ------------------------------------------------------------------------------------------
+
+
+class OpHandle:
+    """An op made by this client: already stored locally and shown in its cart; ``await acked()`` for the hub.
+
+    The handle may be dropped: the op is in the outbox either way and is sent until the hub settles it.
+    """
+
+    __slots__ = ("__weakref__", "_done", "_error", "_result", "kind", "made_at", "seq")
+
+    def __init__(self, op: frames.Op) -> None:
+        self.seq = op.seq
+        self.kind = op.kind
+        self.made_at = from_ms(op.ts)
+        self._done = asyncio.Event()
+        self._result: dict[str, Any] | None = None
+        self._error: SyncError | None = None
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._done.is_set() else ("rejected" if self._error else "acked")
+        return f"<OpHandle seq={self.seq} {self.kind} {state}>"
+
+    def done(self) -> bool:
+        """Whether the hub's outcome is known (or the client closed)."""
+        return self._done.is_set()
+
+    async def acked(self) -> dict[str, Any]:
+        """The op's result once the hub applied it (``{"qty": n}`` for cart line ops).
+
+        Raises :class:`~protocol.errors.OpRejected` if the hub rejected it (a stored rejection), or
+        :class:`~clients.errors.ClientClosed` if the client closed first (the op stays in the outbox).
+        """
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return dict(self._result or {})
+
+    def _settle(self, result: dict[str, Any] | None, error: SyncError | None) -> None:
+        if not self._done.is_set():
+            self._result, self._error = result, error
+            self._done.set()
+
+
+class _CompositeHandle(OpHandle):
+    """A ``clear`` sent as one ``remove`` per line: its context would exceed the protocol's 256 entries.
+
+    ``acked()`` gives ``{"lines": n}``, the number of the cleared lines that survived (adds this device had
+    not seen), and raises the first rejection if any part was rejected.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: list[OpHandle]) -> None:
+        last = parts[-1]
+        self.seq, self.kind, self.made_at = last.seq, "cart.clear", last.made_at
+        self._done = asyncio.Event()
+        self._result, self._error = None, None
+        self._parts = parts
+
+    def done(self) -> bool:
+        return all(p.done() for p in self._parts)
+
+    async def acked(self) -> dict[str, Any]:
+        results = [await p.acked() for p in self._parts]
+        return {"lines": sum(1 for r in results if r.get("qty", 0) > 0)}
+
+
+# --- change streams ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _PendingChange:
+    cause: ChangeCause
+    skus: set[str] | None
+    origin: tuple[str, int] | None
+    conflicts: list[CartConflict]
+    kind: str | None
+
+
+class _Stream:
+    """One ``changes()`` iterator: at most one merged notification waiting, so a slow reader costs nothing."""
+
+    def __init__(self) -> None:
+        self.pending: _PendingChange | None = None
+        self.ready = asyncio.Event()
+        self.closed = False
+
+    def push(self, change: TopicChanged, conflict: CartConflict | None) -> None:
+        origin = (change.origin.client_id, change.origin.seq) if change.origin is not None else None
+        p = self.pending
+        if p is None:
+            skus = None if change.skus is None else set(change.skus)
+            self.pending = _PendingChange(change.cause, skus, origin, [], change.kind)
+            p = self.pending
+        else:
+            p.cause = change.cause
+            p.origin = origin or p.origin
+            p.kind = change.kind or p.kind
+            if p.skus is not None:
+                if change.skus is None:
+                    p.skus = None
+                else:
+                    p.skus.update(change.skus)
+        if conflict is not None:
+            p.conflicts.append(conflict)
+            del p.conflicts[:-_MAX_CONFLICTS]
+        self.ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.ready.set()
+
+
+# --- the cart handle ---------------------------------------------------------------------------------------
+
+
+class Cart:
+    """A member's cart as this device shows it, and the ops that change it. Get one with ``client.cart()``.
+
+    Every op returns after the local commit (the cart shows it at once, offline too) with an
+    :class:`OpHandle`; it reaches the hub as soon as the client is online.
+    """
+
+    def __init__(self, client: SyncClient, member: str) -> None:
+        self._client = client
+        self.member = member
+        self.topic = f"cart:{member}"
+        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()  # an abandoned iterator drops out
+
+    def __repr__(self) -> str:
+        return f"<Cart {self.member} {len(self.lines)} lines>"
+
+    # -- ops ------------------------------------------------------------------------------------------
+
+    async def add(
+        self, sku: str, qty: int = 1, attrs: Mapping[str, str | int | bool] | None = None
+    ) -> OpHandle:
+        """Add ``qty`` (1‥999) of ``sku``; concurrent adds from other devices all count."""
+        return await self._client._submit("cart.add", self._args(sku=sku, qty=qty, attrs=attrs))
+
+    async def set(self, sku: str, qty: int, attrs: Attrs | None = None) -> OpHandle:
+        """Make the line ``qty`` (0‥9999; 0 removes it) over what this device shows of it.
+
+        Without ``attrs`` the line keeps the attrs this device shows (they are sent along: a set replaces
+        what it saw, attrs included); ``attrs={}`` clears them.
+        """
+        return await self._client._submit("cart.set", self._args(sku=sku, qty=qty, attrs=attrs))
+
+    async def remove(self, sku: str) -> OpHandle:
+        """Remove the line as this device shows it (adds it has not seen yet survive)."""
+        return await self._client._submit("cart.remove", self._args(sku=sku))
+
+    async def clear(self) -> OpHandle:
+        """Remove every line as this device shows them."""
+        view = self._view
+        ctx = view.ctx_for("cart.clear", None) or {}
+        if len(ctx) > MAX_CTX:  # more devices than one context may name: clear line by line
+            parts = [await self._client._submit("cart.remove", self._args(sku=sku)) for sku in view.lines()]
+            return _CompositeHandle(parts)
+        return await self._client._submit("cart.clear", self._args())
+
+    def _args(self, **args: Any) -> dict[str, Any]:
+        if self._client._carts.get(self.topic) is not self:
+            raise ValueError(f"{self.topic} was unsubscribed: get the cart again with client.cart()")
+        out: dict[str, Any] = {"member": self.member}
+        for key, value in args.items():
+            if value is not None:
+                out[key] = dict(value) if key == "attrs" else value
+        return out
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    @property
+    def _view(self) -> CartView:
+        view = self._client._engine.view(self.topic)
+        if view is None:
+            raise SubscriptionRefused(self.topic, "unsubscribed", "this cart was unsubscribed")
+        return view
+
+    @property
+    def lines(self) -> dict[str, CartLine]:
+        """Every line, by sku: the hub's state with this device's pending ops applied."""
+        return {sku: _line(sku, line) for sku, line in self._view.lines().items()}
+
+    @property
+    def state(self) -> CartState:
+        """Lines and sync flags read together, as one consistent value."""
+        return CartState(self.member, self.lines, self.from_cache, self.has_pending_writes, self.error)
+
+    def line(self, sku: str) -> CartLine | None:
+        line = self._view.line(sku)
+        return _line(sku, line) if line is not None else None
+
+    @property
+    def from_cache(self) -> bool:
+        """True unless the hub has confirmed this cart on the current connection."""
+        return not (self._client._engine.is_open and self._view.synced)
+
+    @property
+    def has_pending_writes(self) -> bool:
+        """Whether ops of ours on this cart are not yet visible in the hub's state."""
+        return self._view.has_pending_writes
+
+    @property
+    def error(self) -> SyncError | None:
+        """Why the hub refused this cart's subscription, if it did (retried on the next connection)."""
+        return self._view.error
+
+    def changes(self) -> Changes:
+        """Each change of this cart from the moment of this call, merged while the reader is busy.
+
+        The iterator is registered at once (not at its first ``anext``), so a change made right after this
+        call is never missed. It ends when the client closes; ``aclose()`` it to stop earlier.
+        """
+        return Changes(self)
+
+    def _change(self, p: _PendingChange) -> CartChange:
+        return CartChange(
+            member=self.member,
+            cause=p.cause,
+            lines=self.lines,
+            skus=None if p.skus is None else frozenset(p.skus),
+            from_cache=self.from_cache,
+            has_pending_writes=self.has_pending_writes,
+            origin=p.origin,
+            conflicts=tuple(p.conflicts),
+            kind=p.kind,
+        )
+
+    def _notify(self, change: TopicChanged, conflict: CartConflict | None) -> None:
+        for stream in list(self._streams):
+            stream.push(change, conflict)
+
+    def _close(self) -> None:
+        for stream in list(self._streams):
+            stream.close()
+
+    async def unsubscribe(self) -> None:
+        """Stop syncing this cart and drop its cached state (ops already made are still delivered)."""
+        await self._client._unsubscribe(self)
+
+
+class Changes:
+    """The async iterator of :meth:`Cart.changes`."""
+
+    def __init__(self, cart: Cart) -> None:
+        self._cart = cart
+        self._stream = _Stream()
+        cart._streams.add(self._stream)
+
+    def __aiter__(self) -> Changes:
+        return self
+
+    async def __anext__(self) -> CartChange:
+        stream = self._stream
+        while True:
+            pending, stream.pending = stream.pending, None
+            if pending is not None:
+                return self._cart._change(pending)
+            if stream.closed:
+                raise StopAsyncIteration
+            stream.ready.clear()
+            await stream.ready.wait()
+
+    async def aclose(self) -> None:
+        self._stream.close()
+        self._cart._streams.discard(self._stream)
+
+
+def _line(sku: str, line: Mapping[str, Any]) -> CartLine:
+    return CartLine(sku=sku, qty=int(line["qty"]), attrs=dict(line.get("attrs") or {}))
+
+
+# --- the client --------------------------------------------------------------------------------------------
+
+
+class _Inputs:
+    """What wakes the session loop: messages from the reader (bounded), or a nudge from elsewhere."""
+
+    def __init__(self) -> None:
+        self.items: collections.deque[bytes | _Ended] = collections.deque()
+        self.signal = asyncio.Event()
+        self.space = asyncio.Event()
+        self.space.set()
+
+    async def put(self, item: bytes | _Ended) -> None:
+        while len(self.items) >= _READ_BUFFER:
+            self.space.clear()
+            await self.space.wait()
+        self.items.append(item)
+        self.signal.set()
+
+    def wake(self) -> None:
+        self.signal.set()
+
+    async def wait(self, timeout_s: float | None) -> None:
+        if not self.items:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self.signal.wait()
+        self.signal.clear()
+
+    def take(self, limit: int) -> list[bytes | _Ended]:
+        out: list[bytes | _Ended] = []
+        while self.items and len(out) < limit:
+            out.append(self.items.popleft())
+        self.space.set()
+        return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Ended:
+    """How a session ended: the close code and reason, who closed, and the error to report."""
+
+    code: int
+    reason: str = ""
+    by_hub: bool = True
+    error: SyncError | None = None
+    opened_ms: int | None = None
+    fatal: bool = False
+    """Stop whatever the close code says (a configuration the hub will never accept)."""
+
+
+class SyncClient:
+    """The offline-first sync client. Use as an async context manager::
+
+        async with SyncClient("ws://127.0.0.1:8000/ws", token=tok, data_dir="~/.pos-42") as client:
+            cart = client.cart("m42")
+            op = await cart.add("SKU-1", 2)      # stored and shown locally at once
+            await op.acked()                     # the hub applied it
+
+    ``token`` is a string or a callable ``token(client_id)`` (sync or async) asked before every connection,
+    so an expired token (close 4501) is replaced instead of stopping the client. ``client_id`` is created on
+    first use and kept in ``data_dir``; pass one to pin it (it must match the stored one). ``online=False``
+    starts offline: ops are stored and shown, nothing is sent until :meth:`go_online`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | TokenProvider,
+        data_dir: str | os.PathLike[str],
+        client_id: str | None = None,
+        online: bool = True,
+        on_conflict: ConflictHook | None = None,
+        agent: str = "",
+        window: int = DEFAULT_WINDOW,
+        handshake_timeout_ms: int = 10_000,
+        backoff: Callable[[], Iterator[float]] = reconnect.backoff,
+        clock: Clock = wall_ms,
+    ) -> None:
+        self.url = url
+        self._token = token
+        self._data_dir = data_dir
+        self._proposed_id = client_id
+        self._want_online = online
+        self._on_conflict = on_conflict
+        self._agent = f"syncd-python/{__version__}" + (f" ({agent})" if agent else "")
+        self._window = window
+        self._handshake_timeout_ms = handshake_timeout_ms
+        self._backoff = backoff
+        self._clock = clock
+        self._store: SQLiteOutbox | None = None
+        self._engine_: SyncEngine | None = None
+        self._carts: dict[str, Cart] = {}
+        self._handles: weakref.WeakValueDictionary[int, OpHandle] = weakref.WeakValueDictionary()
+        self._requests: list[tuple[str, dict[str, Any], asyncio.Future[OpHandle]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._inputs: _Inputs | None = None
+        self._online_changed = asyncio.Event()
+        self._interrupt = asyncio.Event()  # go_offline()/close() cut a connection attempt short
+        self._session_over = asyncio.Event()
+        self._session_over.set()
+        self._settled: list[OpSettled] = []
+        self._persist_due: int | None = None
+        self._load: LoadOps | None = None
+        self._closing = False
+        self._closed = False
+        # status
+        self._state = ConnectionState.OFFLINE
+        self._last_error: SyncError | None = None
+        self._stopped = False
+        self._last_synced_ms: int | None = None
+        self._best_sample: tuple[int, int] | None = None  # (rtt, offset)
+        self._heartbeat = 15_000
+        self._status: Status | None = None
+        self._status_version = 0
+        self._status_changed = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._rejection_streams: weakref.WeakSet[_RejectionStream] = weakref.WeakSet()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SyncClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the data directory, restore the outbox and cached carts, and connect (if online)."""
+        if self._store is not None:
+            return
+        store = await SQLiteOutbox.open(self._data_dir)
+        try:
+            proposed = self._proposed_id or f"c-{uuid.uuid4().hex[:24]}"
+            client_id = await store.client_id(proposed)
+            if self._proposed_id is not None and client_id != self._proposed_id:
+                raise ValueError(
+                    f"{self._data_dir} belongs to client {client_id!r}, not {self._proposed_id!r}"
+                )
+            meta = await store.meta()
+            outbox = await store.outbox()
+            last_synced = meta.get("last_synced")
+            self._last_synced_ms = int(last_synced) if last_synced is not None else None
+            engine = SyncEngine(
+                client_id,
+                next_seq=int(meta.get("next_seq", 1)),
+                hlc=int(meta.get("hlc", 0)),
+                pending=outbox.pending,
+                oldest_pending_ms=outbox.oldest_made_at,
+                window=self._window,
+            )
+            for record in await store.topics():
+                view = engine.load_topic(record)
+                async for op in store.load_overlay(record.topic, record.reflected):
+                    engine.add_overlay(view, op)
+                self._carts.setdefault(record.topic, Cart(self, record.topic.partition(":")[2]))
+        except BaseException:
+            await store.close()
+            raise
+        self._store, self._engine_ = store, engine
+        self._publish_status()
+        self._runner = asyncio.create_task(self._run(), name=f"syncd-client-{client_id}")
+
+    async def close(self) -> None:
+        """Go offline, store what is pending, close the data directory. Unsettled ops stay in the outbox."""
+        if self._closed or self._store is None:
+            return
+        self._closing = True
+        self._want_online = False
+        self._interrupt.set()
+        self._online_changed.set()
+        if self._inputs is not None:
+            self._inputs.wake()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        while self._committer is not None and not self._committer.done():
+            await self._committer
+        await self._persist()
+        self._closed = True
+        for handle in list(self._handles.values()):
+            handle._settle(None, ClientClosed("the client closed before the hub answered"))
+        for cart in self._carts.values():
+            cart._close()
+        for stream in list(self._rejection_streams):
+            stream.close()
+        self._status_changed.set()
+        await self._store.close()
+
+    # -- the application's API ----------------------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        return self._engine.client_id
+
+    def cart(self, member: str) -> Cart:
+        """The cart of ``member``, synced from now on (and across restarts) until unsubscribed."""
+        if not topic_names.is_valid_key(member):
+            raise ValueError(f"member ids are 1-64 of [A-Za-z0-9._@-], not {member[:64]!r}")
+        topic = f"cart:{member}"
+        self._engine.subscribe(topic)
+        cart = self._carts.get(topic)
+        if cart is None:
+            cart = self._carts[topic] = Cart(self, member)
+        self._nudge()
+        return cart
+
+    @property
+    def status(self) -> Status:
+        """The client's health now: connection, outbox backlog, last sync, last error."""
+        return self._compute_status()
+
+    async def status_changes(self) -> AsyncIterator[Status]:
+        """The current status, then each new one (intermediate ones merged while the reader is busy)."""
+        seen = -1
+        while not self._closed:
+            if self._status_version != seen:
+                seen = self._status_version
+                yield self.status
+                continue
+            self._status_changed.clear()
+            await self._status_changed.wait()
+
+    async def rejections(self) -> AsyncIterator[Rejection]:
+        """Rejections not yet marked seen (stored ones first), then new ones as they happen."""
+        stream = _RejectionStream()
+        self._rejection_streams.add(stream)
+        try:
+            await self._persist()
+            for rejection in await self._store_().rejections():
+                stream.offer(rejection)
+            while True:
+                item = await stream.next()
+                if item is None:
+                    return
+                yield item
+        finally:
+            self._rejection_streams.discard(stream)
+
+    async def pending_rejections(self) -> list[Rejection]:
+        """The rejections not yet marked seen, oldest first."""
+        await self._persist()
+        return await self._store_().rejections()
+
+    async def mark_seen(self, *rejections: Rejection | int) -> None:
+        """The application has shown these rejections: they are no longer offered."""
+        seqs = [r if isinstance(r, int) else r.seq for r in rejections]
+        await self._persist()  # a rejection still in memory must be stored before it can be marked
+        await self._store_().mark_seen(seqs)
+
+    async def go_offline(self) -> None:
+        """Close the connection and stay offline (ops are still stored and shown) until :meth:`go_online`."""
+        self._want_online = False
+        self._interrupt.set()
+        self._online_changed.set()
+        self._nudge()
+        await self._session_over.wait()
+
+    async def go_online(self) -> None:
+        """Connect now (also after the client stopped on a fatal close: the application decided to retry)."""
+        self._want_online = True
+        self._stopped = False
+        self._online_changed.set()
+
+    async def wait_synced(self, timeout: float | None = None) -> Status:
+        """Wait until online with an empty outbox, every cart in sync and every op's effect visible."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if self._closed:
+                    raise ClientClosed("the client closed")
+                if self._is_synced():
+                    return self.status
+                self._synced.clear()
+                await self._synced.wait()
+
+    # -- internals: ops -----------------------------------------------------------------------------------
+
+    @property
+    def _engine(self) -> SyncEngine:
+        if self._engine_ is None:
+            raise ClientClosed("the client is not started: use `async with SyncClient(...)`")
+        return self._engine_
+
+    def _store_(self) -> SQLiteOutbox:
+        if self._store is None or self._closed:
+            raise ClientClosed("the client is closed")
+        return self._store
+
+    async def _submit(self, kind: str, args: dict[str, Any]) -> OpHandle:
+        if self._closing or self._store is None:
+            raise ClientClosed("the client is closed")
+        future: asyncio.Future[OpHandle] = asyncio.get_running_loop().create_future()
+        self._requests.append((kind, args, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_loop())
+        return await future
+
+    async def _commit_loop(self) -> None:
+        """Store the ops the application made, many per transaction, and only then let them be sent."""
+        store, engine = self._store_(), self._engine
+        while self._requests:
+            batch, self._requests = self._requests[:_MAX_GROUP], self._requests[_MAX_GROUP:]
+            now = self._clock()
+            prepared: list[tuple[frames.Op, asyncio.Future[OpHandle]]] = []
+            for kind, args, future in batch:
+                try:
+                    op = engine.prepare(kind, args, now)
+                except (ValueError, OpRejected) as exc:  # refused at the call site: nothing stored
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                prepared.append((op, future))
+            if not prepared:
+                continue
+            ops = [op for op, _ in prepared]
+            try:
+                await store.append(ops, next_seq=engine.next_seq, hlc=engine.hlc)
+            except BaseException as exc:
+                engine.abort(ops)
+                self._dispatch(engine.events_received())
+                error = exc if isinstance(exc, SyncError) else BackendUnavailable(f"cannot store ops: {exc}")
+                for _, future in prepared:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            engine.commit(ops)
+            for op, future in prepared:
+                handle = OpHandle(op)
+                self._handles[op.seq] = handle
+                if not future.done():
+                    future.set_result(handle)
+            self._dispatch(engine.events_received())
+            self._nudge()
+            self._publish_status()
+
+    async def _unsubscribe(self, cart: Cart) -> None:
+        self._engine.unsubscribe(cart.topic)
+        self._carts.pop(cart.topic, None)
+        cart._close()
+        self._nudge()
+        await self._store_().remove_topic(cart.topic)
+
+    # -- internals: connection ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delays = self._backoff()
+        while not self._closing:
+            if not self._want_online:
+                self._set_state(ConnectionState.OFFLINE)
+                self._online_changed.clear()
+                if self._want_online or self._closing:
+                    continue
+                await self._online_changed.wait()
+                delays = self._backoff()
+                continue
+            self._set_state(ConnectionState.CONNECTING)
+            self._interrupt.clear()
+            self._session_over.clear()
+            try:
+                ended = await self._session()
+            finally:
+                self._session_over.set()
+            if self._closing:
+                break
+            opened = ended.opened_ms
+            if opened is not None and self._clock() - opened >= self._heartbeat:
+                delays = self._backoff()  # it stayed up a while: start again from short delays
+            if ended.error is not None:
+                self._last_error = ended.error
+            decision = reconnect.after_close(
+                ended.code, ended.reason, by_hub=ended.by_hub, fresh_token=callable(self._token)
+            )
+            if ended.fatal:
+                decision = reconnect.Decision(False)
+            self._set_state(ConnectionState.OFFLINE)
+            if not self._want_online:
+                continue
+            if not decision.reconnect:
+                log.warning("stopped reconnecting after close %d %s", ended.code, ended.reason)
+                self._stopped = True
+                self._want_online = False
+                self._publish_status()
+                continue
+            delay = max(next(delays), decision.min_delay_s)
+            self._online_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._online_changed.wait()  # go_offline/go_online/close cut the wait short
+        self._set_state(ConnectionState.OFFLINE)
+
+    async def _token_for(self, client_id: str) -> str:
+        token = self._token
+        if isinstance(token, str):
+            return token
+        value = token(client_id)
+        if inspect.isawaitable(value):
+            value = await value
+        return str(value)
+
+    async def _session(self) -> _Ended:
+        engine = self._engine
+        try:
+            token = await self._token_for(engine.client_id)
+        except Exception as exc:  # the application's token provider failed: retry later
+            reason = f"token provider failed: {exc}"[:200]
+            return _Ended(1006, reason, by_hub=False, error=ConnectionClosed(1006, reason))
+        try:
+            proto = ClientProtocol(
+                engine.client_id,
+                token,
+                self._clock(),
+                agent=self._agent,
+                handshake_timeout_ms=self._handshake_timeout_ms,
+            )
+        except ValueError as exc:  # a token or client id no hub would accept
+            error = ConnectionClosed(CloseCode.UNAUTHORIZED, str(exc)[:200])
+            return _Ended(CloseCode.UNAUTHORIZED, str(exc)[:200], error=error, fatal=True)
+        try:
+            ws = await self._connect()
+            if ws is None:
+                return _Ended(CloseCode.NORMAL, "going offline", by_hub=False)
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            return _Ended(1006, str(exc)[:200], error=ConnectionClosed(1006, f"cannot connect: {exc}"[:200]))
+        except InvalidURI as exc:
+            error = ConnectionClosed(CloseCode.UNAUTHORIZED, f"invalid hub URL: {exc}"[:200])
+            return _Ended(CloseCode.UNAUTHORIZED, str(exc)[:200], error=error, fatal=True)
+        inputs = self._inputs = _Inputs()
+        reader = asyncio.create_task(self._read(ws, inputs))
+        try:
+            return await self._converse(ws, proto, inputs)
+        finally:
+            self._inputs = None
+            if engine.is_open:
+                engine.disconnected()
+                self._dispatch(engine.events_received())
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            with contextlib.suppress(Exception):
+                await ws.close()
+            await self._persist()
+
+    async def _connect(self) -> ClientConnection | None:
+        """Open the websocket; ``None`` if ``go_offline()`` or ``close()`` came first."""
+
+        async def attempt() -> ClientConnection:
+            return await connect(
+                self.url,
+                max_size=codec.CLIENT_LIMITS.max_frame,
+                compression=None,
+                ping_interval=None,  # liveness is the protocol's ping/pong (§9)
+                open_timeout=self._handshake_timeout_ms / 1000,
+                close_timeout=2,
+            )
+
+        connecting = asyncio.ensure_future(attempt())
+        interrupted = asyncio.ensure_future(self._interrupt.wait())
+        try:
+            await asyncio.wait({connecting, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            ws = await connecting
+            await ws.close()
+        return None
+
+    async def _read(self, ws: ClientConnection, inputs: _Inputs) -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    error = ProtocolError(ErrorCode.BAD_FRAME, "the hub sent a text message")
+                    await inputs.put(
+                        _Ended(CloseCode.PROTOCOL_ERROR, error.message, by_hub=False, error=error)
+                    )
+                    return
+                await inputs.put(message)
+        except WsConnectionClosed:
+            pass
+        code = ws.close_code if ws.close_code is not None else 1006
+        reason = ws.close_reason or ""
+        await inputs.put(_Ended(code, reason, error=ConnectionClosed(code, reason)))
+
+    async def _converse(self, ws: ClientConnection, proto: ClientProtocol, inputs: _Inputs) -> _Ended:
+        engine = self._engine
+        proto.connect(self._clock())
+        opened_ms: int | None = None
+        while True:
+            await self._send(ws, proto)
+            if not self._want_online or self._closing:
+                await self._close_ws(ws, proto, CloseCode.NORMAL, "going offline")
+                return _Ended(CloseCode.NORMAL, "going offline", by_hub=False, opened_ms=opened_ms)
+            deadline = _min(_min(proto.next_deadline(), engine.next_deadline()), self._persist_due)
+            await inputs.wait(None if deadline is None else max(0.0, (deadline - self._clock()) / 1000))
+            now = self._clock()
+            for item in inputs.take(_MAX_MESSAGES_PER_TURN):
+                if isinstance(item, _Ended):
+                    if not item.by_hub:
+                        await self._close_ws(ws, proto, item.code, item.reason)
+                    return dataclasses.replace(item, opened_ms=opened_ms)
+                proto.receive_data(item, now)
+                ended = self._protocol_events(proto, item, now)
+                if ended is not None:
+                    await self._close_ws(ws, proto, ended.code, ended.reason)
+                    return dataclasses.replace(ended, opened_ms=opened_ms)
+                if opened_ms is None and engine.is_open:
+                    opened_ms = now
+            due = proto.next_deadline()
+            if due is not None and now >= due:
+                proto.set_stats(engine.stats(now))  # the ping about to go out carries them
+            proto.handle_timer(now)
+            engine.handle_timer(now)
+            ended = self._protocol_events(proto, None, now)
+            if ended is not None:
+                await self._close_ws(ws, proto, ended.code, ended.reason)
+                return dataclasses.replace(ended, opened_ms=opened_ms)
+            await self._pump_engine(proto, now)
+            await self._send(ws, proto)
+            if self._persist_due is not None and now >= self._persist_due:
+                await self._persist()
+            self._publish_status()
+
+    def _protocol_events(self, proto: ClientProtocol, data: bytes | None, now: int) -> _Ended | None:
+        engine = self._engine
+        for event in proto.events_received():
+            if isinstance(event, Opened):
+                self._sample(event.rtt_ms, event.clock_offset_ms)
+                self._heartbeat = event.welcome.heartbeat_ms
+                engine.connected(event.welcome, now, self._offset())
+                self._set_state(ConnectionState.ONLINE)
+            elif isinstance(event, FrameReceived):
+                try:
+                    engine.receive(event.frame, now)
+                except ProtocolError as exc:  # a payload that breaks the protocol: nothing of it was applied
+                    self._dispatch(engine.events_received())
+                    return _Ended(CloseCode.PROTOCOL_ERROR, exc.message, by_hub=False, error=exc)
+                if isinstance(event.frame, frames.Ack | frames.Event | frames.Snapshot):
+                    self._last_synced_ms = now
+            elif isinstance(event, CloseRequested):
+                return _Ended(event.code, event.reason, by_hub=False, error=self._diagnose(event, data))
+        if proto.rtt_ms is not None and proto.clock_offset_ms is not None:
+            self._sample(proto.rtt_ms, proto.clock_offset_ms)
+            engine.set_clock_offset(self._offset())
+        self._dispatch(engine.events_received())
+        return None
+
+    @staticmethod
+    def _diagnose(event: CloseRequested, data: bytes | None) -> SyncError:
+        """Why our protocol object closed: the exact decoding error for a bad frame, else the close itself."""
+        if event.code in (CloseCode.HEARTBEAT_TIMEOUT, CloseCode.HANDSHAKE_TIMEOUT, CloseCode.NORMAL):
+            return ConnectionClosed(event.code, event.reason)
+        if data is not None:
+            try:
+                frame = _DIAGNOSE.decode(data)
+            except ProtocolError as exc:
+                return exc
+            if isinstance(frame, frames.Welcome) and frame.version not in frames.PROTOCOL_VERSIONS:
+                return ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"the hub chose version {frame.version}")
+            return ProtocolError(ErrorCode.OUT_OF_ORDER, f"the hub broke the handshake: {event.reason}")
+        return ProtocolError(ErrorCode.BAD_FRAME, event.reason)
+
+    async def _close_ws(self, ws: ClientConnection, proto: ClientProtocol, code: int, reason: str) -> None:
+        if proto.state is not State.CLOSED:
+            proto.close(code, reason)
+            proto.events_received()  # the CloseRequested asked for here
+        await self._send(ws, proto)
+        with contextlib.suppress(Exception):
+            await ws.close(code, reason[:120])
+
+    async def _pump_engine(self, proto: ClientProtocol, now: int) -> None:
+        """Hand the engine's frames to the protocol, loading outbox pages as the engine asks for them."""
+        engine = self._engine
+        for _ in range(8):
+            if proto.state is State.OPEN:
+                for frame in engine.frames_to_send(now):
+                    proto.send(frame, now)
+            self._dispatch(engine.events_received())
+            load, self._load = self._load, None
+            if load is None:
+                return
+            ops = await self._store_().load_pending(load.after_seq, load.limit)
+            engine.ops_loaded(ops, load.limit)
+
+    async def _send(self, ws: ClientConnection, proto: ClientProtocol) -> None:
+        for data in proto.data_to_send():
+            try:
+                await ws.send(data)
+            except WsConnectionClosed:
+                return  # the reader reports the close
+
+    # -- internals: events, persistence, status -----------------------------------------------------------
+
+    def _dispatch(self, events: list[EngineEvent]) -> None:
+        for event in events:
+            if isinstance(event, TopicChanged):
+                self._changed(event)
+            elif isinstance(event, OpSettled):
+                self._settled.append(event)
+                self._settle(event)
+                if self._persist_due is None:
+                    self._persist_due = self._clock() + PERSIST_EVERY_MS
+            elif isinstance(event, LoadOps):
+                self._load = event
+            elif isinstance(event, SubscriptionFailed):
+                self._last_error = event.error
+                cart = self._carts.get(event.error.topic)
+                if cart is not None:
+                    cart._notify(TopicChanged(event.error.topic, ChangeCause.SNAPSHOT, frozenset()), None)
+            elif isinstance(event, Notice):
+                log.warning("%s", event.error)
+                self._last_error = event.error
+            elif isinstance(event, TopicSynced):
+                pass
+        self._check_synced()
+
+    def _changed(self, change: TopicChanged) -> None:
+        cart = self._carts.get(change.topic)
+        if cart is None:
+            return
+        conflict = CartConflict.from_wire(change.conflict) if change.conflict is not None else None
+        cart._notify(change, conflict)
+        if conflict is not None and self._on_conflict is not None:
+            try:
+                result = self._on_conflict(cart, conflict)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    task.add_done_callback(_log_hook_failure)
+            except Exception:
+                log.exception("the conflict hook failed")
+
+    async def _persist(self) -> None:
+        """One transaction for what the engine settled and the topics it advanced since the last one."""
+        self._persist_due = None
+        if self._store is None or self._closed:
+            return
+        settled, self._settled = self._settled, []
+        records = self._engine.take_dirty_topics()
+        if settled or records:
+            try:
+                await self._store.save(settled, records, last_synced_ms=self._last_synced_ms)
+            except BackendUnavailable as exc:
+                # Not fatal: what was not recorded is resent (answered as duplicates) or fetched again.
+                log.warning("%s", exc)
+                self._last_error = exc
+
+    def _settle(self, settled: OpSettled) -> None:
+        """Tell the application: the op's handle, and the rejection streams."""
+        handle = self._handles.pop(settled.op.seq, None)
+        if settled.ok:
+            if handle is not None:
+                handle._settle(settled.result or {}, None)
+            return
+        if handle is not None:
+            handle._settle(None, OpRejected(settled.code or "rejected", settled.message))
+        for rejection in _rejections_of([settled]):
+            for stream in list(self._rejection_streams):
+                stream.offer(rejection)
+
+    def _nudge(self) -> None:
+        if self._inputs is not None:
+            self._inputs.wake()
+
+    def _sample(self, rtt: int, offset: int) -> None:
+        if self._best_sample is None or rtt <= self._best_sample[0]:
+            self._best_sample = (rtt, offset)
+
+    def _offset(self) -> int | None:
+        return self._best_sample[1] if self._best_sample is not None else None
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is not self._state:
+            self._state = state
+        self._publish_status()
+
+    def _is_synced(self) -> bool:
+        engine = self._engine_
+        return (
+            engine is not None
+            and self._state is ConnectionState.ONLINE
+            and engine.pending == 0
+            and engine.all_synced
+            and all(not (v := engine.view(t)) or not v.has_pending_writes for t in engine.topics)
+        )
+
+    def _check_synced(self) -> None:
+        if self._is_synced():
+            self._synced.set()
+
+    def _compute_status(self) -> Status:
+        engine = self._engine
+        return Status(
+            state=self._state,
+            pending_ops=engine.pending,
+            oldest_pending_at=from_ms(engine.oldest_pending_ms),
+            last_synced_at=from_ms(self._last_synced_ms),
+            last_error=self._last_error,
+            clock_offset_ms=self._offset(),
+            stopped=self._stopped,
+        )
+
+    def _publish_status(self) -> None:
+        if self._engine_ is None:
+            return
+        status = self._compute_status()
+        if status != self._status:
+            self._status = status
+            self._status_version += 1
+            self._status_changed.set()
+        self._check_synced()
+
+
+class _RejectionStream:
+    def __init__(self) -> None:
+        self._items: collections.deque[Rejection] = collections.deque()
+        self._seen: set[int] = set()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def offer(self, rejection: Rejection) -> None:
+        if rejection.seq not in self._seen:
+            self._seen.add(rejection.seq)
+            self._items.append(rejection)
+            self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def next(self) -> Rejection | None:
+        while not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
+def _rejections_of(settled: list[OpSettled]) -> list[Rejection]:
+    out = []
+    for s in settled:
+        made, at = from_ms(s.op.ts), from_ms(s.at)
+        assert made is not None and at is not None
+        out.append(
+            Rejection(
+                seq=s.op.seq,
+                kind=s.op.kind,
+                args=dict(s.op.args),
+                code=s.code or "rejected",
+                message=s.message,
+                result=s.result,
+                made_at=made,
+                rejected_at=at,
+            )
+        )
+    return out
+
+
+def _log_hook_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the conflict hook failed", exc_info=task.exception())
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

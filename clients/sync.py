@@ -1,0 +1,234 @@
+"""A blocking facade over :class:`~clients.SyncClient`, for POS code that is not async.
+
+The client runs on its own event loop in a daemon thread; every method here hands a call to that loop and
+blocks until it is done (``timeout`` in seconds, ``None`` = wait as long as it takes). Any number of threads
+may use one facade: calls are serialised on the loop, so ops keep the order in which they were *made*, and
+each returns after its local commit exactly as the async API does::
+
+    with SyncClientSync("ws://hub:8000/ws", token=tok, data_dir="/var/lib/pos-42") as client:
+        cart = client.cart("m42")
+        cart.add("SKU-1", 2).result(timeout=5)     # or drop the handle: the op is stored and will be sent
+        print(cart.lines)
+
+Never call it from the client's own loop thread (a deadlock); ``RuntimeError`` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from clients.client import Attrs, Cart, Changes, OpHandle, SyncClient, TokenProvider
+from clients.models import CartChange, CartLine, CartState, Rejection, Status
+
+T = TypeVar("T")
+_END = object()
+
+
+class SyncClientSync:
+    """:class:`~clients.SyncClient` for threaded code. Same arguments; ``start()``/``close()`` or ``with``."""
+
+    def __init__(
+        self, url: str, *, token: str | TokenProvider, data_dir: str | os.PathLike[str], **options: Any
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="syncd-client", daemon=True)
+        self._client = SyncClient(url, token=token, data_dir=data_dir, **options)
+        self._started = False
+
+    def __enter__(self) -> SyncClientSync:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self, timeout: float | None = 30.0) -> None:
+        if self._started:
+            return
+        self._thread.start()
+        self._started = True
+        self._run(self._client.start(), timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Close the client (unsettled ops stay stored) and stop its thread."""
+        if not self._started or self._loop.is_closed():
+            return
+        try:
+            self._run(self._client.close(), timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    # -- API --------------------------------------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        return self._call(lambda: self._client.client_id)
+
+    @property
+    def status(self) -> Status:
+        return self._call(lambda: self._client.status)
+
+    def cart(self, member: str) -> CartSync:
+        return CartSync(self, self._call(lambda: self._client.cart(member)))
+
+    def go_offline(self, timeout: float | None = 30.0) -> None:
+        self._run(self._client.go_offline(), timeout)
+
+    def go_online(self, timeout: float | None = 30.0) -> None:
+        self._run(self._client.go_online(), timeout)
+
+    def wait_synced(self, timeout: float | None = None) -> Status:
+        """Block until online with an empty outbox and every cart in sync (else ``TimeoutError``)."""
+        return self._run(self._client.wait_synced(timeout), None)
+
+    def rejections(self, timeout: float | None = 30.0) -> list[Rejection]:
+        """Rejections not yet marked seen, oldest first."""
+        return self._run(self._client.pending_rejections(), timeout)
+
+    def mark_seen(self, *rejections: Rejection | int, timeout: float | None = 30.0) -> None:
+        self._run(self._client.mark_seen(*rejections), timeout)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    def _check_thread(self) -> None:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "SyncClientSync called from its own event loop thread: use the async API there"
+            )
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        self._check_thread()
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no answer within {timeout} s") from None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run a plain function on the loop thread (reads of the engine's state are consistent there)."""
+        self._check_thread()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return future.result()
+
+
+class OpHandleSync:
+    """A blocking view of an :class:`~clients.OpHandle`."""
+
+    def __init__(self, owner: SyncClientSync, handle: OpHandle) -> None:
+        self._owner = owner
+        self._handle = handle
+        self.seq = handle.seq
+        self.kind = handle.kind
+
+    def __repr__(self) -> str:
+        return repr(self._handle)
+
+    def done(self) -> bool:
+        return self._owner._call(self._handle.done)
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The hub's result; raises :class:`~protocol.errors.OpRejected` (or ``TimeoutError``)."""
+        return self._owner._run(self._handle.acked(), timeout)
+
+
+class CartSync:
+    """A blocking view of a :class:`~clients.Cart`."""
+
+    def __init__(self, owner: SyncClientSync, cart: Cart) -> None:
+        self._owner = owner
+        self._cart = cart
+        self.member = cart.member
+
+    def add(
+        self, sku: str, qty: int = 1, attrs: Attrs | None = None, *, timeout: float | None = 30.0
+    ) -> OpHandleSync:
+        return self._op(self._cart.add(sku, qty, attrs), timeout)
+
+    def set(
+        self, sku: str, qty: int, attrs: Attrs | None = None, *, timeout: float | None = 30.0
+    ) -> OpHandleSync:
+        return self._op(self._cart.set(sku, qty, attrs), timeout)
+
+    def remove(self, sku: str, *, timeout: float | None = 30.0) -> OpHandleSync:
+        return self._op(self._cart.remove(sku), timeout)
+
+    def clear(self, *, timeout: float | None = 30.0) -> OpHandleSync:
+        return self._op(self._cart.clear(), timeout)
+
+    def _op(self, coro: Coroutine[Any, Any, OpHandle], timeout: float | None) -> OpHandleSync:
+        return OpHandleSync(self._owner, self._owner._run(coro, timeout))
+
+    @property
+    def lines(self) -> Mapping[str, CartLine]:
+        return self._owner._call(lambda: self._cart.lines)
+
+    @property
+    def state(self) -> CartState:
+        return self._owner._call(lambda: self._cart.state)
+
+    def line(self, sku: str) -> CartLine | None:
+        return self._owner._call(lambda: self._cart.line(sku))
+
+    @property
+    def has_pending_writes(self) -> bool:
+        return self._owner._call(lambda: self._cart.has_pending_writes)
+
+    @property
+    def from_cache(self) -> bool:
+        return self._owner._call(lambda: self._cart.from_cache)
+
+    def changes(self, timeout: float | None = None) -> Iterator[CartChange]:
+        """Changes from now on; stops after ``timeout`` seconds without one, or when the client closes.
+
+        Registered on the client's loop before this returns, so a change made right after is not missed.
+        """
+        items: queue.Queue[object] = queue.Queue()
+
+        async def pump(changes: Changes) -> None:
+            try:
+                async for change in changes:
+                    items.put(change)
+            finally:
+                items.put(_END)
+
+        task = self._owner._call(lambda: self._owner._loop.create_task(pump(self._cart.changes())))
+        return self._drain(items, task, timeout)
+
+    def _drain(
+        self, items: queue.Queue[object], task: asyncio.Task[None], timeout: float | None
+    ) -> Iterator[CartChange]:
+        try:
+            while True:
+                try:
+                    item = items.get(timeout=timeout)
+                except queue.Empty:
+                    return
+                if item is _END:
+                    return
+                assert isinstance(item, CartChange)
+                yield item
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._owner._loop.call_soon_threadsafe(task.cancel)

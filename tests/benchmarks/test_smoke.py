@@ -1,0 +1,52 @@
+"""The benchmark suite runs end to end and reports in its documented shape (no timing is asserted).
+
+``python -m benchmarks sync --smoke --json`` starts the three systems (the hub, the floor, the peer) on fresh
+Redis servers, drives a few hundred ops through each and prints one JSON object; this only checks its shape.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "sync", "--smoke", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    lines = [line for line in run.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, run.stdout
+    result = json.loads(lines[0])
+
+    assert result["workload"] == "sync"
+    assert result["profile"] == "smoke"
+    assert result["machine"]["cpus"] >= 1
+    assert isinstance(result["date"], str)
+    for system in ("syncd", "floor", "peer"):
+        figures = result[system]
+        assert [row["rate"] for row in figures["by_rate"]] == result["params"]["rates_ops_s"]
+        for row in figures["by_rate"]:
+            assert set(row) >= {"rate", "count", "p50_ms", "p99_ms", "max_ms", "lost"}
+            assert row["count"] + row["lost"] > 0
+        assert set(figures["cpu_cores"]) >= {"server", "redis", "machine"}
+    for ratios in result["ratios"].values():
+        assert set(ratios) == {"p50_vs_floor", "p99_vs_floor", "p50_vs_peer", "p99_vs_peer"}
+    assert result["targets"]
+    for target in result["targets"]:
+        assert set(target) == {"target", "value", "op", "limit", "pass"}
+        assert isinstance(target["pass"], bool)
+    assert result["pass"] == all(target["pass"] for target in result["targets"])

@@ -1,0 +1,79 @@
+"""The reconnect policy: a pure generator of jittered delays, and one table of close-code decisions."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clients.reconnect import (
+    SLOW_CONSUMER_MIN_S,
+    TRY_AGAIN_LATER_MIN_S,
+    Decision,
+    after_close,
+    backoff,
+    retry_hint_s,
+)
+from protocol.errors import CloseCode
+
+
+@given(st.integers(0, 2**32), st.integers(1, 40))
+def test_each_delay_is_jittered_below_a_capped_exponential_ceiling(seed: int, attempts: int) -> None:
+    delays = list(itertools.islice(backoff(rng=random.Random(seed)), attempts))
+    for attempt, delay in enumerate(delays):
+        assert 0.0 <= delay <= min(30.0, 0.5 * 2**attempt)
+
+
+def test_a_thousand_clients_spread_their_first_reconnects() -> None:
+    rng = random.Random(7)
+    firsts = [next(backoff(rng=rng)) for _ in range(1000)]
+    buckets = {int(d / 0.05) for d in firsts}  # 50 ms buckets over the first 0.5 s
+    assert len(buckets) == 10  # every bucket used: no thundering herd
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "expected"),
+    [
+        (1006, "", Decision(True)),  # the network dropped: reconnect
+        (CloseCode.GOING_AWAY, "", Decision(True)),
+        (CloseCode.INTERNAL_ERROR, "", Decision(True)),
+        (CloseCode.TRY_AGAIN_LATER, "", Decision(True, TRY_AGAIN_LATER_MIN_S)),
+        (CloseCode.TRY_AGAIN_LATER, "overloaded; retry_after_ms=12000", Decision(True, 12.0)),
+        (CloseCode.SLOW_CONSUMER, "", Decision(True, SLOW_CONSUMER_MIN_S)),
+        (CloseCode.HEARTBEAT_TIMEOUT, "", Decision(True)),
+        (CloseCode.BACKEND_UNAVAILABLE, "", Decision(True)),
+        (4321, "", Decision(True)),  # unnamed, in the reconnect range
+        (CloseCode.UNAUTHORIZED, "", Decision(False)),
+        (CloseCode.TOKEN_EXPIRED, "", Decision(False)),
+        (CloseCode.UNSUPPORTED_VERSION, "", Decision(False)),
+        (CloseCode.REVOKED, "", Decision(False)),
+        (4987, "", Decision(False)),  # unnamed, in the stop range
+        (CloseCode.NORMAL, "", Decision(False)),
+        (CloseCode.PROTOCOL_ERROR, "", Decision(False)),  # the hub says our frame was bad: not again as is
+        (CloseCode.MESSAGE_TOO_BIG, "", Decision(False)),
+    ],
+)
+def test_close_codes_from_the_hub(code: int, reason: str, expected: Decision) -> None:
+    assert after_close(code, reason) == expected
+
+
+def test_an_expired_token_is_retried_when_a_fresh_one_can_be_fetched() -> None:
+    assert after_close(CloseCode.TOKEN_EXPIRED, fresh_token=True) == Decision(True)
+
+
+def test_a_close_the_client_made_over_a_broken_hub_is_retried() -> None:
+    assert after_close(CloseCode.PROTOCOL_ERROR, by_hub=False) == Decision(True)
+
+
+def test_retry_hints_are_read_from_the_reason_only_when_well_formed() -> None:
+    assert retry_hint_s("retry_after_ms=250") == 0.25
+    assert retry_hint_s("retry_after_ms=") is None
+    assert retry_hint_s("later") is None
+
+
+def test_backoff_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="initial_s"):
+        next(backoff(initial_s=0))
