@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from benchmarks.profiles import FULL, PROFILES
 from benchmarks.systems import scratch_dir
 from benchmarks.workloads import WORKLOADS, Result, log
+from syncd.embedded import find_server_binary, server_version
 
 
 def machine() -> dict[str, Any]:
@@ -28,15 +28,13 @@ def machine() -> dict[str, Any]:
             )
     except OSError:
         pass
-    redis = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    name, version = server_version(find_server_binary())  # the server the benchmark's Redis runs
     return {
         "syncd_tree": _tree_digest(),
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),
-        "redis": redis.split(" sha=")[0],
+        "redis": f"{name} {version}",
         "kernel": platform.release(),
     }
 
@@ -90,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _human(result: Result) -> str:
     lines = [f"== {result['workload']} ({result['profile']})"]
-    for system in ("syncd", "floor", "peer"):
+    for system in [name for name in ("syncd", "floor", "peer") if name in result]:
         figures = {k: v for k, v in result[system].items() if k != "steps"}
         lines.append(f"  {system:6} {json.dumps(figures)}")
     lines.append(f"  ratios {json.dumps(result['ratios'])}")

@@ -41,6 +41,10 @@ class Profile:
     conns: int = 5000
     conns_procs: int = 4
     conns_settle_s: float = 3.0
+    replay_ops: int = 10_000
+    """``replay``: ops queued offline, then replayed on reconnect."""
+    replay_pending: int = 100_000
+    """``replay``: ops pending in the outbox when the client's memory is measured."""
     quiet_wait_s: float = 30.0
     """Before measuring a system, wait up to this long for the machine to be idle (other users' work)."""
     rounds: int = 2
@@ -60,6 +64,8 @@ QUICK = Profile(
     conns=600,
     conns_procs=2,
     conns_settle_s=0.5,
+    replay_ops=3000,
+    replay_pending=20_000,
     quiet_wait_s=0.0,
     rounds=1,
 )
@@ -78,6 +84,8 @@ SMOKE = Profile(
     conns=50,
     conns_procs=1,
     conns_settle_s=0.3,
+    replay_ops=300,
+    replay_pending=2000,
     quiet_wait_s=0.0,
     rounds=1,
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen
+from benchmarks import replay as replay_load
 from benchmarks.dialects import Dialect
 from benchmarks.nodeclient import NodeReceivers, ensure_installed
 from benchmarks.profiles import Profile
@@ -103,7 +104,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _target(name: str, value: float | None, op: str, limit: float) -> Result:
-    ok = value is not None and (value <= limit if op == "<=" else value >= limit)
+    if op == "==":
+        ok = value == limit
+    else:
+        ok = value is not None and (value <= limit if op == "<=" else value >= limit)
     return {"target": name, "value": value, "op": op, "limit": limit, "pass": ok}
 
 
@@ -492,9 +496,55 @@ def _get_int(queue: Any, timeout: float, system: System) -> int:
     return int(value)
 
 
+# --- replay ----------------------------------------------------------------------------------------------
+
+
+def replay(profile: Profile, workdir: Path) -> Result:
+    """The SDK against syncd only: ``replay_ops`` ``cart.add`` queued offline by one client (local op
+    latency: call → local SQLite commit), then the data dir reopened and ``go_online()`` → ``wait_synced()``
+    timed; exactly once = the hub's ``last_seq`` for the client and the cart's total both equal the ops.
+    Memory: RSS of a fresh client process after reopening a data dir with ``replay_pending`` ops pending."""
+    system = System("syncd", workdir)
+    log("  syncd: starting")
+    procs = _Procs()
+    try:
+        system.start()
+        idle = wait_for_quiet(profile.quiet_wait_s) if profile.quiet_wait_s else None
+        out = CTX.Queue()
+        procs.spawn(replay_load.replay_load, system.url, str(workdir / "replay"), profile.replay_ops, out)
+        result = _get(out, 600, system)
+        procs.spawn(
+            replay_load.pending_fill, system.url, str(workdir / "pending"), profile.replay_pending, out
+        )
+        filled = _get(out, 900, system)
+        procs.spawn(replay_load.pending_rss, system.url, str(workdir / "pending"), out)
+        memory = _get(out, 300, system)
+        if not system.alive():
+            raise RuntimeError(f"syncd: the server died during the run:\n{system.log()}")
+    finally:
+        procs.close()
+        system.stop()
+    result.update(memory, pending_queued=filled["queued"], busy_cores_before=idle)
+    log(f"  syncd: {_brief(result)}")
+    ops = profile.replay_ops
+    if profile.name == "full":
+        speed = _target(f"replay of {ops} ops <= 3 s", result["replay_s"], "<=", 3.0)
+    else:
+        speed = _target("replay ops/s >= 3300", result["replay_ops_per_s"], ">=", 3300.0)
+    targets = [
+        speed,
+        _target(f"hub last_seq == {ops} (exactly once)", result["hub_last_seq"], "==", ops),
+        _target(f"hub cart totals {ops} units (exactly once)", result["hub_cart_units"], "==", ops),
+        _target("outbox empty after replay", result["pending_after_replay"], "==", 0),
+    ]
+    params = {"ops": ops, "pending_for_memory": profile.replay_pending, "clients": 1}
+    return _finish("replay", profile, params, {"syncd": result}, {}, targets)
+
+
 WORKLOADS: dict[str, Callable[[Profile, Path], Result]] = {
     "sync": sync,
     "write": write,
     "fanout": fanout,
     "conns": conns,
+    "replay": replay,
 }

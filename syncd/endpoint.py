@@ -10,7 +10,6 @@ own connection with a close code and one log line; nothing it sends can raise in
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 
@@ -64,8 +63,8 @@ class _Connection:
         self.session: Session | None = None
         self.closing: tuple[int, str] | None = None
         self._pre_session: list[bytes] = []
-        self._requests: collections.deque[frames.Frame] = collections.deque()
-        self._room = asyncio.Event()
+        self._requests: list[frames.Frame] = []  # at most MAX_WAITING: a list is cheaper than a deque
+        self._room: asyncio.Event | None = None  # made when the reader first has to wait
         self._worker: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -101,6 +100,8 @@ class _Connection:
                     for frame in pending:
                         await self.ws.send_bytes(frame)
                 while len(self._requests) >= MAX_WAITING and self.closing is None:
+                    if self._room is None:
+                        self._room = asyncio.Event()
                     self._room.clear()
                     await self._room.wait()
             # Closing: before a session exists there is no writer; flush directly.
@@ -140,6 +141,10 @@ class _Connection:
 
     # -- worker: requests in arrival order, waiting ops coalesced ------------------------------------------
 
+    def _made_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
+
     def _enqueue(self, frame: frames.Frame) -> None:
         if isinstance(frame, frames.Error):
             return  # an err from a client needs no answer (never an err for an err)
@@ -157,26 +162,26 @@ class _Connection:
         assert session is not None  # the protocol delivers requests only once open
         try:
             while self._requests and session.close_code is None:
-                frame = self._requests.popleft()
+                frame = self._requests.pop(0)
                 if isinstance(frame, frames.Op | frames.OpBatch):
                     ops = _ops_of(frame)
                     while self._requests and len(ops) < COALESCE_MAX:
                         following = self._requests[0]
                         if not isinstance(following, frames.Op | frames.OpBatch):
                             break
-                        self._requests.popleft()
+                        self._requests.pop(0)
                         ops.extend(_ops_of(following))
-                    self._room.set()
+                    self._made_room()
                     await self.hub.apply(session, ops)
                 elif isinstance(frame, frames.Subscribe):
-                    self._room.set()
+                    self._made_room()
                     await self.hub.subscribe(session, frame)
                 elif isinstance(frame, frames.Unsubscribe):
                     self.hub.unsubscribe(session, frame)
-                self._room.set()
+                self._made_room()
         finally:
             self._worker = None
-            self._room.set()
+            self._made_room()
 
     async def _hello(self, hello: frames.Hello) -> None:
         try:

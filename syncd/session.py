@@ -14,7 +14,6 @@ being read — live events are buffered and replayed once the read is done, so n
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 from collections.abc import Callable
 from typing import Final
@@ -82,9 +81,11 @@ class Session:
         """The client's watermark as this connection last saw it settled (lets fresh ops skip a check)."""
         self.rate = rate
         self._on_gap = on_gap
-        self._queue: collections.deque[bytes] = collections.deque()
+        # A list and a lazily made Event, not a deque and an Event: each of those allocates a block of its
+        # own, and thousands of idle connections pay for it (benchmarks `conns`).
+        self._queue: list[bytes] = []
         self._max_queue = max_queue
-        self._room = asyncio.Event()
+        self._room: asyncio.Event | None = None
         self.on_ready: Callable[[], None] = _nothing
         """Called when there is something to write (or a close to perform) and no batch is being written:
         the connection then starts its writer, so an idle connection holds no writer task."""
@@ -111,7 +112,7 @@ class Session:
         """Ask the writer to flush what is queued, then close the websocket with ``code``."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-            self._room.set()
+            self._made_room()
             self.on_ready()
 
     def send_event(self, data: bytes, framed: bytes) -> None:
@@ -128,11 +129,14 @@ class Session:
         """
         if self.close_code == CloseCode.SLOW_CONSUMER:
             self._queue.clear()  # what it could not take, it will fetch again from its cursors
-        batch = list(self._queue)
-        self._queue.clear()
-        self._room.set()
+        batch, self._queue = self._queue, []
+        self._made_room()
         self._writing = bool(batch)
         return batch
+
+    def _made_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
 
     def batch_sent(self) -> None:
         self._writing = False
@@ -147,6 +151,8 @@ class Session:
         live events that keep overflowing its queue or buffer, or by its heartbeat).
         """
         while len(self._queue) > self._max_queue // 2 and self.close_code is None:
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
 

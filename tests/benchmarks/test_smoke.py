@@ -50,3 +50,25 @@ def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
         assert set(target) == {"target", "value", "op", "limit", "pass"}
         assert isinstance(target["pass"], bool)
     assert result["pass"] == all(target["pass"] for target in result["targets"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_replay_smoke_reports_its_figures_and_targets() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "replay", "--smoke", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["workload"] == "replay"
+    figures = result["syncd"]
+    assert set(figures) >= {"replay_s", "replay_ops_per_s", "local_op_p50_ms", "local_op_p99_ms"}
+    assert set(figures) >= {"hub_last_seq", "hub_cart_units", "client_rss_kib", "client_rss_delta_kib"}
+    for target in result["targets"]:
+        assert set(target) == {"target", "value", "op", "limit", "pass"}
+    assert result["pass"] == all(target["pass"] for target in result["targets"])

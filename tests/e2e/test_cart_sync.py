@@ -207,15 +207,19 @@ async def test_bad_ops_are_refused_with_their_codes_while_others_are_served(hub:
     await bad.send(frames.OpBatch(ops=ops))
     error = await bad.recv_type(frames.Error)
     assert error.code == ErrorCode.BATCH_TOO_LARGE
-    for i in range(120):
+    # 10,000 subscriptions on one connection: the first 100 (the limit) are served, the rest refused.
+    for i in range(10_000):
         await bad.send(frames.Subscribe(id=100 + i, topic=f"cart:x{i}"))
-    errors = []
-    while len(errors) < 20:
+    errors, snapshots = [], 0
+    while len(errors) < 9_900:
         frame = await bad.recv()
         if isinstance(frame, frames.Error):
             errors.append(frame)
+        elif isinstance(frame, frames.Snapshot):
+            snapshots += 1
     assert {e.code for e in errors} == {ErrorCode.TOO_MANY_SUBSCRIPTIONS}
-    assert sorted(e.ref for e in errors if e.ref is not None) == list(range(200, 220))
+    assert sorted(e.ref for e in errors if e.ref is not None) == list(range(200, 10_100))
+    assert snapshots == 100
     writer = await WireClient.open(hub.url, "writer")
     await writer.op("cart.add", {"member": "b1", "sku": "A", "qty": 1})
     assert (await writer.recv_type(frames.Ack)).ok
