@@ -484,15 +484,31 @@ class RedisStore:
         Redis runs a connection's commands in order, so the scripts apply in seq order. The watermark is
         raised only past ops whose script replied, never past one that failed: a failed op is retried by
         the client (same seq) and the dedup of any later op that did run answers it as a dup.
+
+        On standalone Redis every key is reachable from one script, so each member script also raises the
+        watermark itself, in the same atomic step as its dedup record — one round trip per run, and no
+        crash window between effect and watermark. It raises it only from ``seq - 1`` to ``seq``, so it
+        never passes an op that failed. On a cluster the watermark lives in another slot: ``client_settle``
+        follows the pipeline.
         """
+        inline = not self._cluster
+        watermark = f"{client_slot(client_id)}:seq"
         with _unavailable("applying ops"):
             pipe: Any = self._client.pipeline(transaction=False)
             for op, spec, args, fields in run:
                 script = self._scripts[spec.script]
                 keys = spec.keys(args, client_id)
+                if inline:
+                    keys = [*keys, watermark]
                 argv = self._op_argv(client_id, op, spec, args, fields, settled=False)
                 pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
+            if inline and self.durability == "fsync":
+                pipe.execute_command("WAITAOF", 1, 0, self.fsync_timeout_ms)
             replies = await pipe.execute(raise_on_error=False)
+        if inline and self.durability == "fsync":
+            fsynced, replies = replies[-1], replies[:-1]
+            if isinstance(fsynced, Exception) or int(fsynced[0]) < 1:
+                raise BackendUnavailable(f"ops not fsynced to the AOF within {self.fsync_timeout_ms} ms")
         outcomes: list[OpOutcome] = []
         failure: Exception | None = None
         for index, ((op, _, args, _), reply) in enumerate(zip(run, replies, strict=True)):
@@ -505,10 +521,9 @@ class RedisStore:
                     log.error("ops of %s ran past failed op %d (%s): %s", client_id, op.seq, args, failure)
                 break
             outcomes.append(_outcome(op.seq, reply))
-        if outcomes:
-            slot = client_slot(client_id)
+        if outcomes and not inline:
             last_seq = outcomes[-1].seq
-            await self._settle([f"{slot}:seq", f"{slot}:r:{last_seq}"], last_seq, b"")
+            await self._settle([watermark, f"{client_slot(client_id)}:r:{last_seq}"], last_seq, b"")
         if failure is not None:
             failed_op, spec, args, _ = run[len(outcomes)]
             if isinstance(failure, rexc.NoScriptError):

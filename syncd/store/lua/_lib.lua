@@ -92,7 +92,9 @@ end
 local PLAIN_OK = record(true, nil, '', nil, nil)
 
 -- The common ARGV of every op script; op-specific arguments follow from ARGV[13].
-local function op_params()
+-- nkeys: the op's own KEYS; a KEYS[nkeys + 1], when given, is the client's watermark hash (standalone Redis
+-- only: on a cluster it lives in another slot), raised in the same atomic step as the op's dedup record.
+local function op_params(nkeys)
     local p = {
         client = ARGV[1],
         seq = tonumber(ARGV[2]),
@@ -106,6 +108,7 @@ local function op_params()
         topic = ARGV[10],
         kind = ARGV[11],
         maxage_ms = tonumber(ARGV[12]),
+        wkey = KEYS[nkeys + 1],
     }
     return p
 end
@@ -123,6 +126,18 @@ local RING = 256  -- >= PIPELINE_MAX and the protocol's max_batch
 -- it (the dedup hash expired after its retention): answer a plain ok dup, never apply the op a second time.
 -- The TTL refresh is a write on purpose: a WAITAOF after it also covers the original write (the AOF is one
 -- sequence per node), so a dup is acked only once the original outcome is durable.
+-- The client's watermark, raised to seq when seq follows it: never past an op that is not settled (if an
+-- earlier op of a pipeline failed, the watermark stays below it and the client's retry is applied, not
+-- answered as a duplicate).
+local function settle_watermark(p)
+    if p.wkey then
+        local last = tonumber(redis.call('HGET', p.wkey, 'last') or '0')
+        if last == p.seq - 1 then
+            redis.call('HSET', p.wkey, 'last', fmt(p.seq))
+        end
+    end
+end
+
 local function dedup_check(dkey, p)
     local max = tonumber(redis.call('HGET', dkey, 'max') or '0')
     if p.seq > max and not p.settled then
@@ -137,6 +152,7 @@ local function dedup_check(dkey, p)
         end
     end
     redis.call('PEXPIRE', dkey, p.dedup_ms)
+    settle_watermark(p)
     return {stored or PLAIN_OK, 1, 0, ''}
 end
 
@@ -149,6 +165,7 @@ local function dedup_record(dkey, p, rec, plain)
         redis.call('HSET', dkey, 'r:' .. s, rec)
     end
     redis.call('PEXPIRE', dkey, p.dedup_ms)
+    settle_watermark(p)
 end
 
 -- A rejection is a result: recorded so a replay answers the same, and nothing else is written.
