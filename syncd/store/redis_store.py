@@ -41,6 +41,13 @@ Ops rejected before any script (unknown kind, bad arguments) are settled in the 
 recorded under ``{c:<client_id>}:r:<seq>`` (with the dedup retention as TTL) and ``last`` advances, so a
 replay answers the same. Ops of one client are serialised inside this process, in call order.
 
+Fresh ops (:meth:`RedisStore.apply_ops`): a hub connection knows the watermark it last settled, so ops
+right after it skip step 1 and go to Redis in one pipeline. On standalone Redis each script then also does
+step 3 itself — it raises ``last`` from ``seq - 1`` to ``seq``, in the same atomic step as its dedup record —
+so a run costs one round trip and has no crash window; on a cluster, ``client_settle`` follows the
+pipeline. A node holds all scripts or none (:meth:`RedisStore._load_scripts_for`), so no op of a member runs
+past one that failed in the same pipeline.
+
 Durability
 ----------
 ``script``: the ack follows the script's reply. ``fsync``: every write step is followed, on the same
