@@ -248,7 +248,8 @@ def durability_guarantee(mode: Durability, status: RedisStatus) -> str:
             "always": "fsynced before Redis replied (appendfsync always): acked ops survive a power loss of "
             "the Redis host.",
             "everysec": "fsynced about once a second (appendfsync everysec): a crash of the Redis process "
-            "loses nothing, a power loss or kernel crash may lose the last second of acked ops.",
+            "loses nothing unless the disk stalls an fsync (Redis then postpones its writes for up to 2 s), "
+            "a power loss or kernel crash may lose the last seconds of acked ops.",
             "no": "fsynced whenever the OS decides (appendfsync no): a crash of the Redis process loses "
             "nothing, a power loss may lose tens of seconds of acked ops.",
         }.get(
