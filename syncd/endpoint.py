@@ -32,8 +32,8 @@ async def endpoint(websocket: WebSocket) -> None:
     settings = hub.settings
     await websocket.accept()
     origin = websocket.headers.get("origin")
-    if origin is not None and origin not in settings.allowed_origins:
-        log.info("refused a connection from origin %r", origin[:100])
+    if not settings.origin_allowed(origin):
+        log.info("refused a connection from origin %r", (origin or "")[:100])
         await websocket.close(CloseCode.FORBIDDEN_ORIGIN, "origin not allowed")
         return
     proto = ServerProtocol(

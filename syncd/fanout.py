@@ -65,8 +65,6 @@ class Fanout:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.delivered = 0
-        """Events handed to listeners since start (a counter for metrics)."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="syncd-fanout")
@@ -162,7 +160,6 @@ class Fanout:
         framed = frame_header(len(data)) + data  # the websocket frame, identical for every listener
         for listener in tuple(listeners):
             listener.deliver(head.topic, head.cursor, data, framed)
-        self.delivered += len(listeners)
 
     def _lose_all(self) -> None:
         """Tell every listener its stream may have a hole; they reconnect and resume from their cursors."""

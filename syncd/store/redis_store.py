@@ -623,7 +623,7 @@ class RedisStore:
             raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"no snapshot for {name.kind} topics yet")
         assert name.key is not None  # keyed kind
         cursor, stored = await self._cart_snapshot(name.key)
-        return cursor, {"lines": {sku: _wire_line(line) for sku, line in stored.items()}}
+        return cursor, {"lines": stored}  # stored lines are in the wire shape already (_cart.lua enc_line)
 
     async def load_cart(self, member: str) -> dict[str, Any]:
         """The cart as stored, in :mod:`protocol.cart`'s shape: ``{"lines": {sku: line}, "folds": n}``.
@@ -700,13 +700,6 @@ def _validate(op: frames.Op) -> tuple[_OpSpec, OpArgs, _OpFields]:
     except msgspec.ValidationError as exc:
         raise OpRejected(ErrorCode.BAD_ARGS, f"{op.kind}: {exc}") from None
     return spec, args, fields
-
-
-def _wire_line(stored: dict[str, Any]) -> dict[str, Any]:
-    line = {k: v for k, v in stored.items() if k != "ak"}
-    if not line.get("attrs", True):
-        del line["attrs"]
-    return line
 
 
 def _new_epoch() -> str:
