@@ -1,9 +1,11 @@
 """One client connection's state on the hub: its identity, its subscriptions and its send queue.
 
-Everything sent to a client — acks, snapshots, events, errors — goes through one bounded queue drained by one
-writer, so frames leave in the order they were produced and a slow client costs the hub memory up to the bound
-only: past it the session is closed with ``SLOW_CONSUMER`` (4001, "reconnect later") and its client resumes
-from its cursors. Fan-out never waits on a client.
+Everything sent to a client — acks, snapshots, events, errors — is either written to the socket at once, when
+nothing is queued or being written and the transport accepts more (the common case: no task, no coroutine per
+frame), or goes through one bounded queue drained by one writer. Frames so leave in the order they were
+produced, and a slow client costs the hub memory up to the bound only: past it the session is closed with
+``SLOW_CONSUMER`` (4001, "reconnect later") and its client resumes from its cursors. Fan-out never waits on a
+client.
 
 A subscription remembers the last offset delivered. Live events are checked against it: an old offset is a
 duplicate and dropped, the next offset is delivered, a later one reveals a hole and the session catches up
@@ -21,6 +23,7 @@ from typing import Final
 from protocol import frames
 from protocol.errors import CloseCode
 from syncd.auth import Principal
+from syncd.transport import frame_header
 
 
 def _nothing() -> None:
@@ -98,9 +101,16 @@ class Session:
     # -- the send queue --------------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue one encoded frame for the writer, or end a session whose client does not keep up."""
+        """Send one encoded frame: written at once when nothing is queued or being written (an ack to a
+        device that waits for it, typically), else queued for the writer; a session whose client does not
+        keep up is ended."""
         if self.close_code is not None:
             return
+        idle = not self._queue and not self._writing
+        if not (idle and self.raw_send is not None and self.raw_send(frame_header(len(data)) + data)):
+            self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
         if len(self._queue) >= self._max_queue:
             self.close(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return
@@ -118,9 +128,11 @@ class Session:
     def send_event(self, data: bytes, framed: bytes) -> None:
         """Queue an event, or write its pre-framed bytes at once when nothing is queued or being written
         (so frames still leave in order)."""
-        idle = not self._queue and not self._writing and self.close_code is None
+        if self.close_code is not None:
+            return
+        idle = not self._queue and not self._writing
         if not (idle and self.raw_send is not None and self.raw_send(framed)):
-            self.send(data)
+            self._enqueue(data)
 
     def take_batch(self) -> list[bytes]:
         """Everything queued, for the writer; ``[]`` when nothing is (then a closing session is closed).

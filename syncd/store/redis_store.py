@@ -8,8 +8,9 @@ Every key one script touches shares a hash slot, so the same scripts run unchang
     {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
     {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
                                            max -> highest seq settled here; r:<seq> -> record of a rejection
-                                           or conflict; k:<seq % 64> -> "<seq>|record" of a plain ok (a ring)
-    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>
+                                           or conflict; k:<seq % 256> -> "<seq>|record" of a plain ok (a ring)
+    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; head_at -> commit time of
+                                           the stream's first entry as last read (age trim reads only then)
     {m:<member>}:log:cart           stream entry "<offset>-0", field "ev" = the encoded ``ev`` frame
     {c:<client_id>}:seq             hash   last -> the client's watermark: highest seq settled
     {c:<client_id>}:r:<seq>         string record of an op rejected before any member script (TTL)
@@ -73,7 +74,7 @@ import dataclasses
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
@@ -86,6 +87,7 @@ from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolE
 from protocol.ops import CartAdd, CartSet, OpArgs, parse_args
 from protocol.topics import TopicKind, TopicName, parse_topic
 from syncd.settings import Durability
+from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
@@ -316,6 +318,8 @@ class RedisStore:
         self.fsync_timeout_ms = fsync_timeout_ms
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
+        self._pipeliner = Pipeliner(client)
+        self._epochs = _EpochMinter()
 
     # -- scripts --------------------------------------------------------------------------------------
 
@@ -441,7 +445,8 @@ class RedisStore:
         for op in ops:
             _check_identity(client_id, op.seq)
         outcomes: list[OpOutcome] = []
-        async with self._locks.hold(client_id):
+        await self._locks.acquire(client_id)
+        try:
             last = known_last
             i = 0
             try:
@@ -462,6 +467,8 @@ class RedisStore:
                     last = ops[i - 1].seq
             except (ProtocolError, BackendUnavailable) as exc:
                 return Batch(outcomes, exc)
+        finally:
+            self._locks.release(client_id)
         return Batch(outcomes, None)
 
     def _fresh_run(
@@ -488,7 +495,8 @@ class RedisStore:
     ) -> list[OpOutcome]:
         """Pipeline the member scripts of a fresh run, then settle the prefix that succeeded.
 
-        Redis runs a connection's commands in order, so the scripts apply in seq order. The watermark is
+        Redis runs a pipeline's commands in order, so the scripts apply in seq order (the pipeline may be
+        shared with other clients' runs: :class:`~syncd.store.pipeliner.Pipeliner`). The watermark is
         raised only past ops whose script replied, never past one that failed: a failed op is retried by
         the client (same seq) and the dedup of any later op that did run answers it as a dup.
 
@@ -500,18 +508,18 @@ class RedisStore:
         """
         inline = not self._cluster
         watermark = f"{client_slot(client_id)}:seq"
+        commands: list[tuple[EncodableArg, ...]] = []
+        for op, spec, args, fields in run:
+            script = self._scripts[spec.script]
+            keys = spec.keys(args, client_id)
+            if inline:
+                keys.append(watermark)
+            argv = self._op_argv(client_id, op, spec, args, fields, settled=False)
+            commands.append(("EVALSHA", script.sha, len(keys), *keys, *argv))
+        if inline and self.durability == "fsync":
+            commands.append(("WAITAOF", 1, 0, self.fsync_timeout_ms))
         with _unavailable("applying ops"):
-            pipe: Any = self._client.pipeline(transaction=False)
-            for op, spec, args, fields in run:
-                script = self._scripts[spec.script]
-                keys = spec.keys(args, client_id)
-                if inline:
-                    keys = [*keys, watermark]
-                argv = self._op_argv(client_id, op, spec, args, fields, settled=False)
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
-            if inline and self.durability == "fsync":
-                pipe.execute_command("WAITAOF", 1, 0, self.fsync_timeout_ms)
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._pipeliner.execute(commands)
         if inline and self.durability == "fsync":
             fsynced, replies = replies[-1], replies[:-1]
             if isinstance(fsynced, Exception) or int(fsynced[0]) < 1:
@@ -582,10 +590,10 @@ class RedisStore:
             op.seq,
             1 if settled else 0,
             fields.hlc,
-            _encoder.encode(fields.ctx or {}),
+            _encoder.encode(fields.ctx) if fields.ctx else _EMPTY_MAP,
             self.dedup_retention_s * 1000,
             self.log_maxlen,
-            _new_epoch(),
+            self._epochs.next(),
             channel(topic),
             topic,
             op.kind,
@@ -645,7 +653,7 @@ class RedisStore:
     async def _cart_snapshot(self, member: str) -> tuple[frames.Cursor, dict[str, dict[str, Any]]]:
         top, log = topic_keys(TopicName(TopicKind.CART, member))
         reply = await self._eval(
-            "cart_snapshot", [top, log, f"{member_slot(member)}:cart"], [_new_epoch()], wait=False
+            "cart_snapshot", [top, log, f"{member_slot(member)}:cart"], [self._epochs.next()], wait=False
         )
         cursor = frames.Cursor(epoch=_text(reply[0]), offset=int(reply[1]))
         lines = {_text(reply[i]): msgspec.msgpack.decode(reply[i + 1]) for i in range(2, len(reply), 2)}
@@ -677,10 +685,18 @@ class RedisStore:
 def _outcome(seq: int, reply: Any) -> OpOutcome:
     """An op script's reply ``[record, dup, offset, event]`` as an outcome."""
     raw_rec, dup, offset, body = reply
-    outcome = _from_record(seq, raw_rec, dup=bool(dup))
-    if body:
-        return dataclasses.replace(outcome, offset=int(offset), event_frame=bytes(body))
-    return outcome
+    rec = _record_decoder.decode(raw_rec)
+    return OpOutcome(
+        seq=seq,
+        ok=rec.ok,
+        dup=bool(dup),
+        code=rec.code,
+        message=rec.message,
+        result=rec.result,
+        conflict=rec.conflict,
+        offset=int(offset),
+        event_frame=bytes(body) if body else None,
+    )
 
 
 def _check_identity(client_id: str, seq: int) -> None:
@@ -702,10 +718,24 @@ def _validate(op: frames.Op) -> tuple[_OpSpec, OpArgs, _OpFields]:
     return spec, args, fields
 
 
-def _new_epoch() -> str:
-    # Offered to every script that may have to create a topic; used only when it does. Random, so an epoch
-    # minted after a total loss never equals one a client still holds.
-    return secrets.token_hex(8)
+_EMPTY_MAP: Final = b"\x80"
+"""An empty causal context, encoded."""
+
+
+class _EpochMinter:
+    """Epoch candidates: offered to every script that may have to create a topic, used only when it does.
+
+    Random per store and then counted, so an epoch minted after a total loss never equals one a client
+    still holds, without asking the OS for randomness on every op.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._count = 0
+
+    def next(self) -> str:
+        self._count += 1
+        return f"{self._prefix}{self._count:x}"
 
 
 def _text(value: bytes | str) -> str:
@@ -731,23 +761,32 @@ def _as_unavailable(what: str, exc: Exception) -> BackendUnavailable:
 
 
 class _KeyedLocks:
-    """One FIFO lock per key, dropped when nobody holds or waits for it."""
+    """One FIFO lock per key, dropped when nobody holds or waits for it.
+
+    Plain acquire/release rather than an async context manager: this is on every op's path.
+    """
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def acquire(self, key: str) -> None:
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:
+            self._forget(key)
+            raise
+
+    def release(self, key: str) -> None:
+        self._locks[key][0].release()
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)

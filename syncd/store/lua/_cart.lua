@@ -72,6 +72,9 @@ local function enc_attrs(attrs)
 end
 
 local function enc_dot(d)
+    if d[6] == nil then
+        return mp(d) -- {c, s, kind, v, hlc}: a plain array, packed in one call
+    end
     local parts = {mp(d[1]), mp(d[2]), mp(d[3]), mp(d[4]), mp(d[5])}
     if d[6] ~= nil then
         parts[6] = enc_attrs(d[6])
@@ -90,13 +93,12 @@ local function enc_line(line)
         keys[#keys + 1] = 'attrs'
         enc.attrs = enc_attrs(attrs)
     end
-    local vv = {}
-    local dots = {}
-    for i, d in ipairs(line.dots) do
+    local vv, plain = {}, true
+    for _, d in ipairs(line.dots) do
         if (vv[d[1]] or 0) < d[2] then
             vv[d[1]] = d[2]
         end
-        dots[i] = enc_dot(d)
+        plain = plain and d[6] == nil
     end
     local vkeys = sorted_keys(vv)
     local venc = {}
@@ -106,7 +108,15 @@ local function enc_line(line)
     keys[#keys + 1] = 'vv'
     enc.vv = mp_map(vkeys, venc)
     keys[#keys + 1] = 'dots'
-    enc.dots = mp_arr(dots)
+    if plain then
+        enc.dots = mp(line.dots) -- no dot carries attrs: an array of plain arrays, packed in one call
+    else
+        local dots = {}
+        for i, d in ipairs(line.dots) do
+            dots[i] = enc_dot(d)
+        end
+        enc.dots = mp_arr(dots)
+    end
     return mp_map(keys, enc)
 end
 

@@ -89,7 +89,8 @@ local function record(ok, code, message, result_enc, conflict_enc)
         conflict_enc or MP_NIL})
 end
 
-local PLAIN_OK = record(true, nil, '', nil, nil)
+-- record(true, nil, '', nil, nil), spelled out: a constant, not re-encoded by every call of every script.
+local PLAIN_OK = '\149\195\192\160\192\192'
 
 -- The common ARGV of every op script; op-specific arguments follow from ARGV[13].
 -- nkeys: the op's own KEYS; a KEYS[nkeys + 1], when given, is the client's watermark hash (standalone Redis
@@ -158,11 +159,10 @@ end
 
 local function dedup_record(dkey, p, rec, plain)
     local s = fmt(p.seq)
-    redis.call('HSET', dkey, 'max', s)
     if plain then
-        redis.call('HSET', dkey, 'k:' .. fmt(p.seq % RING), s .. '|' .. rec)
+        redis.call('HSET', dkey, 'max', s, 'k:' .. fmt(p.seq % RING), s .. '|' .. rec)
     else
-        redis.call('HSET', dkey, 'r:' .. s, rec)
+        redis.call('HSET', dkey, 'max', s, 'r:' .. s, rec)
     end
     redis.call('PEXPIRE', dkey, p.dedup_ms)
     settle_watermark(p)
@@ -180,40 +180,50 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The topic's (epoch, offset), minting a new epoch (and dropping any stale stream) when the topic is unknown:
--- after a total loss every old cursor then names an epoch that no longer exists and gets a reset.
+-- The topic's (epoch, offset, head_at), minting a new epoch (and dropping any stale stream) when the topic is
+-- unknown: after a total loss every old cursor then names an epoch that no longer exists and gets a reset.
+-- head_at: see trim_by_age; nil when not known.
 local function topic_meta(topkey, logkey, epoch_candidate)
-    local meta = redis.call('HMGET', topkey, 'epoch', 'offset')
+    local meta = redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at')
     if meta[1] then
-        return meta[1], tonumber(meta[2])
+        return meta[1], tonumber(meta[2]), tonumber(meta[3])
     end
     redis.call('DEL', logkey)
     redis.call('HSET', topkey, 'epoch', epoch_candidate, 'offset', '0')
-    return epoch_candidate, 0
+    return epoch_candidate, 0, nil
 end
 
 -- Retention by age: drop entries committed before cutoff_ms from the head of the stream, at most AGE_TRIM per
 -- write. Each write adds one entry and may drop several, so trimming keeps up with any write rate; a topic that
 -- is no longer written keeps its tail until MAXLEN or its next write (a resume from it still works or resets).
+--
+-- head_at is the commit time of the stream's first entry as last read, kept in the topic hash so that a write
+-- reads the stream only when that entry may have expired: entries leave a stream only at its head (MAXLEN,
+-- this trim), so the first entry is never older than head_at. Returns the head_at to keep (the first
+-- remaining entry's commit time, or cutoff_ms when it has none, so the next write looks again).
 local AGE_TRIM = 8
-local function trim_by_age(logkey, cutoff_ms)
-    local head = redis.call('XRANGE', logkey, '-', '+', 'COUNT', AGE_TRIM)
-    for _, entry in ipairs(head) do
+local function trim_by_age(logkey, cutoff_ms, head_at)
+    if head_at ~= nil and head_at >= cutoff_ms then
+        return head_at
+    end
+    local head = redis.call('XRANGE', logkey, '-', '+', 'COUNT', AGE_TRIM + 1)
+    for i, entry in ipairs(head) do
         local fields, at = entry[2], nil
-        for i = 1, #fields, 2 do
-            if fields[i] == 'at' then at = tonumber(fields[i + 1]) end
+        for j = 1, #fields, 2 do
+            if fields[j] == 'at' then at = tonumber(fields[j + 1]) end
         end
-        if at == nil or at >= cutoff_ms then
-            return
+        if at == nil or at >= cutoff_ms or i > AGE_TRIM then
+            return at or cutoff_ms
         end
         redis.call('XDEL', logkey, entry[1])
     end
+    return cutoff_ms
 end
 
 -- Steps 4 and 5: next offset, stream entry '<offset>-0' (so a cursor maps to an entry id), trim, publish.
 -- The body is the complete 'ev' frame, so hubs forward the published bytes to websockets unchanged.
 local function append_event(topkey, logkey, p, data_enc, conflict_enc)
-    local epoch, offset = topic_meta(topkey, logkey, p.epoch)
+    local epoch, offset, head_at = topic_meta(topkey, logkey, p.epoch)
     offset = offset + 1
     local at = now_ms()
     local keys = {'t', 'topic', 'cursor', 'kind', 'data', 'at', 'origin'}
@@ -232,8 +242,8 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc)
     end
     local body = mp_map(keys, enc)
     redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body, 'at', fmt(at))
-    trim_by_age(logkey, at - p.maxage_ms)
-    redis.call('HSET', topkey, 'offset', fmt(offset))
+    head_at = trim_by_age(logkey, at - p.maxage_ms, head_at)
+    redis.call('HSET', topkey, 'offset', fmt(offset), 'head_at', fmt(head_at))
     redis.call('PUBLISH', p.channel, body)
     return offset, body
 end

@@ -200,3 +200,24 @@ async def test_history_older_than_the_retention_age_is_dropped_and_such_a_cursor
     fresh = await a.add("tea", 1)
     assert await store.events_after("cart:m1", start) is None  # its first needed event aged out
     assert await store.events_after("cart:m1", middle) == [fresh.event]  # the recent tail is kept
+
+
+async def test_an_expired_backlog_longer_than_one_writes_trim_is_dropped_over_the_next_writes(
+    redis_client: Redis | RedisCluster,
+) -> None:
+    # A write drops at most 8 expired entries, and reads the stream only while its first entry may be expired
+    # (the topic remembers that entry's commit time): the backlog goes in steps, then writes stop trimming.
+    store = RedisStore(redis_client, log_max_age_s=1)
+    a = Device(store, "a")
+    for _ in range(20):
+        await a.add("tea", 1)
+    log_key = f"{member_slot('m1')}:log:cart"
+    assert await redis_client.xlen(log_key) == 20
+    await asyncio.sleep(1.1)
+    lengths = []
+    for _ in range(4):
+        await a.add("tea", 1)
+        lengths.append(await redis_client.xlen(log_key))
+    assert lengths == [13, 6, 3, 4]
+    first = await redis_client.xrange(log_key, count=1)
+    assert first[0][0] == b"21-0"  # the first write after the pause heads the stream
