@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
@@ -86,10 +87,44 @@ def make_client(url: str, *, cluster: bool = False) -> RedisClient:
     ``cluster``: a ``RedisCluster`` that discovers the other nodes from the one ``url`` names, on first use.
     """
     if cluster:
-        return RedisCluster.from_url(
+        client = RedisCluster.from_url(
             url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=MAX_CONNECTIONS
         )
+        # One dict configures the nodes discovered later; the startup nodes exist already.
+        client.connection_kwargs["connection_class"] = _packing_in_c(
+            client.connection_kwargs["connection_class"]
+        )
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = _packing_in_c(node.connection_class)
+        return client
     return _plain(url, max_connections=MAX_CONNECTIONS)
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis' C packer, as redis-py's blocking client does when hiredis is installed.
+
+    redis-py's asyncio connections pack every command in Python: for an op script's EVALSHA (two dozen
+    arguments) that took 34 µs against hiredis' 4.5 µs, a tenth of the hub's time per op under load.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        # Like redis-py: a command name given with its subcommand ("SCRIPT LOAD") goes out as two arguments.
+        if (isinstance(first, str) and " " in first) or (isinstance(first, bytes) and b" " in first):
+            args = (*first.split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+_PACKING_CLASSES: dict[type[Any], type[Any]] = {}
+
+
+def _packing_in_c(cls: type[Any]) -> type[Any]:
+    """``cls`` (plain, TLS or Unix-socket connection, as the URL chose) packing with hiredis."""
+    if issubclass(cls, _HiredisPacking):
+        return cls
+    if cls not in _PACKING_CLASSES:
+        _PACKING_CLASSES[cls] = type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {})
+    return _PACKING_CLASSES[cls]
 
 
 async def close_client(client: RedisClient) -> None:
@@ -130,6 +165,8 @@ def _plain(url: str, max_connections: int | None = None) -> redis.asyncio.Redis:
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=max_connections
     )
+    pool = client.connection_pool
+    pool.connection_class = _packing_in_c(pool.connection_class)
     return client
 
 
