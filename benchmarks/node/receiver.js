@@ -158,9 +158,9 @@ async function main() {
       steps: steps.map(({ delivered, hist }) => ({ delivered, hist })),
       cpu_s: (cpu.user + cpu.system) / 1e6,
     };
-    process.stdout.write(JSON.stringify(result) + "\n");
     for (const ws of sockets) ws.terminate();
-    process.exit(0);
+    // Writes to a pipe are asynchronous: exiting before this one is flushed would cut the result at 64 KiB.
+    process.stdout.write(JSON.stringify(result) + "\n", () => process.exit(0));
   });
 }
 
