@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -146,3 +147,48 @@ async def test_fsync_durability_on_a_cluster_waits_on_each_node_written(
         await client.aclose()
         for node in nodes:
             node.stop()
+
+
+async def test_a_dead_primary_stops_only_the_ops_of_its_own_slots(
+    cluster_factory: Callable[..., list[EmbeddedRedis]],
+) -> None:
+    # Ops of many clients share pipelines; on a cluster they must not share a pipeline across nodes, or one
+    # dead primary would fail every op in flight, not just those of its slots.
+    nodes = cluster_factory(extra_args=["--cluster-require-full-coverage", "no"])
+    client = RedisCluster(host=nodes[0].host, port=nodes[0].port)
+    store = RedisStore(client)
+    try:
+        await client.initialize()
+        dead = nodes[2]
+
+        def on_dead_node(key: str) -> bool:
+            return client.get_node_from_key(key).port == dead.port
+
+        members = [f"m{i}" for i in range(60)]
+        cids = [f"pos-{i}" for i in range(200) if not on_dead_node(f"{{c:pos-{i}}}:seq")]
+        live = [m for m in members if not on_dead_node(f"{{m:{m}}}:cart")][:12]
+        gone = [m for m in members if on_dead_node(f"{{m:{m}}}:cart")][:4]
+        assert len(live) == 12 and len(gone) == 4
+        pairs = list(zip(cids, live + gone, strict=False))
+        for cid, member in pairs:  # every member's cart exists, every client has settled one op
+            assert (await store.apply_op(cid, frames.Op(seq=1, kind="cart.add", args=op_args(member)))).ok
+        dead.stop()
+        batches = await asyncio.gather(
+            *(
+                store.apply_ops(cid, [frames.Op(seq=2, kind="cart.add", args=op_args(member))], known_last=1)
+                for cid, member in pairs
+            )
+        )
+        for (_, member), batch in zip(pairs, batches, strict=True):
+            if member in gone:
+                assert isinstance(batch.error, BackendUnavailable), member
+            else:
+                assert batch.error is None and batch.outcomes[0].ok, (member, batch.error)
+    finally:
+        await client.aclose()
+        for node in nodes:
+            node.stop()
+
+
+def op_args(member: str) -> dict[str, Any]:
+    return {"member": member, "sku": "tea", "qty": 1}
