@@ -169,14 +169,14 @@ end
 -- covers the new base. If a folded dot carried attrs, the base carries the winning ones and their key:
 -- [BASE, n, 'b', sum, 0, attrs, {hlc, client, seq}], so a fold never changes the line's attrs. Set dots are
 -- never folded (a set that would leave more than MAX_DOTS of them is rejected before). Returns the counter
--- used, or nil.
-local function fold_line(line, counter)
+-- used, or nil. The counter is read only when a fold is due.
+local function fold_line(K, line)
     local dots = line.dots
     local excess = #dots - count_kind(dots, 'b') - MAX_DOTS
     if excess <= 0 then
         return nil
     end
-    local n = counter + 1
+    local n = tonumber(redis.call('HGET', K.meta, 'fold') or '0') + 1
     local sum = 0
     local kept = {}
     local carried = nil
@@ -226,11 +226,6 @@ local function conflict_of(sku, line)
         losers[#losers + 1] = cv(sets[i])
     end
     return mp_map({'sku', 'winner', 'losers'}, {sku = mp(sku), winner = cv(sets[1]), losers = mp_arr(losers)})
-end
-
--- The cart's fold counter, read once per script.
-local function fold_counter(K)
-    return tonumber(redis.call('HGET', K.meta, 'fold') or '0')
 end
 
 -- Cheap invariant checks on the already validated arguments (Python validates them fully before the call).
@@ -318,7 +313,7 @@ local function line_op(K, p, sku, removes, kind, qty, attrs)
             return reject(K.dedup, p, 'limit_exceeded', 'a line holds at most 16 concurrent sets')
         end
         insert_dot(line.dots, {p.client, p.seq, kind, qty, p.hlc, attrs})
-        counter = fold_line(line, fold_counter(K))
+        counter = fold_line(K, line)
     end
     local qty_after, conflict = 0, nil
     if #line.dots > 0 then
