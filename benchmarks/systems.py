@@ -57,12 +57,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def _cpu_line() -> list[int]:
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:]]
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every CPU of the machine spent busy (not idle, not waiting for I/O) since boot."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
+    values = _cpu_line()
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return (sum(values[:8]) - idle) / _CLK_TCK
+
+
+def machine_steal_seconds() -> float:
+    """CPU seconds this virtual machine's CPUs wanted to run but the hypervisor ran something else (steal)."""
+    values = _cpu_line()
+    return values[7] / _CLK_TCK if len(values) > 7 else 0.0
 
 
 def wait_for_quiet(max_wait_s: float, below_cores: float = 0.3, window_s: float = 1.0) -> float:

@@ -22,6 +22,7 @@ from benchmarks.systems import (
     System,
     cpu_seconds,
     machine_busy_seconds,
+    machine_steal_seconds,
     raise_fd_limit,
     rss_kib,
     wait_for_quiet,
@@ -88,14 +89,17 @@ class _Cpu:
         self.pids = pids
         self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
         self.machine = machine_busy_seconds()
+        self.steal = machine_steal_seconds()
         self.t0 = time.monotonic()
 
     def cores(self) -> dict[str, float]:
         """Average cores used by each process since the first sample; ``machine``: by everything running,
-        load generators and whatever else shares the machine included."""
+        load generators and whatever else shares the machine included; ``steal``: taken by the hypervisor
+        for other guests (part of ``machine``), the mark of a window disturbed from outside."""
         elapsed = time.monotonic() - self.t0
         used = {name: (cpu_seconds(pid) - self.start[name]) / elapsed for name, pid in self.pids.items()}
         used["machine"] = (machine_busy_seconds() - self.machine) / elapsed
+        used["steal"] = (machine_steal_seconds() - self.steal) / elapsed
         return {name: round(value, 2) for name, value in used.items()}
 
 

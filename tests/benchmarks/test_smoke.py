@@ -42,7 +42,7 @@ def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
         for row in figures["by_rate"]:
             assert set(row) >= {"rate", "count", "p50_ms", "p99_ms", "max_ms", "lost"}
             assert row["count"] + row["lost"] > 0
-        assert set(figures["cpu_cores"]) >= {"server", "redis", "machine"}
+        assert set(figures["cpu_cores"]) >= {"server", "redis", "machine", "steal"}
     for ratios in result["ratios"].values():
         assert set(ratios) == {"p50_vs_floor", "p99_vs_floor", "p50_vs_peer", "p99_vs_peer"}
     assert result["targets"]
