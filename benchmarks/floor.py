@@ -23,7 +23,7 @@ import msgspec
 from redis.asyncio import Redis
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from benchmarks.relay import RELAY_LUA, STREAM_MAXLEN, relay_keys
+from benchmarks.relay import RELAY_LUA, relay_command
 
 _decode = msgspec.msgpack.Decoder().decode
 _encode = msgspec.msgpack.Encoder().encode
@@ -41,22 +41,9 @@ async def run(port: int, redis_url: str) -> None:
                 frame: dict[str, Any] = _decode(message if isinstance(message, bytes) else message.encode())
                 kind = frame.get("t")
                 if kind == "op":
-                    args = frame["args"]
-                    member = args["member"]
-                    topic = "cart:" + member
+                    channel = "ev:cart:" + frame["args"]["member"]
                     qty, _offset = await redis.execute_command(  # type: ignore[no-untyped-call]
-                        "EVALSHA",
-                        sha,
-                        3,
-                        *relay_keys(member),
-                        args["sku"],
-                        args["qty"],
-                        frame["c"],
-                        frame["seq"],
-                        topic,
-                        time.time_ns() // 1_000_000,
-                        STREAM_MAXLEN,
-                        "ev:" + topic,
+                        *relay_command(sha, frame, time.time_ns() // 1_000_000, channel)
                     )
                     await ws.send(
                         _encode({"t": "ack", "seq": frame["seq"], "ok": True, "result": {"qty": qty}})

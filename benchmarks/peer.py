@@ -17,7 +17,7 @@ import socketio  # type: ignore[import-untyped]
 import uvicorn
 from redis.asyncio import Redis
 
-from benchmarks.relay import RELAY_LUA, STREAM_MAXLEN, relay_keys
+from benchmarks.relay import RELAY_LUA, relay_command
 
 
 def build(redis_url: str) -> socketio.ASGIApp:
@@ -39,18 +39,7 @@ def build(redis_url: str) -> socketio.ASGIApp:
         topic = "cart:" + member
         at = time.time_ns() // 1_000_000
         qty, offset = await store.execute_command(  # type: ignore[no-untyped-call]
-            "EVALSHA",
-            sha,
-            3,
-            *relay_keys(member),
-            args["sku"],
-            args["qty"],
-            frame["c"],
-            frame["seq"],
-            topic,
-            at,
-            STREAM_MAXLEN,
-            "",
+            *relay_command(sha, frame, at, "")
         )
         event = {
             "topic": topic,

@@ -7,7 +7,8 @@ version vectors: this is the least any design with the hub's storage shape must 
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 RELAY_LUA: Final = """
 -- KEYS: 1 line hash, 2 topic meta, 3 topic stream
@@ -27,6 +28,26 @@ return {qty, off}
 
 STREAM_MAXLEN: Final = 10_000
 """The hub's default ``history_maxlen``."""
+
+
+def relay_command(sha: str, frame: Mapping[str, Any], at_ms: int, channel: str) -> tuple[Any, ...]:
+    """The EVALSHA of :data:`RELAY_LUA` for one ``op`` frame (``channel`` ``''``: no PUBLISH)."""
+    args = frame["args"]
+    member = args["member"]
+    return (
+        "EVALSHA",
+        sha,
+        3,
+        *relay_keys(member),
+        args["sku"],
+        args["qty"],
+        frame["c"],
+        frame["seq"],
+        "cart:" + member,
+        at_ms,
+        STREAM_MAXLEN,
+        channel,
+    )
 
 
 def relay_keys(member: str) -> tuple[str, str, str]:

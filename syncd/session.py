@@ -104,11 +104,16 @@ class Session:
         """Send one encoded frame: written at once when nothing is queued or being written (an ack to a
         device that waits for it, typically), else queued for the writer; a session whose client does not
         keep up is ended."""
+        self._send(data, None)
+
+    def _send(self, data: bytes, framed: bytes | None) -> None:
         if self.close_code is not None:
             return
-        idle = not self._queue and not self._writing
-        if not (idle and self.raw_send is not None and self.raw_send(frame_header(len(data)) + data)):
-            self._enqueue(data)
+        raw_send = self.raw_send
+        if raw_send is None or self._queue or self._writing:
+            self._enqueue(data)  # frames ahead of this one, or no fast path: the writer sends it in turn
+        elif not raw_send(framed if framed is not None else frame_header(len(data)) + data):
+            self._enqueue(data)  # the transport is paused or closing
 
     def _enqueue(self, data: bytes) -> None:
         if len(self._queue) >= self._max_queue:
@@ -128,11 +133,7 @@ class Session:
     def send_event(self, data: bytes, framed: bytes) -> None:
         """Queue an event, or write its pre-framed bytes at once when nothing is queued or being written
         (so frames still leave in order)."""
-        if self.close_code is not None:
-            return
-        idle = not self._queue and not self._writing
-        if not (idle and self.raw_send is not None and self.raw_send(framed)):
-            self._enqueue(data)
+        self._send(data, framed)
 
     def take_batch(self) -> list[bytes]:
         """Everything queued, for the writer; ``[]`` when nothing is (then a closing session is closed).

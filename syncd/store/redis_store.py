@@ -218,7 +218,9 @@ class Batch:
     error: ProtocolError | BackendUnavailable | None
 
 
-def _from_record(seq: int, raw: bytes, *, dup: bool) -> OpOutcome:
+def _from_record(
+    seq: int, raw: bytes, *, dup: bool, offset: int = 0, event_frame: bytes | None = None
+) -> OpOutcome:
     rec = _record_decoder.decode(raw)
     return OpOutcome(
         seq=seq,
@@ -228,6 +230,8 @@ def _from_record(seq: int, raw: bytes, *, dup: bool) -> OpOutcome:
         message=rec.message,
         result=rec.result,
         conflict=rec.conflict,
+        offset=offset,
+        event_frame=event_frame,
     )
 
 
@@ -685,17 +689,8 @@ class RedisStore:
 def _outcome(seq: int, reply: Any) -> OpOutcome:
     """An op script's reply ``[record, dup, offset, event]`` as an outcome."""
     raw_rec, dup, offset, body = reply
-    rec = _record_decoder.decode(raw_rec)
-    return OpOutcome(
-        seq=seq,
-        ok=rec.ok,
-        dup=bool(dup),
-        code=rec.code,
-        message=rec.message,
-        result=rec.result,
-        conflict=rec.conflict,
-        offset=int(offset),
-        event_frame=bytes(body) if body else None,
+    return _from_record(
+        seq, raw_rec, dup=bool(dup), offset=int(offset), event_frame=bytes(body) if body else None
     )
 
 

@@ -16,11 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(60)
-def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
+def run_smoke(workload: str) -> list[str]:
+    """``python -m benchmarks <workload> --smoke --json``: its non-empty output lines, once it exited 0."""
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "sync", "--smoke", "--json"],
+        [sys.executable, "-m", "benchmarks", workload, "--smoke", "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,8 +27,14 @@ def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    lines = [line for line in run.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, run.stdout
+    return [line for line in run.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
+    lines = run_smoke("sync")
+    assert len(lines) == 1, lines
     result = json.loads(lines[0])
 
     assert result["workload"] == "sync"
@@ -55,16 +60,7 @@ def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_replay_smoke_reports_its_figures_and_targets() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "replay", "--smoke", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=55,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = json.loads(run_smoke("replay")[-1])
     assert result["workload"] == "replay"
     figures = result["syncd"]
     assert set(figures) >= {"replay_s", "replay_ops_per_s", "local_op_p50_ms", "local_op_p99_ms"}

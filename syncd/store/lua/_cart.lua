@@ -15,8 +15,12 @@ local MAX_LINES = 200
 local MAX_DOTS = 16
 local BASE = '~'
 
-local function cart_keys()
-    return {dedup = KEYS[1], cart = KEYS[2], meta = KEYS[3], top = KEYS[4], log = KEYS[5]}
+-- Step 1 of every cart op: its parameters, its keys, and the reply to give when (client, seq) was settled here
+-- before (nil for a fresh op).
+local function cart_op()
+    local p = op_params(5)
+    local K = {dedup = KEYS[1], cart = KEYS[2], meta = KEYS[3], top = KEYS[4], log = KEYS[5]}
+    return p, K, dedup_check(K.dedup, p)
 end
 
 local function decode_line(raw)

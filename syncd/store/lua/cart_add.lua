@@ -2,9 +2,7 @@
 -- cart.add(member, sku, qty 1..999, attrs?): add the dot [client, seq, 'a', qty, hlc, attrs?]; removes
 -- nothing, so a concurrent add always counts (2 + 1 = 3). ARGV[13] sku, ARGV[14] qty, ARGV[15] attrs
 -- (MessagePack or '').
-local p = op_params(5)
-local K = cart_keys()
-local dup = dedup_check(K.dedup, p)
+local p, K, dup = cart_op()
 if dup then
     return dup
 end

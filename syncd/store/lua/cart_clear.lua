@@ -1,9 +1,7 @@
 --@include _lib.lua _cart.lua
 -- cart.clear(member): for every line, drop every dot ctx (the cart-wide vector the client saw) covers.
 -- Result {"lines": n}: the lines left in the cart.
-local p = op_params(5)
-local K = cart_keys()
-local dup = dedup_check(K.dedup, p)
+local p, K, dup = cart_op()
 if dup then
     return dup
 end

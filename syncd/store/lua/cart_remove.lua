@@ -1,9 +1,7 @@
 --@include _lib.lua _cart.lua
 -- cart.remove(member, sku): drop every dot ctx covers; what the client did not see survives (a remove that saw
 -- qty 2 racing an unseen add(1) leaves qty 1). ARGV[13] sku.
-local p = op_params(5)
-local K = cart_keys()
-local dup = dedup_check(K.dedup, p)
+local p, K, dup = cart_op()
 if dup then
     return dup
 end

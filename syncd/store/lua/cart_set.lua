@@ -3,9 +3,7 @@
 -- the dot [client, seq, 's', qty, hlc, attrs?]. Dots ctx does not cover survive: a concurrent add is kept
 -- (add-wins) and a concurrent set stays live as a conflict. ARGV[13] sku, ARGV[14] qty, ARGV[15] attrs
 -- (MessagePack or '').
-local p = op_params(5)
-local K = cart_keys()
-local dup = dedup_check(K.dedup, p)
+local p, K, dup = cart_op()
 if dup then
     return dup
 end
