@@ -1,6 +1,6 @@
 """Fan-out receivers in Node (``benchmarks/node/receiver.js``, the ``ws`` package): a Python receiver tops out
-near 100k messages/s on this machine (PITFALLS 16), below what the floor delivers, so the receivers that count
-deliveries are Node processes. Installed on first use with ``npm ci`` from the committed lock file.
+near 100k messages/s on this machine (docs/traps.md §16), below what the floor delivers, so the receivers
+that count deliveries are Node processes. Installed on first use with ``npm ci`` from the committed lock file.
 """
 
 from __future__ import annotations

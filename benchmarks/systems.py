@@ -77,7 +77,7 @@ def machine_steal_seconds() -> float:
 
 def wait_for_quiet(max_wait_s: float, below_cores: float = 0.3, window_s: float = 1.0) -> float:
     """Wait (up to ``max_wait_s``) until the machine is nearly idle — other work on a shared 2-core machine
-    moves every figure (PITFALLS 17) — and return the busy cores of the last window."""
+    moves every figure (docs/traps.md §17) — and return the busy cores of the last window."""
     deadline = time.monotonic() + max_wait_s
     while True:
         before = machine_busy_seconds()

@@ -125,7 +125,7 @@ class ConnectionState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Status:
-    """A snapshot of the client's health, as ops and dashboards want it (PITFALLS 9: queues wedge).
+    """A snapshot of the client's health, as ops and dashboards want it (docs/traps.md §9: queues wedge).
 
     ``stopped`` is true when the client will not reconnect by itself (a close code in 4500–4999, e.g. an
     expired or revoked token, an unsupported protocol version); ``last_error`` says why.

@@ -13,9 +13,9 @@ rejections ops the hub rejected, kept until the application marks them seen
 topics     per subscribed topic: cached server state (MessagePack), cursor, ``reflected``
 ========== ===========================================================================================
 
-Durability (PITFALLS 5): WAL with ``synchronous=FULL``, so a transaction that returned is on disk even after a
-power loss, and :meth:`SQLiteOutbox.append` returns only after the commit: an op the application was told
-about is never lost. ``next_seq`` is written in the same transaction as the ops that used it, so a seq is
+Durability (docs/traps.md §5): WAL with ``synchronous=FULL``, so a transaction that returned is on disk even
+after a power loss, and :meth:`SQLiteOutbox.append` returns only after the commit: an op the application was
+told about is never lost. ``next_seq`` is written in the same transaction as the ops that used it, so a seq is
 never issued twice. Settlements and topic states are written lazily, in batches: losing them in a crash only
 means ops are sent again (answered as duplicates by the hub) or events fetched again (idempotent).
 

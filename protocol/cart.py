@@ -15,7 +15,7 @@ covers it, the final set of live dots does not depend on the order in which conc
 everything a line holds - quantity, vector, attrs, even the order of its dots - is a function of that set.
 So without folding the whole state converges, byte for byte (tested as a property over every causal
 interleaving), which is the point: *a conflict is concurrency by the version vectors, never arrival order*
-(DESIGN §3, PITFALLS 10).
+(docs/design.md §3, docs/traps.md §10).
 
 **Values.** A cart is ``{"lines": {sku: line}, "folds": n}``; a line is
 ``{"qty": int, "attrs": {…}, "vv": {client: seq}, "dots": [dot, …]}`` (``attrs`` omitted when empty), the
@@ -154,7 +154,7 @@ class Outcome:
 
     Rejected: ``rejected`` is the code (``"bad_args"``, ``"limit_exceeded"``), ``cart`` is the input
     unchanged, ``changed`` is empty and ``result``/``conflict`` are ``None``. A rejection changes nothing,
-    so a Lua port can check everything before its first write (PITFALLS 3).
+    so a Lua port can check everything before its first write (docs/traps.md §3).
     """
 
     cart: Cart

@@ -5,7 +5,7 @@ Decoding happens in two passes over one websocket message:
 1. :func:`check_structure` walks the MessagePack bytes without building anything. It rejects a frame that is
    too large, nested too deep, declares a string/collection longer than its limit or than the bytes that
    are left, uses a reserved byte or an extension type, or has trailing bytes. A hostile frame is therefore
-   refused after reading its headers, in memory that does not depend on what it claims (PITFALLS 12).
+   refused after reading its headers, in memory that does not depend on what it claims (docs/traps.md §12).
 2. msgspec decodes the now-bounded bytes into the typed frame union, checking the type of every field.
 
 Every failure leaves as one :class:`~protocol.errors.ProtocolError` carrying an

@@ -1,8 +1,8 @@
 """Hybrid logical clock: timestamps that follow wall time but never go backwards and respect causality.
 
 Used only to break ties between concurrent writes (the cart's ``set`` winner, the attrs shown), never to
-order causally related ones: causality comes from version vectors (PITFALLS 10: tills are offline for hours
-and their clocks drift).
+order causally related ones: causality comes from version vectors (docs/traps.md §10: tills are offline for
+hours and their clocks drift).
 
 A timestamp is one integer ``ms * 1024 + counter`` (``counter`` < 1024): it sorts like the pair
 ``(ms, counter)``, travels as a single MessagePack/JSON integer, and stays exact below ``2**53`` (doubles in

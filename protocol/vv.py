@@ -104,8 +104,9 @@ def fold(vv: VV, keep: int, *, counter: int, into: str = HUB) -> dict[str, int]:
     state the hub folded under number ``counter``". A ``counter`` that is not greater than ``vv``'s own
     ``into`` entry is refused (``ValueError``); freshness against other vectors is the caller's to keep.
 
-    **What folding may and may not change** (PITFALLS 11): folding forgets which client events ``vv`` saw,
-    so comparisons of the folded vector ``f`` against any existing vector ``b`` change only this way:
+    **What folding may and may not change** (docs/traps.md §11): folding forgets which client
+    events ``vv`` saw, so comparisons of the folded vector ``f`` against any existing vector ``b`` change
+    only this way:
 
     * ``f`` is never ``BEFORE`` or ``EQUAL`` to ``b`` once something was folded: ``f``'s hub entry is ahead
       of every existing ``b``. So a folded history is never judged to be covered by one that has not seen

@@ -152,7 +152,7 @@ def describe(status: RedisStatus) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs (PITFALLS 14)."""
+    """``url`` with its password replaced by ``***``, for logs (docs/traps.md §14)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

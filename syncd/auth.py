@@ -2,8 +2,8 @@
 
 A token names one client and its scope; the hub trusts nothing else a client says about itself. The
 ``client_id`` a client claims in ``hello`` must equal the token's subject, so one device cannot write under
-another's sequence numbers (PITFALLS 8). Algorithms are fixed by configuration, never taken from the token
-(RFC 8725 §2.1). Tokens never reach a log: errors name the failed check, not the token.
+another's sequence numbers (docs/traps.md §8). Algorithms are fixed by configuration, never taken from the
+token (RFC 8725 §2.1). Tokens never reach a log: errors name the failed check, not the token.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Principal:
         return self.role is Role.OPS or ALL in self.members or member in self.members
 
     def may_read(self, topic: TopicName) -> bool:
-        """Whether this principal may subscribe to ``topic`` (DESIGN.md §5: a store sees only its own)."""
+        """Whether this principal may subscribe to ``topic`` (docs/design.md §5: a store sees its own)."""
         if self.role is Role.OPS:
             return True
         if topic.kind in MEMBER_KINDS:

@@ -6,7 +6,7 @@ Order matters and is the point of this module:
 2. the embedded server when no Redis URL is set (its own session, so Ctrl-C reaches only the hub);
 3. a preflight probe, so an impossible durability setting fails with one clear line, not a traceback from
    inside the ASGI lifespan;
-4. uvicorn, with the websocket limits of PITFALLS 12;
+4. uvicorn, with the websocket limits of docs/traps.md §12;
 5. on SIGTERM/SIGINT: uvicorn drains its connections first, *then* the embedded server shuts down (flushing
    its AOF), so no op in flight loses its Redis underneath it.
 
@@ -218,7 +218,7 @@ def _run_uvicorn(settings: Settings) -> int:
         lifespan="on",
         # uvicorn's sans-I/O websockets protocol (it pauses reading while a message waits for the app, which
         # bounds what a peer can queue) plus the fan-out fast path of syncd.transport.
-        # No compression: it multiplies the memory a hostile peer can cost us (PITFALLS 12), and it would
+        # No compression: it multiplies the memory a hostile peer can cost (docs/traps.md §12), and it would
         # make every connection's frame of one event different.
         ws=HubWebSocketProtocol,
         ws_max_size=settings.max_frame,

@@ -2,8 +2,8 @@
 
 Two users, one implementation:
 
-- ``syncd serve`` without a Redis URL (DESIGN.md §1 "embedded default") runs one under ``<data_dir>/redis``
-  with append-only persistence, so state survives a restart of the hub;
+- ``syncd serve`` without a Redis URL (docs/design.md §1, "embedded by default") runs one under
+  ``<data_dir>/redis`` with append-only persistence, so state survives a restart of the hub;
 - the test suite starts every Redis it talks to through this class (``tests/conftest.py``), on free ports
   and in temporary directories, so tests can kill and restart their servers and never touch one they did not
   start.

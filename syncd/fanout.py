@@ -8,7 +8,8 @@ unchanged, to those sessions: an event is encoded once, by the script, whatever 
 
 Gap-freeness does not rest on pub/sub. :meth:`Fanout.join` returns only once Redis has confirmed the
 subscription, so a snapshot or history read taken *after* it cannot miss an event: anything committed later
-is published to us (PITFALLS 7). Each session checks offsets itself and fetches any hole from the stream.
+is published to us (docs/traps.md §7). Each session checks offsets itself and fetches any hole from the
+stream.
 When the pub/sub connection drops, messages may have been lost in between: every listener is told
 (:meth:`Listener.fanout_lost`) and ends its session with a "reconnect" close code, so its client resumes from
 its cursors — the one recovery path that is exercised anyway by every reconnect.

@@ -1,7 +1,7 @@
 """What the connected Redis-compatible server is, and what an ack can therefore promise.
 
 ``/healthz`` reports it, the hub logs it at startup, and ``durability=fsync`` refuses to start without it:
-an operator must be able to read, not guess, which durability guarantee is in force (PITFALLS 1).
+an operator must be able to read, not guess, which durability guarantee is in force (docs/traps.md §1).
 
 Probing is read-only: ``INFO server``, ``INFO persistence`` and ``CONFIG GET`` (which managed services may
 disable; the answer is then "unknown", never a guess). WAITAOF support is decided from the server's name and

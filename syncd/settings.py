@@ -6,7 +6,7 @@ Values are validated when the object is built, so a typo fails the start with a 
 instead of surfacing later as a confusing runtime error. An empty environment variable counts as unset, so
 ``SYNCD_REDIS_URL=`` in a compose file means "embedded", not "invalid URL".
 
-Durability (``SYNCD_DURABILITY``) — what an ack promises (DESIGN.md §4 "ack means durable", PITFALLS 1):
+Durability (``SYNCD_DURABILITY``) — what an ack promises (docs/design.md §4, docs/traps.md §1):
 
 ``script`` (default)
     The hub acks as soon as the operation's Lua script has returned. The change is applied in Redis and queued
@@ -16,12 +16,12 @@ Durability (``SYNCD_DURABILITY``) — what an ack promises (DESIGN.md §4 "ack m
 ``fsync``
     After the script, the hub runs ``WAITAOF 1 0 <timeout>`` and acks only once Redis confirms the change is
     fsynced to its local append-only file: acked ops survive a power loss of the Redis host. Replicas are not
-    awaited (Redis replication is asynchronous, PITFALLS 4). Needs WAITAOF (Redis ≥ 7.2 or Valkey) and
+    awaited (Redis replication is asynchronous, docs/traps.md §4). Needs WAITAOF (Redis ≥ 7.2 or Valkey) and
     ``appendonly yes``; the hub refuses to start otherwise rather than silently promise less.
 
 Origins (``SYNCD_ALLOWED_ORIGINS``): a comma-separated list of ``scheme://host[:port]``. Browsers always send
 an ``Origin`` header on websocket handshakes, so the empty default admits no browser page at all; native apps,
-POS terminals and backends send none and are admitted (they authenticate by token, DESIGN.md §5).
+POS terminals and backends send none and are admitted (they authenticate by token, docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 ENV_PREFIX = "SYNCD_"
 
 # Bounds: a heartbeat under a second only burns battery and bandwidth on phones; over ten minutes NATs and
-# proxies drop idle connections first. 16 MiB is uvicorn's loose default (PITFALLS 12), never something to
-# raise beyond; under 1 KiB even a hello frame does not fit.
+# proxies drop idle connections first. 16 MiB is uvicorn's loose default (docs/traps.md §12), never
+# something to raise beyond; under 1 KiB even a hello frame does not fit.
 HEARTBEAT_MS_RANGE = (1_000, 600_000)
 MAX_FRAME_RANGE = (1_024, 16 * 1024 * 1024)
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
@@ -113,7 +113,7 @@ class Settings:
             )
         _require(isinstance(self.redis_cluster, bool), "redis_cluster", "a boolean", self.redis_cluster)
         if self.redis_cluster:
-            # Echo the scheme and database only: the URL may carry a password (PITFALLS 14).
+            # Echo the scheme and database only: the URL may carry a password (docs/traps.md §14).
             parts = urlsplit(self.redis_url or "")
             _require(
                 parts.scheme in ("redis", "rediss") and parts.path in ("", "/", "/0"),
@@ -185,7 +185,7 @@ class Settings:
         """Whether a websocket handshake with this ``Origin`` header may proceed.
 
         No header means a non-browser client (app, POS, backend): allowed, it still needs a valid token. A
-        browser page is allowed only when its exact origin is listed (PITFALLS 13: an explicit allowlist).
+        browser page is allowed only when its exact origin is listed (an allowlist, docs/traps.md §13).
         """
         if origin is None:
             return True

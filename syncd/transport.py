@@ -1,8 +1,8 @@
 """The hub's websocket transport: uvicorn's sans-I/O websockets protocol plus one ASGI extension.
 
 Fan-out writes the same event to many sockets. Through ASGI each write is a coroutine per connection that
-frames the payload again (PITFALLS 16: that path saturates near a third of what a broadcast can do). Server
-frames are not masked and syncd sends no compressed or fragmented messages, so the bytes of one event's
+frames the payload again (docs/traps.md §16: that path saturates near a third of what a broadcast can do).
+Server frames are not masked and syncd sends no compressed or fragmented messages, so the bytes of one event's
 websocket frame are identical for every connection: :func:`frame_header` builds them once, and the extension
 ``syncd.raw_send`` lets a session write them straight to its transport — no coroutine, no copy per socket.
 

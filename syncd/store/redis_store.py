@@ -33,10 +33,10 @@ slot; the member's dedup hash cannot live in the client's. The protocol spans th
 
 Why a crash between 2 and 3 is safe: the client never got the ack, so it replays the op with the same
 ``seq``; ``last`` still says ``seq - 1``, so the op passes step 1, and the member's dedup hash answers with
-the original outcome without applying it again (PITFALLS 8: the dedup record is written in the same atomic
-step as the effect); step 3 then advances ``last``. Conversely ``last >= seq`` implies the op was settled, so
-an op at or below the watermark is never applied again, even after its dedup hash expired (the script is told
-so and answers a plain ok dup).
+the original outcome without applying it again (docs/traps.md §8: the dedup record is written in the same
+atomic step as the effect); step 3 then advances ``last``. Conversely ``last >= seq`` implies the op was
+settled, so an op at or below the watermark is never applied again, even after its dedup hash expired (the
+script is told so and answers a plain ok dup).
 
 Ops rejected before any script (unknown kind, bad arguments) are settled in the client slot: the rejection is
 recorded under ``{c:<client_id>}:r:<seq>`` (with the dedup retention as TTL) and ``last`` advances, so a
@@ -63,7 +63,7 @@ an unknown topic is a :class:`~protocol.errors.ProtocolError` (``unknown_topic``
 ``ProtocolError`` with ``seq_gap`` (reported, no close code). A script error (a bug: every expected failure
 is a recorded rejection) propagates as redis' ``ResponseError`` and the op's outcome is unknown
 (``internal``); as the scripts check everything before their first write, a failed check cannot leave a
-partial effect (PITFALLS 3).
+partial effect (docs/traps.md §3).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 * :func:`hub_cart` / :func:`hub_history` / :func:`hub_last_seq` read what the hub holds with a bare
   :class:`~tests.e2e.harness.WireClient` (no SDK logic), so assertions compare the SDK with the hub itself.
-* :class:`TcpProxy` sits between a client and a hub on loopback (PITFALLS 15): it can cut every connection,
-  cut one mid-frame (forward half of a chunk, then reset both sides), and be re-pointed at another hub.
+* :class:`TcpProxy` sits between a client and a hub on loopback (docs/traps.md §15): it can cut
+  every connection, cut one mid-frame (forward half of a chunk, then reset both sides), and be re-pointed at
+  another hub.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ async def test_the_store_runs_in_wal_mode_with_full_sync(store: SQLiteOutbox) ->
     async with store._conn.execute("PRAGMA journal_mode") as cur:
         assert (await cur.fetchone())[0] == "wal"  # type: ignore[index]
     async with store._conn.execute("PRAGMA synchronous") as cur:
-        assert (await cur.fetchone())[0] == 2  # type: ignore[index]  # FULL (PITFALLS 5)
+        assert (await cur.fetchone())[0] == 2  # type: ignore[index]  # FULL (docs/traps.md §5)
 
 
 async def test_appended_ops_are_committed_when_append_returns(store: SQLiteOutbox, tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ seq, which is all the SDK does for exactly-once. Every test ends with the same c
 hub serves and what Redis holds: each topic's stream has offsets 1..n with origins unique per
 ``(client_id, seq)``; every acked op is in it exactly once; an op whose outcome was unknown (sent, then the
 connection or Redis died) is in it at most once; each cart's total quantity equals the number of distinct ops
-applied to it (every op adds one unit). PITFALLS 2: an op whose outcome is unknown is neither ok nor failed
-until its replay is answered.
+applied to it (every op adds one unit). docs/traps.md §2: an op whose outcome is unknown is neither ok nor
+failed until its replay is answered.
 """
 
 from __future__ import annotations

@@ -566,7 +566,7 @@ def test_a_megabyte_of_empty_maps_to_a_client_is_refused_by_the_total_count() ->
 
 
 def test_the_memory_bound_is_meaningful_an_unchecked_decode_of_the_same_frame_inflates() -> None:
-    """Control: without the structure check, 64 KiB of empty maps becomes megabytes (PITFALLS 12)."""
+    """Control: without the structure check, 64 KiB of empty maps becomes megabytes (docs/traps.md §12)."""
     data = empty_maps(codec.SERVER_LIMITS.max_frame, 60)
     tracemalloc.start()
     try:

@@ -1,4 +1,4 @@
-"""Version vectors: the order, the merge laws, and folding that never invents an order (PITFALLS 11)."""
+"""Version vectors: the order, the merge laws, and folding that never invents an order (docs/traps.md §11)."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def test_kill_then_restart_keeps_port_directory_and_acked_writes(
     assert redis_server.url == url
     assert redis_server.pid != old_pid
     with client(redis_server) as conn:
-        # SIGKILL does not lose acked writes: they are in the page cache (PITFALLS 1).
+        # SIGKILL does not lose acked writes: they are in the page cache (docs/traps.md §1).
         assert conn.get("k") == b"v"
 
 

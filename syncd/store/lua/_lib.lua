@@ -1,6 +1,6 @@
 -- _lib.lua: the prelude shared by every op script (the loader prepends it; it is never run alone).
 --
--- What every op script does, in this order (PITFALLS 3: Lua has no rollback, so nothing is written before
+-- What every op script does, in this order (docs/traps.md §3: Lua has no rollback, so nothing is written before
 -- every check has passed):
 --   1. dedup of (client_id, seq) against the entity's dedup hash;
 --   2. validation and the domain rules, reading only;

@@ -82,7 +82,7 @@ async def test_dead_server_is_backend_unavailable_and_the_retry_applies_once(
     redis_server_factory: Callable[..., EmbeddedRedis],
 ) -> None:
     # appendfsync always: with everysec Redis may postpone an AOF write while an fsync is in progress and
-    # lose the last acked op to a SIGKILL (PITFALLS 1); this test is about the retry, not that window.
+    # lose the last acked op to a SIGKILL (docs/traps.md §1); this test is about the retry, not that window.
     redis_server = redis_server_factory(appendfsync="always")
     client = Redis.from_url(redis_server.url, socket_connect_timeout=2)
     store = RedisStore(client)
