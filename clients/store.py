@@ -118,7 +118,13 @@ class SQLiteOutbox:
         """Open (creating if needed) the store of a data directory, and lock the directory."""
         path, lock = await asyncio.to_thread(_prepare_dir, directory)
         try:
-            conn = await aiosqlite.connect(path / DB_NAME, isolation_level=None)
+            connecting = aiosqlite.connect(path / DB_NAME, isolation_level=None)
+            # aiosqlite runs each connection in a thread of its own that is not a daemon: an application
+            # that ends (or crashes out of main) without closing the client would then never exit. A daemon
+            # thread stopped at exit is a crash as SQLite sees it, which WAL with synchronous=FULL survives:
+            # every op was committed before the call that made it returned.
+            connecting._thread.daemon = True
+            conn = await connecting
         except (sqlite3.Error, OSError) as exc:
             _unlock(lock)
             raise BackendUnavailable(f"cannot open the client store in {path}: {exc}") from exc

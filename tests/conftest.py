@@ -33,6 +33,7 @@ import pytest
 import redis
 
 from syncd.embedded import EmbeddedRedis, bundled_binary
+from tests import profiles  # noqa: F401  (loads the Hypothesis profile before any test module)
 
 RedisServerFactory = Callable[..., EmbeddedRedis]
 ClusterFactory = Callable[..., list[EmbeddedRedis]]

@@ -18,6 +18,7 @@ from clients.engine import _Pending, predict_line
 from protocol import cart as rules
 from protocol.errors import ErrorCode
 from tests.clients.fakes import T0, Device, FakeHub, Fault
+from tests.profiles import examples
 
 SKUS = ["A", "B", "C"]
 CLIENTS = ["app-1", "pos-1", "pos-2"]
@@ -48,7 +49,7 @@ def make(device: Device, spec: tuple[str, str, int], now: int) -> None:
     device.op(kind, now=now, **args)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(action, max_size=40), st.integers(1, 3))
 def test_random_schedules_converge_to_the_hubs_cart_with_every_op_applied_once(
     actions: list[tuple[str, int, Any]], n: int
@@ -130,7 +131,7 @@ server_dots = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(server_dots, line_ops)
 def test_merging_our_adds_predicts_exactly_what_the_rules_give(
     base: list[tuple[str, str, int, int, dict[str, int] | None]],

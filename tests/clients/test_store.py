@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -135,3 +137,30 @@ async def test_reading_100000_queued_ops_holds_one_page_at_a_time(store: SQLiteO
         tracemalloc.stop()
     assert count == n
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB while streaming"
+
+
+def test_a_program_that_ends_without_closing_its_store_still_exits(tmp_path: Path) -> None:
+    """aiosqlite's worker thread is not a daemon by default: a POS program (or a failing test) that ends with
+    a store still open would wait for it forever. The outbox's thread is a daemon, and what was appended
+    before the exit is still there (an exit is a crash, as SQLite sees it)."""
+    program = f"""
+import asyncio
+from clients.store import SQLiteOutbox
+from protocol import frames
+
+async def main():
+    store = await SQLiteOutbox.open({str(tmp_path)!r})
+    await store.append([frames.Op(seq=1, kind="cart.add", args={{"member": "m1", "sku": "A", "qty": 1}})],
+                       next_seq=2, hlc=0)
+    raise SystemExit(3)  # no close()
+
+asyncio.run(main())
+"""
+    # The timeout guards the suite against the hang under test; it is not a measurement.
+    done = subprocess.run([sys.executable, "-c", program], timeout=60, capture_output=True, check=False)
+    assert done.returncode == 3, done.stderr.decode()
+    other = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        assert other.execute("SELECT seq FROM outbox").fetchall() == [(1,)]
+    finally:
+        other.close()

@@ -29,6 +29,7 @@ from syncd.embedded import EmbeddedRedis
 from tests.clients.hubtools import hub_cart, hub_history
 from tests.conftest import RedisServerFactory
 from tests.e2e.harness import HubProcess, token
+from tests.profiles import examples
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +161,7 @@ async def fleet(url: str, root: Path, member: str, n: int) -> AsyncIterator[_Fle
             await client.close()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(step, min_size=1, max_size=12), st.integers(2, 3))
 def test_random_schedules_of_clients_converge_to_the_hubs_cart_with_every_op_applied_once(
     shared_hub: HubProcess,

@@ -128,10 +128,11 @@ async def test_cart_scenario_through_two_hubs_on_a_three_primary_cluster(
     watcher = await WireClient.open(hub_b.url, "watcher")
     for i, topic in enumerate(topics):
         await subscribe(watcher, i + 1, topic)
+    watching = Reader(watcher)
+    await watching.until(dict.fromkeys(topics, 0))  # every snapshot read before the first write
     rounds = [(m, f"S{r % 3}") for r in range(10) for m in members]
     writer = await WireClient.open(hub_a.url, "pos-1")
     acks = await write(writer, rounds)
-    watching = Reader(watcher)
     await watching.until(dict.fromkeys(topics, 10))
     for member, topic in zip(members, topics, strict=True):
         assert watching.snapshots[topic].cursor.offset == 0

@@ -45,6 +45,7 @@ from protocol.cart import (
     snapshot,
     wire_line,
 )
+from tests.profiles import examples
 
 # --- helpers -------------------------------------------------------------------------------------------
 
@@ -840,11 +841,11 @@ def every_causal_order_ends(ops: list[CartOp]) -> Iterator[tuple[list[int], Cart
     yield from walk([], empty_cart())
 
 
-PROPS = settings(max_examples=150, deadline=None)
+PROPS = settings(max_examples=examples(150), deadline=None)
 ALL_KINDS = [ADD, SET, SET, REMOVE, CLEAR]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(specs(max_ops=7, kinds=ALL_KINDS, with_attrs=True))
 def test_convergence_every_causal_interleaving_gives_the_same_cart(history: list[Spec]) -> None:
     """The whole state - quantities, attrs, vectors, the dots and their order, the fold counter - is the
@@ -873,7 +874,7 @@ def test_convergence_any_causal_interleaving_gives_the_same_cart(
     assert again == folded[-1]
 
 
-FOLD_PROPS = settings(max_examples=120, deadline=None)
+FOLD_PROPS = settings(max_examples=examples(120), deadline=None)
 
 
 @FOLD_PROPS

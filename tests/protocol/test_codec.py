@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from protocol import codec, frames
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from tests.profiles import examples
 from tests.protocol import strategies
 
 HUB = codec.FrameDecoder(frames.CLIENT_FRAMES, codec.SERVER_LIMITS)
@@ -35,7 +36,7 @@ DECODE_CODES = frozenset(
 )
 """The only codes decoding may produce."""
 
-FAST = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(deadline=None, max_examples=examples(150), suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- MessagePack spelled by hand ---------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.hlc import COUNTER_LIMIT, MAX_HLC, MAX_MS, HybridClock, encode, logical, physical
+from tests.profiles import examples
 
-FAST = settings(max_examples=200, deadline=None)
+FAST = settings(max_examples=examples(200), deadline=None)
 
 
 def test_encoding_round_trips_and_sorts_like_the_pair() -> None:

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.vv import HUB, Order, canonical, compare, covers, dominates, fold, merge
+from tests.profiles import examples
 
-FAST = settings(max_examples=300, deadline=None)
+FAST = settings(max_examples=examples(300), deadline=None)
 
 clients = st.sampled_from(["a", "b", "c", "d", "e", "pos-1", HUB])
 vectors = st.dictionaries(clients, st.integers(min_value=0, max_value=6), max_size=7)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from protocol import cart, frames
 from syncd.store import OpOutcome, RedisStore
+from tests.profiles import examples
 
 SKUS = ("tea", "cake", "Milk")
 CLIENTS = ("A", "a", "b")  # "A" < "a" < "b" by bytes; a locale-aware order would differ
@@ -169,7 +170,7 @@ async def run_history(store: RedisStore, history: list[Action]) -> None:
 
 
 SETTINGS = settings(
-    max_examples=80,
+    max_examples=examples(80),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
