@@ -27,6 +27,18 @@ def test_each_delay_is_jittered_below_a_capped_exponential_ceiling(seed: int, at
         assert 0.0 <= delay <= min(30.0, 0.5 * 2**attempt)
 
 
+class _Highest(random.Random):
+    """Draws the top of every range, so the delays show the ceiling itself."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_the_ceiling_doubles_per_attempt_up_to_the_cap() -> None:
+    delays = list(itertools.islice(backoff(rng=_Highest()), 9))
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
 def test_a_thousand_clients_spread_their_first_reconnects() -> None:
     rng = random.Random(7)
     firsts = [next(backoff(rng=rng)) for _ in range(1000)]
