@@ -24,7 +24,7 @@ import httpx2 as httpx
 import pytest
 import redis
 
-from syncd.embedded import EmbeddedRedis, bundled_binary
+from syncd.embedded import EmbeddedRedis, bundled_binary, running_url
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = str(Path(sys.executable).parent)
 READY_WITHIN_S = 60.0  # the acceptance bound of `make run`; a bound on waiting, not a timing assertion
 EMBEDDED_READY = re.compile(r"embedded (\w+) ready at (redis://\S+) \(pid (\d+)\)")
+"""The logged URL hides the password (``redis://:***@…``); the usable one is in the data dir."""
 
 
 def free_port() -> int:
@@ -61,8 +62,8 @@ def _kill0_gone(pid: int) -> bool:
 class Hub:
     """A ``syncd serve`` process and its log file."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-        self.proc, self.port, self.log_path = proc, port, log_path
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path, data_dir: Path) -> None:
+        self.proc, self.port, self.log_path, self.data_dir = proc, port, log_path, data_dir
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -87,9 +88,13 @@ class Hub:
         pytest.fail(f"/healthz not ok within {READY_WITHIN_S:g} s (last: {last}):\n{self.log()}")
 
     def embedded(self) -> tuple[str, str, int]:
+        """The embedded server's name, its URL (with the password) and its pid."""
         found = EMBEDDED_READY.search(self.log())
         assert found is not None, self.log()
-        return found.group(1), found.group(2), int(found.group(3))
+        assert ":***@" in found.group(2), "the logged URL must hide the password"
+        url = running_url(self.data_dir)
+        assert url is not None
+        return found.group(1), url, int(found.group(3))
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -110,7 +115,7 @@ def serve(data_dir: Path, log_path: Path) -> Iterator[Hub]:
             stderr=subprocess.STDOUT,
         )
     try:
-        yield Hub(proc, port, log_path)
+        yield Hub(proc, port, log_path, data_dir)
     finally:
         if proc.poll() is None:
             proc.kill()
