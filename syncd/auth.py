@@ -109,6 +109,8 @@ class TokenVerifier:
         if not token:
             raise AuthError(CloseCode.UNAUTHORIZED, "missing token")
         try:
+            # Types first: PyJWT's own checks would coerce a string ``exp`` or a boolean ``iat``.
+            check_registered_claims(jwt.decode(token, options={"verify_signature": False}))
             claims: dict[str, Any] = jwt.decode(
                 token,
                 self.key,
@@ -123,7 +125,6 @@ class TokenVerifier:
             raise AuthError(CloseCode.UNAUTHORIZED, "token of another issuer") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(CloseCode.UNAUTHORIZED, f"invalid token ({type(exc).__name__})") from None
-        check_registered_claims(claims)
         return claims
 
     def verify(self, token: str, client_id: str) -> Principal:
@@ -139,9 +140,11 @@ _NUMERIC_CLAIMS: Final = ("exp", "nbf", "iat")
 _STRING_CLAIMS: Final = ("sub", "iss", "jti")
 
 
-def check_registered_claims(claims: Mapping[str, Any]) -> None:
+def check_registered_claims(claims: object) -> None:
     """RFC 7519 §4.1 types, checked rather than coerced: NumericDate claims are finite JSON numbers (not
     strings, not booleans), ``sub``/``iss``/``jti`` strings. Raises :class:`AuthError` (4500)."""
+    if not isinstance(claims, dict):
+        raise AuthError(CloseCode.UNAUTHORIZED, "malformed claims (not an object)")
     for name in _NUMERIC_CLAIMS:
         value = claims.get(name)
         if value is not None and (

@@ -107,7 +107,7 @@ def _setting_option(parser: argparse.ArgumentParser, name: str, default: object)
     """The flag of setting ``name``: ``--name`` (dashes), its help from the field's docstring."""
     kind = field_kind(name)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    shown = "none" if shown in (None, "") else "hidden" if name in _SECRET_FIELDS else shown
+    shown = "none" if shown in (None, "") else shown
     help_text = field_help().get(name, name.replace("_", " "))
     extra = " (visible to other local users in the process list: prefer the variable)" * (
         name in _SECRET_FIELDS

@@ -254,7 +254,7 @@ class Settings:
         An override may be a typed value or a string spelled as in the environment (``port="8080"``).
         Overrides that are ``None`` are ignored, so argparse's "flag not given" passes straight through;
         an empty string override selects the default whatever the file and environment say
-        (``--redis-url ""``).
+        (``--redis-url ""``); an empty variable counts as unset (the file's value, if any, applies).
         """
         env = os.environ if environ is None else environ
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -263,13 +263,13 @@ class Settings:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
         if config_file is None and env.get(CONFIG_ENV, "").strip():
             config_file = Path(env[CONFIG_ENV].strip())
-        layers: list[tuple[Mapping[str, object], Callable[[str], str]]] = []
+        layers: list[Mapping[str, object]] = []
         if config_file is not None:
-            layers.append((read_config_file(config_file, fields), lambda name: f"{config_file}: {name}"))
-        layers.append(({name: env[env_var(name)] for name in fields if env_var(name) in env}, _where))
-        layers.append(({k: v for k, v in overrides.items() if v is not None}, _where))
+            layers.append(read_config_file(config_file, fields))
+        layers.append({name: env[env_var(name)] for name in fields if env.get(env_var(name), "") != ""})
+        layers.append({k: v for k, v in overrides.items() if v is not None})
         values: dict[str, Any] = {}
-        for layer, _ in layers:
+        for layer in layers:
             for name, raw in layer.items():
                 if raw == "":
                     values.pop(name, None)  # empty: back to the default
