@@ -136,6 +136,12 @@ def test_serve_without_redis_on_path_runs_bundled_valkey_and_stops_it_on_sigterm
         assert name == "valkey"
         with redis.Redis.from_url(url) as conn:
             conn.set("points:m1", b"120")
+        # Any other local account reaches the port, but not the data: the password is in a 0600 file.
+        port = int(url.rsplit(":", 1)[1])
+        with redis.Redis(port=port) as stranger, pytest.raises(redis.AuthenticationError):
+            stranger.get("points:m1")
+        assert (data_dir / "redis").stat().st_mode & 0o777 == 0o700
+        assert (data_dir / "redis" / "password").stat().st_mode & 0o777 == 0o600
         assert hub.terminate() == 0
         assert process_gone(pid), f"embedded server {pid} outlived the hub"
         log = hub.log()
@@ -170,3 +176,43 @@ def test_serve_refuses_fsync_durability_on_a_server_without_aof_in_one_line(
     assert "SYNCD_DURABILITY=fsync needs the Redis server to run with appendonly yes" in errors[0]
     assert "Traceback" not in result.stderr
     no_aof.stop()
+
+
+def run_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SYNCD_")}
+    env |= {"PATH": BIN_DIR, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "serve", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_a_port_in_use_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_serve("--port", str(port), "--data-dir", str(tmp_path / "var"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert " ERROR " in lines[0]
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var" / "redis").exists()  # nothing was started for nothing
+
+
+@pytest.mark.parametrize("layout", ["parent-is-a-file", "dir-is-a-file"])
+def test_an_unusable_data_dir_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path, layout: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    data_dir = blocker / "var" if layout == "parent-is-a-file" else blocker
+    result = run_serve("--port", str(free_port()), "--data-dir", str(data_dir))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert f"the data dir {data_dir} is not usable" in errors[0]
+    assert "Traceback" not in result.stderr
