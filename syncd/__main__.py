@@ -19,7 +19,7 @@ def main() -> int:
     if missing:
         print(
             f"syncd: the hub is not installed (missing: {', '.join(missing)}); install the hub extra, e.g. "
-            "`pip install \".[hub]\"` in a checkout of syncd, or `pip install \"<syncd wheel>[hub]\"`",
+            '`pip install ".[hub]"` in a checkout of syncd, or `pip install "<syncd wheel>[hub]"`',
             file=sys.stderr,
         )
         return 1

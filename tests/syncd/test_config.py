@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,28 +123,36 @@ def test_a_missing_config_file_is_a_configuration_error(tmp_path: Path) -> None:
         Settings.from_env({CONFIG_ENV: str(tmp_path / "nowhere.toml")})
 
 
+LOGGED_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwb3MtMSJ9.c2lnbmF0dXJlLXZhbHVl"
+
+
 @pytest.fixture
-def root_logging() -> object:
+def log_to(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], io.StringIO]]:
+    """``log_to(format)``: configure the hub's logging in ``format``; what it writes to stderr."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    yield root
+
+    def configure(log_format: str) -> io.StringIO:
+        stream = io.StringIO()
+        monkeypatch.setattr("sys.stderr", stream)
+        configure_logging("info", log_format)
+        return stream
+
+    yield configure
     root.handlers[:], level = saved
     root.setLevel(level)
 
 
 def test_json_log_format_writes_one_object_per_line_with_tokens_redacted(
-    root_logging: logging.Logger, monkeypatch: pytest.MonkeyPatch
+    log_to: Callable[[str], io.StringIO],
 ) -> None:
-    stream = io.StringIO()
-    monkeypatch.setattr("sys.stderr", stream)
-    configure_logging("info", "json")
+    stream = log_to("json")
     log = logging.getLogger("uvicorn.error")
-    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwb3MtMSJ9.c2lnbmF0dXJlLXZhbHVl"
-    log.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", f"/ws?token={token}")
+    log.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", f"/ws?token={LOGGED_TOKEN}")
     try:
         raise ValueError("a\nmultiline\nfailure")
     except ValueError:
-        logging.getLogger("syncd").exception("it broke with %s", token)
+        logging.getLogger("syncd").exception("it broke with %s", LOGGED_TOKEN)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
@@ -152,17 +161,14 @@ def test_json_log_format_writes_one_object_per_line_with_tokens_redacted(
     assert first["message"] == '127.0.0.1:5000 - "WebSocket /ws?token=<redacted>" [accepted]'
     assert second["level"] == "ERROR"
     assert "ValueError: a\nmultiline\nfailure" in second["exc"]
-    assert token not in stream.getvalue()
+    assert LOGGED_TOKEN not in stream.getvalue()
 
 
 def test_text_log_format_keeps_one_line_per_record_and_redacts_tokens(
-    root_logging: logging.Logger, monkeypatch: pytest.MonkeyPatch
+    log_to: Callable[[str], io.StringIO],
 ) -> None:
-    stream = io.StringIO()
-    monkeypatch.setattr("sys.stderr", stream)
-    configure_logging("info", "text")
-    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwb3MtMSJ9.c2lnbmF0dXJlLXZhbHVl"
-    logging.getLogger("syncd").warning("peer sent\n%s", token)
+    stream = log_to("text")
+    logging.getLogger("syncd").warning("peer sent\n%s", LOGGED_TOKEN)
     assert stream.getvalue().count("\n") == 1
-    assert token not in stream.getvalue()
+    assert LOGGED_TOKEN not in stream.getvalue()
     assert "<redacted-token>" in stream.getvalue()
