@@ -326,7 +326,8 @@ def check_startup(settings: Settings) -> None:
     before the embedded Redis is started for nothing. Raises :class:`StartupError`.
     """
     try:
-        with socket.create_server((settings.host, settings.port), reuse_port=False):
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        with socket.create_server((settings.host, settings.port), family=family):
             pass
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

@@ -142,6 +142,28 @@ def test_serve_without_redis_on_path_runs_bundled_valkey_and_stops_it_on_sigterm
             stranger.get("points:m1")
         assert (data_dir / "redis").stat().st_mode & 0o777 == 0o700
         assert (data_dir / "redis" / "password").stat().st_mode & 0o777 == 0o600
+        # `syncd token revoke` finds the embedded server of a hub running on the same data dir.
+        revoked = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "syncd",
+                "token",
+                "revoke",
+                "--client-id",
+                "pos-1",
+                "--data-dir",
+                str(data_dir),
+            ],
+            env={key: value for key, value in os.environ.items() if not key.startswith("SYNCD_")},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert "1 hub process(es) notified" in revoked.stdout
         assert hub.terminate() == 0
         assert process_gone(pid), f"embedded server {pid} outlived the hub"
         log = hub.log()
