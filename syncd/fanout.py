@@ -13,15 +13,28 @@ stream.
 When the pub/sub connection drops, messages may have been lost in between: every listener is told
 (:meth:`Listener.fanout_lost`) and ends its session with a "reconnect" close code, so its client resumes from
 its cursors — the one recovery path that is exercised anyway by every reconnect.
+
+While Redis is away the fan-out reconnects with jittered exponential backoff (:func:`retry_delays`: a
+uniform draw in the upper half of ``min(max, initial × 2^attempt)``, so hub processes do not knock in step
+and an outage costs Redis a handful of connection attempts, not two a second per hub). It logs the loss
+once (WARNING) and the return once (INFO, with the attempts and the time it took); each attempt in between is
+a DEBUG line and a count in :attr:`Fanout.stats`, which ``/healthz`` shows.
+
+Control channels (:meth:`Fanout.control`) carry hub-to-hub messages on the same connection, e.g. revocations
+(:mod:`syncd.revocation`): their handler gets each message, and their ``on_subscribed`` runs each time Redis
+confirms the subscription, so the receiver can re-read what it may have missed while disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -48,17 +61,65 @@ class _EventHead(msgspec.Struct, frozen=True):
 
 _head = msgspec.msgpack.Decoder(_EventHead)
 
+HOLD_CHANNEL: Final = "syncd:fanout"
+"""Held always: a subscribe-less pub/sub connection would end ``listen()`` at once."""
+RETRY_INITIAL_S: Final = 0.5
+RETRY_MAX_S: Final = 10.0
+"""A hub notices Redis' return within this (plus a connect): long enough to spare a recovering Redis, short
+enough that its clients, who were sent away with 4003 and reconnect with their own backoff, find it ready."""
+
+
+def retry_delays(
+    initial_s: float = RETRY_INITIAL_S, max_s: float = RETRY_MAX_S, rng: random.Random | None = None
+) -> Iterator[float]:
+    """Delays before reconnect attempts 1, 2, …: uniform in ``[c/2, c]`` with ``c = min(max_s, initial_s ×
+    2^n)``. Equal jitter rather than full: a server's reconnect must not spin at zero delay either."""
+    draw = rng.uniform if rng is not None else random.uniform
+    ceiling = initial_s
+    while True:
+        yield draw(ceiling / 2, ceiling)
+        ceiling = min(max_s, ceiling * 2)
+
+
+@dataclasses.dataclass(slots=True)
+class FanoutStats:
+    """What the fan-out's connection went through; counters only grow (metrics export them as such)."""
+
+    connected: bool = False
+    outages: int = 0
+    """Times the connection was lost (or could not be made at start)."""
+    reconnect_attempts: int = 0
+    """Connection attempts that failed, over all outages."""
+    down_since: float | None = None
+    """``time.time()`` when the current outage began; ``None`` while connected."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Control:
+    on_message: Callable[[bytes], None]
+    on_subscribed: Callable[[], Coroutine[Any, Any, None]] | None
+
 
 class Fanout:
     """Subscribes to the channels of the topics this process's sessions hold, and dispatches their events."""
 
     def __init__(
-        self, connect: Callable[[], Any], channel: Callable[[str], str], *, retry_s: float = 0.5
+        self,
+        connect: Callable[[], Any],
+        channel: Callable[[str], str],
+        *,
+        retry_delays: Callable[[], Iterator[float]] = retry_delays,
     ) -> None:
         """``connect()`` makes a new ``redis.asyncio.Redis`` client; the fan-out owns and closes it."""
         self._connect = connect
         self._channel = channel
-        self._retry_s = retry_s
+        self._retry_delays = retry_delays
+        self._controls: dict[str, _Control] = {}
+        self._control_tasks: set[asyncio.Task[None]] = set()
+        self.stats = FanoutStats()
         self._topics: dict[str, set[Listener]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._client: Any = None
@@ -76,6 +137,8 @@ class Fanout:
         self._closing = True
         task, self._task = self._task, None
         await self._drop_pubsub()
+        for control_task in list(self._control_tasks):
+            control_task.cancel()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -84,6 +147,16 @@ class Fanout:
     @property
     def topics(self) -> int:
         return len(self._topics)
+
+    def control(
+        self,
+        channel: str,
+        on_message: Callable[[bytes], None],
+        on_subscribed: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """Hold ``channel`` on every connection: ``on_message(data)`` for each message, ``on_subscribed()``
+        (a coroutine, failures logged) each time Redis confirms the subscription. Call before ``start``."""
+        self._controls[channel] = _Control(on_message, on_subscribed)
 
     async def join(self, topic: str, listener: Listener) -> None:
         """Add ``listener`` to ``topic``; return once events of ``topic`` committed from now on reach it."""
@@ -108,7 +181,7 @@ class Fanout:
             del self._topics[topic]
             self._confirmed.pop(topic, None)
             if self._ready.is_set():
-                task = asyncio.create_task(self._unsubscribe(topic))
+                task = asyncio.create_task(self._unsubscribe(topic), name="unsubscribe")
                 task.add_done_callback(_log_failure)
 
     async def _unsubscribe(self, topic: str) -> None:
@@ -117,37 +190,77 @@ class Fanout:
             await self._pubsub.unsubscribe(self._channel(topic))
 
     async def _run(self) -> None:
+        delays: Iterator[float] | None = None
         while not self._closing:
             try:
                 self._client = self._connect()
                 self._pubsub = self._client.pubsub()
-                # A subscribe-less pub/sub connection would end listen() at once: hold one channel always.
-                await self._pubsub.subscribe("syncd:fanout", *(self._channel(t) for t in self._topics))
+                channels = (HOLD_CHANNEL, *self._controls, *(self._channel(t) for t in self._topics))
+                await self._pubsub.subscribe(*channels)
                 self._ready.set()
+                self._connected()
+                delays = None
                 await self._listen()
+                error = "the connection ended"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the connection means the same
                 if self._closing:
                     return
-                log.warning("fan-out connection lost: %s; sessions will resume from their cursors", exc)
+                error = str(exc) or type(exc).__name__
             self._ready.clear()
             await self._drop_pubsub()
             self._lose_all()
-            await asyncio.sleep(self._retry_s)
+            self._lost(error)
+            if delays is None:
+                delays = self._retry_delays()
+            await asyncio.sleep(next(delays))
+
+    def _connected(self) -> None:
+        stats = self.stats
+        if stats.down_since is not None:
+            log.info(
+                "fan-out connection restored after %d attempt(s) in %.1f s",
+                stats.reconnect_attempts,
+                time.time() - stats.down_since,
+            )
+        stats.connected, stats.down_since = True, None
+
+    def _lost(self, error: str) -> None:
+        stats = self.stats
+        if stats.connected or stats.down_since is None:
+            stats.outages += 1
+            stats.down_since = time.time()
+            log.warning("fan-out connection lost: %s; sessions will resume from their cursors", error)
+        else:
+            stats.reconnect_attempts += 1
+            log.debug("fan-out reconnect attempt failed: %s", error)
+        stats.connected = False
 
     async def _listen(self) -> None:
         channel_prefix = self._channel("")
+        controls = self._controls
         async for message in self._pubsub.listen():
             kind = message["type"]
             name = message["channel"]
             name = name.decode() if isinstance(name, bytes) else name
             if kind == "message":
-                self._dispatch(message["data"])
+                control = controls.get(name)
+                if control is None:
+                    self._dispatch(message["data"])
+                else:
+                    control.on_message(message["data"])
             elif kind == "subscribe" and name.startswith(channel_prefix):
                 waiter = self._confirmed.pop(name[len(channel_prefix) :], None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+            elif kind == "subscribe" and name in controls:
+                on_subscribed = controls[name].on_subscribed
+                if on_subscribed is not None:
+                    task = asyncio.create_task(on_subscribed(), name=f"refresh of {name}")
+                    self._control_tasks.add(task)
+                    task.add_done_callback(self._control_tasks.discard)
+                    task.add_done_callback(_log_failure)
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -184,4 +297,4 @@ class Fanout:
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("unsubscribe failed: %s", task.exception())
+        log.warning("fan-out %s failed: %s", task.get_name(), task.exception())

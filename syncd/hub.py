@@ -78,6 +78,16 @@ class Hub:
             self.fanout.leave(topic, session)
         session.subscriptions.clear()
 
+    def end_revoked(self, client_id: str) -> None:
+        """Close (4504) the sessions of ``client_id`` whose token the verifier now refuses: an operator
+        revoked the client (:mod:`syncd.revocation`)."""
+        revocations = self.verifier.revocations
+        if revocations is None:
+            return
+        for session in list(self.sessions):
+            if session.principal.client_id == client_id and revocations.refuses(session.principal):
+                session.close(CloseCode.REVOKED, "client revoked by an operator")
+
     @staticmethod
     def new_session_id() -> str:
         return uuid.uuid4().hex

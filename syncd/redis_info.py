@@ -17,10 +17,13 @@ cluster unreachable for the health check: the ops of its slots cannot be served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
+import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,12 +34,16 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from syncd.settings import ConfigError, Durability, env_var
 
+log = logging.getLogger("syncd.redis")
+
 PROBE_TIMEOUT = 2.0
-MAX_CONNECTIONS = 10_000
-"""Connections the hub may open to one Redis server (per node of a cluster). redis-py 8 defaults to 100 and
-then *fails* a command (``MaxConnectionsError``) instead of waiting, so a hub with more than 100 ops in flight
-— 200 writing clients — refused ops as ``unavailable`` with Redis idle. A hub has at most one op in flight
-per connection, so its sessions bound this anyway; 10,000 is Redis' own default ``maxclients``."""
+CLUSTER_MAX_CONNECTIONS = 10_000
+"""Connections the hub may open to one node of a cluster. redis-py's cluster client has no blocking pool: past
+its bound it *fails* a command (``MaxConnectionsError``) instead of waiting, so a low bound would refuse ops
+as ``unavailable`` with Redis idle (redis-py's default of 100 did, at 200 writing clients). There the bound
+is Redis' own default ``maxclients``, and :class:`IdleReaper` is what gives connections back."""
+REAP_INTERVAL_S = 1.0
+"""How often :class:`IdleReaper` looks at the idle connections."""
 _FSYNC_STRENGTH = {"always": 2, "everysec": 1, "no": 0}
 
 RedisClient: TypeAlias = "redis.asyncio.Redis | RedisCluster"
@@ -81,14 +88,20 @@ class RedisStatus:
         return data
 
 
-def make_client(url: str, *, cluster: bool = False) -> RedisClient:
+def make_client(
+    url: str, *, cluster: bool = False, max_connections: int = 128, pool_wait_s: float = 5.0
+) -> RedisClient:
     """The hub's Redis client for ``url``: raw bytes (frames are msgpack), bounded connect time.
 
-    ``cluster``: a ``RedisCluster`` that discovers the other nodes from the one ``url`` names, on first use.
+    Standalone: at most ``max_connections`` connections; a command that finds them all busy waits up to
+    ``pool_wait_s`` for one, then fails (``ConnectionError``: the op is ``unavailable``, retried by its
+    client). ``cluster``: a ``RedisCluster`` that discovers the other nodes from the one ``url`` names, on
+    first use, bounded by :data:`CLUSTER_MAX_CONNECTIONS` per node. Either way idle connections are given back
+    by an :class:`IdleReaper` the app runs.
     """
     if cluster:
         client = RedisCluster.from_url(
-            url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=MAX_CONNECTIONS
+            url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=CLUSTER_MAX_CONNECTIONS
         )
         # One dict configures the nodes discovered later; the startup nodes exist already.
         client.connection_kwargs["connection_class"] = _packing_in_c(
@@ -97,7 +110,11 @@ def make_client(url: str, *, cluster: bool = False) -> RedisClient:
         for node in client.nodes_manager.startup_nodes.values():
             node.connection_class = _packing_in_c(node.connection_class)
         return client
-    return _plain(url, max_connections=MAX_CONNECTIONS)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=max_connections, timeout=pool_wait_s
+    )
+    pool.connection_class = _packing_in_c(pool.connection_class)
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 class _HiredisPacking:
@@ -105,9 +122,14 @@ class _HiredisPacking:
 
     redis-py's asyncio connections pack every command in Python: for an op script's EVALSHA (two dozen
     arguments) that took 34 µs against hiredis' 4.5 µs, a tenth of the hub's time per op under load.
+
+    Each packed command also stamps ``used_at`` (monotonic seconds), which :class:`IdleReaper` reads.
     """
 
+    used_at = 0.0
+
     def pack_command(self, *args: Any) -> list[bytes]:
+        self.used_at = time.monotonic()
         first = args[0]
         # Like redis-py: a command name given with its subcommand ("SCRIPT LOAD") goes out as two arguments.
         if (isinstance(first, str) and " " in first) or (isinstance(first, bytes) and b" " in first):
@@ -139,6 +161,64 @@ async def close_client(client: RedisClient) -> None:
         await client.nodes_manager.aclose("startup_nodes")
 
 
+class IdleReaper:
+    """Closes the client's pooled connections that sat unused for ``idle_s``, or whose server hung up.
+
+    redis-py keeps every connection it ever opened (redis/redis-py#3430): a burst leaves dozens open, and
+    after Redis restarts each one it does not reuse stays a dead socket (CLOSE_WAIT) forever — the hub held
+    73 of them after five restarts. A dead one is seen without I/O (its reader is at end of file) and closed
+    at the next pass; a live one goes after ``idle_s`` and is opened again by the next burst.
+
+    Reads the pools' free lists (``_available_connections``; ``_free`` of each cluster node): redis-py has no
+    public way to give back an idle connection. ``tests/e2e/test_operating.py`` (the capped pool, the fds after
+    restarts) fails if an upgrade renames them, so that cannot happen silently.
+    """
+
+    def __init__(self, client: RedisClient, idle_s: float) -> None:
+        self._client = client
+        self.idle_s = idle_s
+        self.closed = 0
+        """Connections closed so far."""
+
+    async def run(self, interval_s: float = REAP_INTERVAL_S) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.reap()
+            except Exception as exc:  # never let one bad pass end the reaping
+                log.warning("closing idle Redis connections failed: %s", exc)
+
+    async def reap(self, now: float | None = None) -> int:
+        """One pass; the number of connections closed."""
+        now = time.monotonic() if now is None else now
+        closed = 0
+        for free, owner in self._free_lists():
+            for connection in list(free):
+                if connection.is_connected and not (
+                    await connection.can_read() or now - getattr(connection, "used_at", now) >= self.idle_s
+                ):
+                    continue
+                # Out of the pool before the (awaiting) close, so nobody is handed a closing connection.
+                with contextlib.suppress(ValueError):
+                    free.remove(connection)
+                if owner is not None:
+                    with contextlib.suppress(ValueError):
+                        owner.remove(connection)
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
+                closed += 1
+        self.closed += closed
+        return closed
+
+    def _free_lists(self) -> Iterable[tuple[Any, list[Any] | None]]:
+        """``(free connections, list that counts them against the cap or None)`` per pool."""
+        if isinstance(self._client, RedisCluster):
+            for node in self._client.get_nodes():
+                yield node._free, node._connections
+        else:
+            yield self._client.connection_pool._available_connections, None
+
+
 def node_connector(url: str, client: RedisClient) -> Callable[[], redis.asyncio.Redis]:
     """A factory of plain clients for pub/sub, which needs one connection to one server.
 
@@ -161,10 +241,8 @@ def node_connector(url: str, client: RedisClient) -> Callable[[], redis.asyncio.
     return connect
 
 
-def _plain(url: str, max_connections: int | None = None) -> redis.asyncio.Redis:
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-        url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=max_connections
-    )
+def _plain(url: str) -> redis.asyncio.Redis:
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT)
     pool = client.connection_pool
     pool.connection_class = _packing_in_c(pool.connection_class)
     return client

@@ -1,7 +1,10 @@
 """Every option of the hub, in one frozen object read once at startup.
 
-Each field ``name`` can be set by the environment variable ``SYNCD_<NAME>`` (e.g. ``SYNCD_REDIS_URL``) and by
-the matching ``syncd serve`` flag; precedence is default < environment < explicit override (the CLI flag).
+Each field ``name`` can be set four ways, later ones winning: its default, a key ``name`` in a TOML config
+file (``--config`` / ``SYNCD_CONFIG``), the environment variable ``SYNCD_<NAME>`` (e.g. ``SYNCD_REDIS_URL``)
+and the ``syncd serve`` flag ``--<name>`` (dashes for underscores). Nothing is listed by hand: the flags, the
+variables and their help text (the field's docstring) are derived from the fields, so a new field gets all
+of them at once, and ``tests/syncd/test_config.py`` checks that README.md documents it in both languages.
 Values are validated when the object is built, so a typo fails the start with a message naming the variable,
 instead of surfacing later as a confusing runtime error. An empty environment variable counts as unset, so
 ``SYNCD_REDIS_URL=`` in a compose file means "embedded", not "invalid URL".
@@ -26,8 +29,15 @@ POS terminals and backends send none and are admitted (they authenticate by toke
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import os
+import textwrap
+import tomllib
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +48,10 @@ from protocol.errors import SyncError
 Durability = Literal["script", "fsync"]
 DURABILITY_MODES: tuple[Durability, ...] = ("script", "fsync")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "SYNCD_"
+CONFIG_ENV = "SYNCD_CONFIG"
+"""The environment variable naming the TOML config file (the ``--config`` flag wins over it)."""
 
 # Bounds: a heartbeat under a second only burns battery and bandwidth on phones; over ten minutes NATs and
 # proxies drop idle connections first. 16 MiB is uvicorn's loose default (docs/traps.md §12), never
@@ -63,41 +76,67 @@ class Settings:
     """The hub's configuration. Build it with :meth:`from_env`; direct construction validates too."""
 
     host: str = "127.0.0.1"
+    """Address to listen on."""
     port: int = 8000
+    """Port to listen on."""
     redis_url: str | None = None
-    """``None``: start the embedded Redis-compatible server under ``data_dir`` (see ``syncd.embedded``)."""
+    """Redis URL (redis://, rediss://, unix://); unset: start the embedded server under the data dir.
+
+    ``None``: start the embedded Redis-compatible server under ``data_dir`` (see ``syncd.embedded``)."""
     redis_cluster: bool = False
-    """``redis_url`` names one node of a Redis Cluster: the store speaks the cluster protocol (slots, MOVED)
-    through ``RedisCluster``, and fan-out subscribes on any one node (a classic PUBLISH reaches every node).
-    Needs an explicit ``redis://``/``rediss://`` URL: the embedded server is a single node, not a cluster."""
+    """The Redis URL names one node of a Redis Cluster.
+
+    The store speaks the cluster protocol (slots, MOVED) through ``RedisCluster``, and fan-out subscribes on
+    any one node (a classic PUBLISH reaches every node). Needs an explicit ``redis://``/``rediss://`` URL: the
+    embedded server is a single node, not a cluster."""
+    redis_max_connections: int = 128
+    """Connections the hub may open to Redis (per node of a cluster); an op waits for a free one."""
+    redis_pool_wait_ms: int = 5_000
+    """How long an op waits for a free Redis connection before it is refused as unavailable."""
+    redis_idle_s: int = 60
+    """Seconds an idle Redis connection is kept before it is closed (dead ones are closed at once)."""
     data_dir: Path = Path("./var")
+    """Where the embedded server, the token secret and the archive keep their files."""
     log_level: str = "info"
+    """Log level: critical, error, warning, info or debug."""
+    log_format: str = "text"
+    """Log format: text (one line per record) or json (one JSON object per line, for log shippers)."""
     durability: Durability = "script"
+    """When an op is acked: after its script (script), or after the AOF fsync (fsync)."""
     allowed_origins: tuple[str, ...] = ()
+    """Comma-separated browser origins allowed to connect (apps and tills send none)."""
     heartbeat_ms: int = 15_000
+    """Heartbeat interval of the protocol, in milliseconds."""
     max_frame: int = 65_536
+    """Largest websocket frame accepted, in bytes."""
     token_secret: str | None = None
-    """HS256 secret; ``None``: a random one is created once in ``<data_dir>/token-secret`` (development)."""
+    """HS256 secret of client tokens; unset: one is created in the data dir.
+
+    ``None``: a random one is created once in ``<data_dir>/token-secret`` (development)."""
     token_algorithm: str = "HS256"
-    """Fixed by configuration, never read from a token: HS256, or RS256/ES256 with ``token_public_key``."""
+    """Token algorithm: HS256, or RS256/ES256 with a public key.
+
+    Fixed by configuration, never read from a token."""
     token_public_key: Path | None = None
     """PEM file of the key that verifies RS256/ES256 tokens."""
+    token_issuer: str = "syncd"
+    """The ``iss`` claim every token must carry (``syncd token`` writes it)."""
     max_batch: int = 256
     """Ops in one ``ops`` frame."""
     max_subscriptions: int = 100
     """Subscriptions one connection may hold."""
     op_rate: int = 2_000
-    """Ops per second one connection may sustain (a token bucket) ..."""
+    """Ops per second one connection may sustain (a token bucket)."""
     op_burst: int = 20_000
-    """... and how many it may send at once: a till replaying a day offline fits in one burst."""
+    """Ops one connection may send at once (a till replaying a day offline fits in one burst)."""
     send_queue: int = 4_096
     """Frames queued for one client before it is disconnected as a slow consumer (close 4001)."""
     dedup_retention_s: int = 7 * 24 * 3600
-    """How long the hub remembers a client's op outcomes: at least the longest time a device stays offline."""
+    """Seconds the hub remembers op outcomes: at least the longest time a device stays offline."""
     history_maxlen: int = 10_000
     """Events kept per topic for resume; a client further behind gets a reset snapshot."""
     history_max_age_s: int = 7 * 24 * 3600
-    """... and for how long at most (trimmed as the topic is written)."""
+    """Seconds events are kept per topic at most (trimmed as the topic is written)."""
 
     def __post_init__(self) -> None:
         _require(
@@ -112,6 +151,9 @@ class Settings:
                 self.redis_url,
             )
         _require(isinstance(self.redis_cluster, bool), "redis_cluster", "a boolean", self.redis_cluster)
+        _check_int("redis_max_connections", self.redis_max_connections, 4, 10_000)
+        _check_int("redis_pool_wait_ms", self.redis_pool_wait_ms, 10, 600_000)
+        _check_int("redis_idle_s", self.redis_idle_s, 1, 24 * 3600)
         if self.redis_cluster:
             # Echo the scheme and database only: the URL may carry a password (docs/traps.md §14).
             parts = urlsplit(self.redis_url or "")
@@ -133,6 +175,9 @@ class Settings:
             self.data_dir,
         )
         _require(self.log_level in LOG_LEVELS, "log_level", "one of " + ", ".join(LOG_LEVELS), self.log_level)
+        _require(
+            self.log_format in LOG_FORMATS, "log_format", "one of " + ", ".join(LOG_FORMATS), self.log_format
+        )
         _require(
             self.durability in DURABILITY_MODES,
             "durability",
@@ -167,6 +212,12 @@ class Settings:
             "a PEM file exactly when token_algorithm is RS256 or ES256",
             self.token_public_key,
         )
+        _require(
+            isinstance(self.token_issuer, str) and 0 < len(self.token_issuer) <= 256,
+            "token_issuer",
+            "a non-empty string",
+            self.token_issuer,
+        )
         _check_int("max_batch", self.max_batch, 1, 1024)
         _check_int("max_subscriptions", self.max_subscriptions, 1, 100_000)
         _check_int("op_rate", self.op_rate, 1, 1_000_000)
@@ -192,24 +243,98 @@ class Settings:
         return origin.strip().lower() in self.allowed_origins
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read ``SYNCD_*`` from ``environ`` (default ``os.environ``), then apply ``overrides``.
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, config_file: Path | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then the TOML ``config_file``, then ``SYNCD_*`` from ``environ``, then ``overrides``.
 
+        ``environ`` defaults to ``os.environ``. ``config_file`` defaults to the file ``SYNCD_CONFIG`` names
+        (none when unset). Its top-level keys are field names (``port = 8080``, ``allowed_origins =
+        ["https://shop.example.com"]``); an unknown key is refused, as a typo must not go unnoticed.
         An override may be a typed value or a string spelled as in the environment (``port="8080"``).
         Overrides that are ``None`` are ignored, so argparse's "flag not given" passes straight through;
-        an empty string override selects the default whatever the environment says (``--redis-url ""``).
+        an empty string override selects the default whatever the file and environment say
+        (``--redis-url ""``); an empty variable counts as unset (the file's value, if any, applies).
         """
         env = os.environ if environ is None else environ
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        if config_file is None and env.get(CONFIG_ENV, "").strip():
+            config_file = Path(env[CONFIG_ENV].strip())
+        layers: list[Mapping[str, object]] = []
+        if config_file is not None:
+            layers.append(read_config_file(config_file, fields))
+        layers.append({name: env[env_var(name)] for name in fields if env.get(env_var(name), "") != ""})
+        layers.append({k: v for k, v in overrides.items() if v is not None})
         values: dict[str, Any] = {}
-        for name in fields:
-            raw: object = overrides[name] if overrides.get(name) is not None else env.get(env_var(name), "")
-            if raw != "":
-                values[name] = _COERCE[name](name, raw)
+        for layer in layers:
+            for name, raw in layer.items():
+                if raw == "":
+                    values.pop(name, None)  # empty: back to the default
+                else:
+                    values[name] = _coerce(name, raw)
         return cls(**values)
+
+
+def read_config_file(path: Path, fields: set[str] | None = None) -> dict[str, object]:
+    """The settings of a TOML file: top-level keys named like the fields (``redis_url = "redis://db"``)."""
+    fields = fields if fields is not None else {f.name for f in dataclasses.fields(Settings)}
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(
+            f"the config file {path} has unknown setting(s): {', '.join(unknown)} "
+            "(keys are the names of `syncd serve` options with underscores, e.g. redis_url)"
+        )
+    return data
+
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each field's help text: the first paragraph of its docstring (empty when the source is missing).
+
+    The docstrings under the fields are the one description of each setting; ``syncd serve --help`` shows
+    them, so help and code cannot drift apart.
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(Settings))
+    except (OSError, TypeError):  # pragma: no cover - only in a build without sources
+        return {}
+    body = ast.parse(source).body[0]
+    assert isinstance(body, ast.ClassDef)
+    found: dict[str, str] = {}
+    for node, following in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            text = following.value.value.strip().split("\n\n")[0].replace("``", "")
+            found[node.target.id] = " ".join(text.split())
+    return found
+
+
+def field_kind(name: str) -> type:
+    """The type a field's values take, stripped of ``| None`` (``int``, ``bool``, ``str``, ``Path``,
+    ``tuple``); ``Literal`` fields count as ``str``."""
+    hint = typing.get_type_hints(Settings)[name]
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0]
+    if typing.get_origin(hint) is Literal:
+        return str
+    origin = typing.get_origin(hint)
+    return origin if isinstance(origin, type) else hint
 
 
 def _where(name: str) -> str:
@@ -267,6 +392,15 @@ def _as_int(name: str, raw: object) -> object:
     return raw
 
 
+def _as_float(name: str, raw: object) -> object:
+    if isinstance(raw, str):
+        try:
+            return float(raw.strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{_where(name)}: expected a number, got {raw!r}") from None
+    return float(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -293,35 +427,41 @@ def _as_upper(name: str, raw: object) -> object:
     return raw.strip().upper() if isinstance(raw, str) else raw
 
 
-def _as_origins(name: str, raw: object) -> object:
+def _as_list(name: str, raw: object) -> object:
+    """A comma-separated string (environment, flag) or a list (TOML) as a tuple of its non-empty items."""
     items: object = raw.split(",") if isinstance(raw, str) else raw
     if isinstance(items, list | tuple):
-        # Browsers send the origin without a trailing slash and with a lowercase scheme and host.
-        cleaned = (item.strip().lower().rstrip("/") if isinstance(item, str) else item for item in items)
+        cleaned = (item.strip() if isinstance(item, str) else item for item in items)
         return tuple(item for item in cleaned if item != "")
     return raw
 
 
-_COERCE: dict[str, Callable[[str, object], object]] = {
-    "host": _as_str,
-    "port": _as_int,
-    "redis_url": _as_str,
-    "redis_cluster": _as_bool,
-    "data_dir": _as_path,
-    "log_level": _as_lower,
-    "durability": _as_lower,
-    "allowed_origins": _as_origins,
-    "heartbeat_ms": _as_int,
-    "max_frame": _as_int,
-    "token_secret": _as_str,
-    "token_algorithm": _as_upper,
-    "token_public_key": _as_path,
-    "max_batch": _as_int,
-    "max_subscriptions": _as_int,
-    "op_rate": _as_int,
-    "op_burst": _as_int,
-    "send_queue": _as_int,
-    "dedup_retention_s": _as_int,
-    "history_maxlen": _as_int,
-    "history_max_age_s": _as_int,
+def _as_origins(name: str, raw: object) -> object:
+    # Browsers send the origin without a trailing slash and with a lowercase scheme and host.
+    items = _as_list(name, raw)
+    if isinstance(items, tuple):
+        return tuple(item.lower().rstrip("/") if isinstance(item, str) else item for item in items)
+    return items
+
+
+_COERCE_BY_KIND: dict[type, Callable[[str, object], object]] = {
+    int: _as_int,
+    float: _as_float,
+    bool: _as_bool,
+    Path: _as_path,
+    tuple: _as_list,
+    str: _as_str,
 }
+_COERCE_BY_NAME: dict[str, Callable[[str, object], object]] = {
+    "log_level": _as_lower,
+    "log_format": _as_lower,
+    "durability": _as_lower,
+    "token_algorithm": _as_upper,
+    "allowed_origins": _as_origins,
+}
+
+
+def _coerce(name: str, raw: object) -> object:
+    """``raw`` (a string from the environment or a flag, or a typed value from TOML) as the field's type."""
+    convert = _COERCE_BY_NAME.get(name) or _COERCE_BY_KIND[field_kind(name)]
+    return convert(name, raw)

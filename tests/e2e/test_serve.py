@@ -24,7 +24,7 @@ import httpx2 as httpx
 import pytest
 import redis
 
-from syncd.embedded import EmbeddedRedis, bundled_binary
+from syncd.embedded import EmbeddedRedis, bundled_binary, running_url
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = str(Path(sys.executable).parent)
 READY_WITHIN_S = 60.0  # the acceptance bound of `make run`; a bound on waiting, not a timing assertion
 EMBEDDED_READY = re.compile(r"embedded (\w+) ready at (redis://\S+) \(pid (\d+)\)")
+"""The logged URL hides the password (``redis://:***@…``); the usable one is in the data dir."""
 
 
 def free_port() -> int:
@@ -61,8 +62,8 @@ def _kill0_gone(pid: int) -> bool:
 class Hub:
     """A ``syncd serve`` process and its log file."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-        self.proc, self.port, self.log_path = proc, port, log_path
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path, data_dir: Path) -> None:
+        self.proc, self.port, self.log_path, self.data_dir = proc, port, log_path, data_dir
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -87,9 +88,13 @@ class Hub:
         pytest.fail(f"/healthz not ok within {READY_WITHIN_S:g} s (last: {last}):\n{self.log()}")
 
     def embedded(self) -> tuple[str, str, int]:
+        """The embedded server's name, its URL (with the password) and its pid."""
         found = EMBEDDED_READY.search(self.log())
         assert found is not None, self.log()
-        return found.group(1), found.group(2), int(found.group(3))
+        assert ":***@" in found.group(2), "the logged URL must hide the password"
+        url = running_url(self.data_dir)
+        assert url is not None
+        return found.group(1), url, int(found.group(3))
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -110,7 +115,7 @@ def serve(data_dir: Path, log_path: Path) -> Iterator[Hub]:
             stderr=subprocess.STDOUT,
         )
     try:
-        yield Hub(proc, port, log_path)
+        yield Hub(proc, port, log_path, data_dir)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -131,6 +136,34 @@ def test_serve_without_redis_on_path_runs_bundled_valkey_and_stops_it_on_sigterm
         assert name == "valkey"
         with redis.Redis.from_url(url) as conn:
             conn.set("points:m1", b"120")
+        # Any other local account reaches the port, but not the data: the password is in a 0600 file.
+        port = int(url.rsplit(":", 1)[1])
+        with redis.Redis(port=port) as stranger, pytest.raises(redis.AuthenticationError):
+            stranger.get("points:m1")
+        assert (data_dir / "redis").stat().st_mode & 0o777 == 0o700
+        assert (data_dir / "redis" / "password").stat().st_mode & 0o777 == 0o600
+        # `syncd token revoke` finds the embedded server of a hub running on the same data dir.
+        revoked = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "syncd",
+                "token",
+                "revoke",
+                "--client-id",
+                "pos-1",
+                "--data-dir",
+                str(data_dir),
+            ],
+            env={key: value for key, value in os.environ.items() if not key.startswith("SYNCD_")},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert "1 hub process(es) notified" in revoked.stdout
         assert hub.terminate() == 0
         assert process_gone(pid), f"embedded server {pid} outlived the hub"
         log = hub.log()
@@ -165,3 +198,43 @@ def test_serve_refuses_fsync_durability_on_a_server_without_aof_in_one_line(
     assert "SYNCD_DURABILITY=fsync needs the Redis server to run with appendonly yes" in errors[0]
     assert "Traceback" not in result.stderr
     no_aof.stop()
+
+
+def run_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SYNCD_")}
+    env |= {"PATH": BIN_DIR, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "serve", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_a_port_in_use_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_serve("--port", str(port), "--data-dir", str(tmp_path / "var"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert " ERROR " in lines[0]
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var" / "redis").exists()  # nothing was started for nothing
+
+
+@pytest.mark.parametrize("layout", ["parent-is-a-file", "dir-is-a-file"])
+def test_an_unusable_data_dir_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path, layout: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    data_dir = blocker / "var" if layout == "parent-is-a-file" else blocker
+    result = run_serve("--port", str(free_port()), "--data-dir", str(data_dir))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert f"the data dir {data_dir} is not usable" in errors[0]
+    assert "Traceback" not in result.stderr

@@ -5,7 +5,7 @@ import pytest
 
 from protocol.errors import CloseCode
 from protocol.topics import parse_topic
-from syncd.auth import AuthError, Role, TokenVerifier, mint_token
+from syncd.auth import AuthError, Principal, Role, TokenVerifier, mint_token
 
 SECRET = "test-secret-" + "x" * 64
 LATER = time.time() + 600
@@ -75,3 +75,62 @@ def test_refused_tokens_name_their_close_code_and_never_echo_the_token(token: st
     assert err.value.close_code is code
     if token:
         assert token not in str(err.value)
+
+
+ISSUED = {"sub": "pos-1", "iss": "syncd", "exp": int(LATER)}
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {**ISSUED, "exp": str(int(LATER))},  # PyJWT would read it as a number
+        {**ISSUED, "exp": True},
+        {**ISSUED, "exp": LATER, "nbf": "0"},
+        {**ISSUED, "exp": LATER, "iat": "1700000000"},
+        {**ISSUED, "exp": LATER, "iat": False},
+        {**ISSUED, "exp": LATER, "jti": 7},
+    ],
+    ids=["exp-string", "exp-bool", "nbf-string", "iat-string", "iat-bool", "jti-number"],
+)
+def test_registered_claims_of_the_wrong_type_are_refused_not_coerced(claims: dict[str, object]) -> None:
+    with pytest.raises(AuthError, match="malformed claims") as err:
+        verify(raw(claims))
+    assert err.value.close_code is CloseCode.UNAUTHORIZED
+
+
+@pytest.mark.parametrize(("issuer", "accepted"), [("syncd", True), ("another-service", False), (None, False)])
+def test_the_issuer_is_checked_against_the_configured_one(issuer: str | None, accepted: bool) -> None:
+    claims = {"sub": "pos-1", "exp": int(LATER), "role": "pos", "store": "s1"}
+    if issuer is not None:
+        claims["iss"] = issuer
+    if accepted:
+        assert verify(raw(claims))
+        return
+    with pytest.raises(AuthError) as err:
+        verify(raw(claims))
+    assert err.value.close_code is CloseCode.UNAUTHORIZED
+
+
+def test_a_hub_configured_for_another_issuer_accepts_only_that_one() -> None:
+    token = mint_token(SECRET, client_id="c", issuer="https://id.example.com")
+    assert TokenVerifier(SECRET, issuer="https://id.example.com").verify(token, "c").client_id == "c"
+    with pytest.raises(AuthError):
+        TokenVerifier(SECRET).verify(token, "c")
+
+
+class _Revoked:
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def refuses(self, principal: Principal) -> bool:
+        return principal.issued_at is None or principal.issued_at <= self.at
+
+
+def test_a_revoked_clients_tokens_issued_before_the_revocation_close_with_4504() -> None:
+    now = time.time()
+    verifier = TokenVerifier(SECRET, revocations=_Revoked(now))
+    old = mint_token(SECRET, client_id="c", now=now - 10)
+    with pytest.raises(AuthError) as err:
+        verifier.verify(old, "c")
+    assert err.value.close_code is CloseCode.REVOKED
+    assert verifier.verify(mint_token(SECRET, client_id="c", now=now + 2), "c").issued_at == int(now + 2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from syncd.embedded import EmbeddedRedis, EmbeddedRedisError, bundled_binary, find_server_binary
+from syncd.embedded import EmbeddedRedis, EmbeddedRedisError, bundled_binary, find_server_binary, running_url
 
 VENV_BIN = str(Path(sys.executable).parent)
 REPO = Path(__file__).resolve().parents[2]
@@ -213,3 +213,37 @@ def test_server_does_not_outlive_a_parent_killed_with_sigkill(tmp_path: Path) ->
             parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_a_secure_server_refuses_connections_without_its_password_and_keeps_its_files_private(
+    tmp_path: Path,
+) -> None:
+    with EmbeddedRedis(tmp_path, secure=True) as server:
+        assert server.password is not None
+        with (
+            redis.Redis(host=server.host, port=server.port) as stranger,
+            pytest.raises(redis.AuthenticationError),
+        ):
+            stranger.get("cart:m1")
+        with (
+            redis.Redis(host=server.host, port=server.port, password="guess") as guesser,
+            pytest.raises(redis.AuthenticationError),
+        ):
+            guesser.ping()
+        with client(server) as conn:  # the URL carries the password
+            assert conn.ping()
+        server_dir = tmp_path / "redis"
+        assert server_dir.stat().st_mode & 0o777 == 0o700
+        for name in ("password", "syncd-redis.conf", "url"):
+            assert (server_dir / name).stat().st_mode & 0o777 == 0o600, name
+        assert (server_dir / "password").read_text().strip() == server.password
+        assert running_url(tmp_path) == server.url
+        cmdline = Path(f"/proc/{server.pid}/cmdline")
+        if cmdline.exists():  # Linux: what any local account can read about the process
+            assert server.password.encode() not in cmdline.read_bytes()
+        first_password = server.password
+    assert running_url(tmp_path) is None  # removed on stop
+    with EmbeddedRedis(tmp_path, secure=True) as again:
+        assert again.password == first_password  # kept across restarts in the data dir
+        with client(again) as conn:
+            assert conn.ping()

@@ -42,6 +42,11 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         "SYNCD_DEDUP_RETENTION_S": "1209600",
         "SYNCD_HISTORY_MAXLEN": "2000",
         "SYNCD_HISTORY_MAX_AGE_S": "86400",
+        "SYNCD_LOG_FORMAT": "JSON",
+        "SYNCD_TOKEN_ISSUER": "https://id.example.com",
+        "SYNCD_REDIS_MAX_CONNECTIONS": "32",
+        "SYNCD_REDIS_POOL_WAIT_MS": "250",
+        "SYNCD_REDIS_IDLE_S": "5",
     }
     assert {env_var(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -67,6 +72,11 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         dedup_retention_s=14 * 24 * 3600,
         history_maxlen=2000,
         history_max_age_s=86_400,
+        log_format="json",
+        token_issuer="https://id.example.com",
+        redis_max_connections=32,
+        redis_pool_wait_ms=250,
+        redis_idle_s=5,
     )
     assert not settings.embedded
 
