@@ -170,8 +170,8 @@ class IdleReaper:
     at the next pass; a live one goes after ``idle_s`` and is opened again by the next burst.
 
     Reads the pools' free lists (``_available_connections``; ``_free`` of each cluster node): redis-py has no
-    public way to give back an idle connection. ``tests/e2e/test_operating.py`` (the capped pool, the fds after
-    restarts) fails if an upgrade renames them, so that cannot happen silently.
+    public way to give back an idle connection. ``tests/e2e/test_operating.py`` (the capped pool, the fds
+    after restarts) fails if an upgrade renames them, so that cannot happen silently.
     """
 
     def __init__(self, client: RedisClient, idle_s: float) -> None:
