@@ -64,6 +64,7 @@ from clients.models import (
     from_ms,
 )
 from clients.store import SQLiteOutbox
+from clients.streams import Changes, ChangeStream, PendingChange, RejectionStream, rejection_of
 from protocol import codec, frames
 from protocol import topics as topic_names
 from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
@@ -96,7 +97,6 @@ again; an op itself is always committed before the call that made it returns."""
 _READ_BUFFER: Final = 4096
 _MAX_GROUP: Final = 1000
 """Ops committed in one SQLite transaction when the application makes many at once."""
-_MAX_CONFLICTS: Final = 16
 _WAITING_FOR_APP: Final = frozenset({ConnectionState.AUTH_REQUIRED, ConnectionState.STOPPED})
 _DIAGNOSE: Final = codec.FrameDecoder(frames.SERVER_FRAMES, codec.CLIENT_LIMITS)
 
@@ -104,52 +104,6 @@ _DIAGNOSE: Final = codec.FrameDecoder(frames.SERVER_FRAMES, codec.CLIENT_LIMITS)
 def wall_ms() -> int:
     """This device's wall clock in Unix milliseconds (stamps hello, pings, ops and their HLC)."""
     return time.time_ns() // 1_000_000
-
-
-# --- change streams ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class _PendingChange:
-    cause: ChangeCause
-    skus: set[str] | None
-    origin: tuple[str, int] | None
-    conflicts: list[CartConflict]
-    kind: str | None
-
-
-class _Stream:
-    """One ``changes()`` iterator: at most one merged notification waiting, so a slow reader costs nothing."""
-
-    def __init__(self) -> None:
-        self.pending: _PendingChange | None = None
-        self.ready = asyncio.Event()
-        self.closed = False
-
-    def push(self, change: TopicChanged, conflict: CartConflict | None) -> None:
-        origin = (change.origin.client_id, change.origin.seq) if change.origin is not None else None
-        p = self.pending
-        if p is None:
-            skus = None if change.skus is None else set(change.skus)
-            self.pending = _PendingChange(change.cause, skus, origin, [], change.kind)
-            p = self.pending
-        else:
-            p.cause = change.cause
-            p.origin = origin or p.origin
-            p.kind = change.kind or p.kind
-            if p.skus is not None:
-                if change.skus is None:
-                    p.skus = None
-                else:
-                    p.skus.update(change.skus)
-        if conflict is not None:
-            p.conflicts.append(conflict)
-            del p.conflicts[:-_MAX_CONFLICTS]
-        self.ready.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self.ready.set()
 
 
 # --- the cart handle ---------------------------------------------------------------------------------------
@@ -166,7 +120,7 @@ class Cart:
         self._client = client
         self.member = member
         self.topic = f"cart:{member}"
-        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()  # an abandoned iterator drops out
+        self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()  # an abandoned iterator drops out
 
     def __repr__(self) -> str:
         return f"<Cart {self.member} {len(self.lines)} lines>"
@@ -253,9 +207,9 @@ class Cart:
         The iterator is registered at once (not at its first ``anext``), so a change made right after this
         call is never missed. It ends when the client closes; ``aclose()`` it to stop earlier.
         """
-        return Changes(self)
+        return Changes(self._streams, self._change)
 
-    def _change(self, p: _PendingChange) -> CartChange:
+    def _change(self, p: PendingChange) -> CartChange:
         return CartChange(
             member=self.member,
             cause=p.cause,
@@ -279,33 +233,6 @@ class Cart:
     async def unsubscribe(self) -> None:
         """Stop syncing this cart and drop its cached state (ops already made are still delivered)."""
         await self._client._unsubscribe(self)
-
-
-class Changes:
-    """The async iterator of :meth:`Cart.changes`."""
-
-    def __init__(self, cart: Cart) -> None:
-        self._cart = cart
-        self._stream = _Stream()
-        cart._streams.add(self._stream)
-
-    def __aiter__(self) -> Changes:
-        return self
-
-    async def __anext__(self) -> CartChange:
-        stream = self._stream
-        while True:
-            pending, stream.pending = stream.pending, None
-            if pending is not None:
-                return self._cart._change(pending)
-            if stream.closed:
-                raise StopAsyncIteration
-            stream.ready.clear()
-            await stream.ready.wait()
-
-    async def aclose(self) -> None:
-        self._stream.close()
-        self._cart._streams.discard(self._stream)
 
 
 def _line(sku: str, line: Mapping[str, Any]) -> CartLine:
@@ -436,7 +363,7 @@ class SyncClient:
         self._status_version = 0
         self._status_changed = asyncio.Event()
         self._synced = asyncio.Event()
-        self._rejection_streams: weakref.WeakSet[_RejectionStream] = weakref.WeakSet()
+        self._rejection_streams: weakref.WeakSet[RejectionStream] = weakref.WeakSet()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -579,7 +506,7 @@ class SyncClient:
 
     async def rejections(self) -> AsyncIterator[Rejection]:
         """Rejections not yet marked seen (stored ones first), then new ones as they happen."""
-        stream = _RejectionStream()
+        stream = RejectionStream()
         self._rejection_streams.add(stream)
         try:
             await self._persist()
@@ -620,11 +547,16 @@ class SyncClient:
         """Wait until online with an empty outbox, every cart in sync and every op's effect visible.
 
         Raises at once when the client cannot get there by itself (``AuthRequired``, ``ClientStopped``,
-        ``OutboxStalled``, ``ClientClosed``), and ``TimeoutError`` naming what is still missing.
+        ``OutboxStalled``, ``ClientClosed``, or ``SubscriptionRefused`` for a cart the hub will not serve this
+        token: unsubscribe it), and ``TimeoutError`` naming what is still missing.
         """
         try:
             async with asyncio.timeout(timeout):
                 while not self._is_synced():
+                    views = (self._engine.view(t) for t in self._engine.topics)
+                    refused = [v.error for v in views if v is not None and v.error is not None]
+                    if refused:
+                        raise refused[0]  # on this connection that cart will not be in sync
                     self._synced.clear()
                     await self._gate.wait(self._synced)
         except TimeoutError:
@@ -1026,6 +958,7 @@ class SyncClient:
                 self._load = event
             elif isinstance(event, SubscriptionFailed):
                 self._last_error = event.error
+                self._synced.set()  # wait_synced() waiters: this cart cannot be in sync, say so
                 cart = self._carts.get(event.error.topic)
                 if cart is not None:
                     cart._notify(TopicChanged(event.error.topic, ChangeCause.SNAPSHOT, frozenset()), None)
@@ -1072,16 +1005,16 @@ class SyncClient:
 
     def _settle(self, settled: OpSettled) -> None:
         """Tell the application: the op's handle, and the rejection streams."""
-        handle = self._handles.pop(settled.op.seq, None)
+        handle = self._handles.get(settled.op.seq)  # kept while the app holds it: client.op(seq) finds it
         if settled.ok:
             if handle is not None:
                 handle._settle(settled.result or {}, None)
             return
         if handle is not None:
             handle._settle(None, OpRejected(settled.code or "rejected", settled.message))
-        for rejection in _rejections_of([settled]):
-            for stream in list(self._rejection_streams):
-                stream.offer(rejection)
+        rejection = rejection_of(settled)
+        for stream in list(self._rejection_streams):
+            stream.offer(rejection)
 
     def _nudge(self) -> None:
         if self._inputs is not None:
@@ -1137,52 +1070,6 @@ class SyncClient:
             self._status_version += 1
             self._status_changed.set()
         self._check_synced()
-
-
-class _RejectionStream:
-    def __init__(self) -> None:
-        self._items: collections.deque[Rejection] = collections.deque()
-        self._seen: set[int] = set()
-        self._ready = asyncio.Event()
-        self._closed = False
-
-    def offer(self, rejection: Rejection) -> None:
-        if rejection.seq not in self._seen:
-            self._seen.add(rejection.seq)
-            self._items.append(rejection)
-            self._ready.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._ready.set()
-
-    async def next(self) -> Rejection | None:
-        while not self._items:
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-
-def _rejections_of(settled: list[OpSettled]) -> list[Rejection]:
-    out = []
-    for s in settled:
-        made, at = from_ms(s.op.ts), from_ms(s.at)
-        assert made is not None and at is not None
-        out.append(
-            Rejection(
-                seq=s.op.seq,
-                kind=s.op.kind,
-                args=dict(s.op.args),
-                code=s.code or "rejected",
-                message=s.message,
-                result=s.result,
-                made_at=made,
-                rejected_at=at,
-            )
-        )
-    return out
 
 
 def _log_hook_failure(task: asyncio.Future[Any]) -> None:
