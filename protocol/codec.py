@@ -4,11 +4,13 @@ Decoding happens in two passes over one websocket message:
 
 1. :func:`check_structure` walks the MessagePack bytes without building anything. It rejects a frame that is
    too large, nested too deep, declares a string/collection longer than its limit or than the bytes that
-   are left, uses a reserved byte or an extension type, holds a string that is not UTF-8, has trailing
-   bytes, or is not a map. A hostile frame is therefore refused after reading its headers, in memory that
-   does not depend on what it claims (PITFALLS 12). These checks cover every byte, under keys the receiver
-   does not know too, and the first violation in byte order decides the code (PROTOCOL.md §4.1).
-2. msgspec decodes the now-bounded bytes into the typed frame union, checking the type of every field.
+   are left, uses a reserved byte, an extension type or a container as a map key, has trailing bytes, or is
+   not a map. A hostile frame is therefore refused after reading its headers, in memory that does not
+   depend on what it claims (PITFALLS 12). These checks cover every byte, under keys the receiver does not
+   know too, and the first violation in byte order decides the code (PROTOCOL.md §4.1).
+2. msgspec decodes the now-bounded bytes into the typed frame union, checking the type of every field and
+   the UTF-8 of every string it reads; the strings it skips (unknown keys) are checked by a second walk
+   when there are any, so that text that is not UTF-8 is refused wherever it is.
 
 Every failure leaves as one :class:`~protocol.errors.ProtocolError` carrying an
 :class:`~protocol.errors.ErrorCode` (and the close code a server uses for it); nothing from the codec library
@@ -85,11 +87,19 @@ class FrameDecoder:
         """One frame from one message, or :class:`ProtocolError`."""
         check_structure(data, self.limits)
         # What passed check_structure is one well-formed map msgspec can build (no reserved byte, no
-        # extension, UTF-8 text, no container as a key), so its only refusal left is a ValidationError.
+        # extension, no container as a key). msgspec checks the UTF-8 of every string it reads, but skips
+        # the values of unknown keys: the rule is "UTF-8 everywhere, before any field error" (§4.1), so the
+        # text walk runs when a field is refused, and when the frame is not exactly what encoding it gives
+        # (unknown keys, or a non-canonical encoding): never on the common path.
         try:
             frame: frames.Frame = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
+            check_structure(data, self.limits, text=True)
             raise self._invalid(data, str(exc)) from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # not UTF-8, in a string msgspec read
+            raise ProtocolError(ErrorCode.MALFORMED, f"undecodable frame: {exc}") from None
+        if _encoder.encode(frame) != data:
+            check_structure(data, self.limits, text=True)
         return frame
 
     def _invalid(self, data: bytes, detail: str) -> ProtocolError:
@@ -144,7 +154,7 @@ def _first_byte_table() -> tuple[tuple[int, int], ...]:
 _TABLE: Final = _first_byte_table()
 
 
-def check_structure(data: bytes, limits: Limits) -> None:
+def check_structure(data: bytes, limits: Limits, *, text: bool = False) -> None:
     """Validate that ``data`` is exactly one MessagePack map within ``limits``, without decoding it.
 
     Work is linear in the values present (one table lookup each; strings are skipped by their length), and
@@ -157,8 +167,10 @@ def check_structure(data: bytes, limits: Limits) -> None:
     one container header the checks run in this order: a container used as a map key, ``max_len``,
     ``max_depth``, the bytes left, ``max_items``. Only a value that is complete and well formed can be
     refused for not being a map.
-    Strings are checked for UTF-8 only when the message is not pure ASCII (one C-speed scan), so the common
-    frame pays nothing for it.
+
+    ``text``: check that every string is UTF-8 too. :class:`FrameDecoder` asks for it only after a plain
+    walk passed, and only when msgspec did not read every string itself (see there), so the UTF-8 check
+    comes after every other structural one and costs nothing on the common path.
     """
     size = len(data)
     if size > limits.max_frame:
@@ -166,19 +178,18 @@ def check_structure(data: bytes, limits: Limits) -> None:
     if size == 0:
         raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
     max_depth, max_len, max_str = limits.max_depth, limits.max_len, limits.max_str
-    check_utf8 = not data.isascii()
     items_left = limits.max_items
     table = _TABLE
-    pending = [1]  # values still to read at each open depth; the root holds one value
-    in_map = [False]  # whether each open depth is a map (its values alternate key, value)
+    # Per open depth: values still to read × 2, plus 1 for a map. The root holds one value. In a map, a key
+    # leaves an odd number of values to read, so ``entry & 3 == 3`` right after taking a value means "a key".
+    pending = [2]
     pos = 0
     try:
         while pending:
-            if not pending[-1]:
+            if pending[-1] < 2:
                 pending.pop()
-                in_map.pop()
                 continue
-            pending[-1] -= 1
+            pending[-1] -= 2
             kind, arg = table[data[pos]]
             pos += 1
             if kind == _SKIP:
@@ -189,7 +200,7 @@ def check_structure(data: bytes, limits: Limits) -> None:
                     arg, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
                 if arg > max_str:
                     raise ProtocolError(ErrorCode.TOO_LONG, f"string of {arg} bytes > {max_str}")
-                if check_utf8 and kind != _BIN_W:
+                if text and kind != _BIN_W:
                     _check_utf8(data, pos, arg)
                 pos += arg
                 continue
@@ -203,20 +214,20 @@ def check_structure(data: bytes, limits: Limits) -> None:
                 raise ProtocolError(ErrorCode.BAD_FRAME, "extension types are not used by this protocol")
             else:
                 raise ProtocolError(ErrorCode.MALFORMED, f"reserved byte 0x{data[pos - 1]:02x}")
-            if in_map[-1] and pending[-1] % 2:  # a key leaves an odd number of the map's values to read
+            if pending[-1] & 3 == 3:
                 raise ProtocolError(ErrorCode.MALFORMED, "a map or an array as a map key")
             if count > max_len:
                 raise ProtocolError(ErrorCode.TOO_LONG, f"container of {count} entries > {max_len}")
             if len(pending) > max_depth:  # this container opens at depth len(pending)
                 raise ProtocolError(ErrorCode.TOO_DEEP, f"nesting deeper than {max_depth}")
-            values = count * 2 if kind in (_MAP, _MAP_W) else count
+            is_map = kind in (_MAP, _MAP_W)
+            values = count * 2 if is_map else count
             if values > size - pos:  # every value takes at least one byte
                 break
             items_left -= count
             if items_left < 0:
                 raise ProtocolError(ErrorCode.TOO_LONG, f"more than {limits.max_items} entries in one frame")
-            pending.append(values)
-            in_map.append(kind in (_MAP, _MAP_W))
+            pending.append(values * 2 + is_map)
     except IndexError:  # a read past the end: a length promised more bytes than there are
         raise ProtocolError(ErrorCode.MALFORMED, "truncated frame") from None
     if pending or pos > size:

@@ -90,13 +90,13 @@ class Hub:
             topic = parse_topic(request.topic)
         except ProtocolError as exc:
             return self._error(session, exc.code, exc.message, request.id)
-        if topic.kind not in SERVED_KINDS:  # a kind the protocol defines, not served yet: not "unknown"
-            return self._error(
-                session, ErrorCode.UNSUPPORTED_TOPIC, f"{topic.kind} topics are not served yet", request.id
-            )
         if not session.principal.may_read(topic):
             return self._error(
                 session, ErrorCode.NOT_PERMITTED, f"{topic} is outside the token's scope", request.id
+            )
+        if topic.kind not in SERVED_KINDS:  # a kind the protocol defines, not served yet: not "unknown"
+            return self._error(
+                session, ErrorCode.UNSUPPORTED_TOPIC, f"{topic.kind} topics are not served yet", request.id
             )
         name = str(topic)
         if (

@@ -437,7 +437,13 @@ REFUSALS: list[tuple[str, codec.FrameDecoder, bytes, ErrorCode]] = [
     ("invalid UTF-8 under an unknown key", HUB, ping_with(b"\xa2\xff\xfe"), ErrorCode.MALFORMED),
     ("invalid UTF-8 in a key under an unknown key", HUB, ping_with(b"\x81\xa1\xff\x01"), ErrorCode.MALFORMED),
     ("an array as a map key under an unknown key", HUB, ping_with(b"\x81\x90\x01"), ErrorCode.MALFORMED),
-    # precedence: the first violation in byte order decides
+    # precedence: structure before text, the first violation in byte order decides (PROTOCOL.md §4.1)
+    (
+        "a string over max_str after invalid UTF-8",
+        HUB,
+        ping_with(b"\x92\xa1\xff\xdb\xff\xff\xff\xff"),
+        ErrorCode.TOO_LONG,
+    ),
     (
         "ext before a too-long string",
         HUB,
