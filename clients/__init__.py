@@ -9,11 +9,13 @@ Layers (each usable on its own):
 * :mod:`clients.sync` — :class:`SyncClientSync`, a blocking facade for threaded POS code.
 """
 
-from clients.client import Cart, OpHandle, SyncClient
+from clients.client import Cart, SyncClient
 from clients.engine import ChangeCause, SyncEngine
 from clients.errors import (
+    AuthRequired,
     BackendUnavailable,
     ClientClosed,
+    ClientStopped,
     ConnectionClosed,
     OpRejected,
     OutboxStalled,
@@ -22,12 +24,14 @@ from clients.errors import (
     SyncError,
     UnexpectedEvent,
 )
+from clients.handles import OpHandle
 from clients.models import CartChange, CartConflict, CartLine, CartState, ConnectionState, Rejection, Status
 from clients.reconnect import backoff
 from clients.store import SQLiteOutbox
 from clients.sync import CartSync, OpHandleSync, SyncClientSync
 
 __all__ = [
+    "AuthRequired",
     "BackendUnavailable",
     "Cart",
     "CartChange",
@@ -37,6 +41,7 @@ __all__ = [
     "CartSync",
     "ChangeCause",
     "ClientClosed",
+    "ClientStopped",
     "ConnectionClosed",
     "ConnectionState",
     "OpHandle",

@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
@@ -51,7 +51,8 @@ from clients.engine import (
     TopicChanged,
     TopicSynced,
 )
-from clients.errors import ClientClosed, SubscriptionRefused
+from clients.errors import AuthRequired, ClientClosed, ClientStopped, OutboxStalled, SubscriptionRefused
+from clients.handles import CompositeHandle, Gate, OpHandle, handle_for, handles_for_pending
 from clients.models import (
     CartChange,
     CartConflict,
@@ -63,6 +64,7 @@ from clients.models import (
     from_ms,
 )
 from clients.store import SQLiteOutbox
+from clients.streams import Changes, ChangeStream, PendingChange, RejectionStream, rejection_of
 from protocol import codec, frames
 from protocol import topics as topic_names
 from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
@@ -95,127 +97,13 @@ again; an op itself is always committed before the call that made it returns."""
 _READ_BUFFER: Final = 4096
 _MAX_GROUP: Final = 1000
 """Ops committed in one SQLite transaction when the application makes many at once."""
-_MAX_CONFLICTS: Final = 16
+_WAITING_FOR_APP: Final = frozenset({ConnectionState.AUTH_REQUIRED, ConnectionState.STOPPED})
 _DIAGNOSE: Final = codec.FrameDecoder(frames.SERVER_FRAMES, codec.CLIENT_LIMITS)
 
 
 def wall_ms() -> int:
     """This device's wall clock in Unix milliseconds (stamps hello, pings, ops and their HLC)."""
     return time.time_ns() // 1_000_000
-
-
-# --- op handles ------------------------------------------------------------------------------------------
-
-
-class OpHandle:
-    """An op made by this client: already stored locally and shown in its cart; ``await acked()`` for the hub.
-
-    The handle may be dropped: the op is in the outbox either way and is sent until the hub settles it.
-    """
-
-    __slots__ = ("__weakref__", "_done", "_error", "_result", "kind", "made_at", "seq")
-
-    def __init__(self, op: frames.Op) -> None:
-        self.seq = op.seq
-        self.kind = op.kind
-        self.made_at = from_ms(op.ts)
-        self._done = asyncio.Event()
-        self._result: dict[str, Any] | None = None
-        self._error: SyncError | None = None
-
-    def __repr__(self) -> str:
-        state = "pending" if not self._done.is_set() else ("rejected" if self._error else "acked")
-        return f"<OpHandle seq={self.seq} {self.kind} {state}>"
-
-    def done(self) -> bool:
-        """Whether the hub's outcome is known (or the client closed)."""
-        return self._done.is_set()
-
-    async def acked(self) -> dict[str, Any]:
-        """The op's result once the hub applied it (``{"qty": n}`` for cart line ops).
-
-        Raises :class:`~protocol.errors.OpRejected` if the hub rejected it (a stored rejection), or
-        :class:`~clients.errors.ClientClosed` if the client closed first (the op stays in the outbox).
-        """
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return dict(self._result or {})
-
-    def _settle(self, result: dict[str, Any] | None, error: SyncError | None) -> None:
-        if not self._done.is_set():
-            self._result, self._error = result, error
-            self._done.set()
-
-
-class _CompositeHandle(OpHandle):
-    """A ``clear`` sent as one ``remove`` per line: its context would exceed the protocol's 256 entries.
-
-    ``acked()`` gives ``{"lines": n}``, the number of the cleared lines that survived (adds this device had
-    not seen), and raises the first rejection if any part was rejected.
-    """
-
-    __slots__ = ("_parts",)
-
-    def __init__(self, parts: list[OpHandle]) -> None:
-        last = parts[-1]
-        self.seq, self.kind, self.made_at = last.seq, "cart.clear", last.made_at
-        self._done = asyncio.Event()
-        self._result, self._error = None, None
-        self._parts = parts
-
-    def done(self) -> bool:
-        return all(p.done() for p in self._parts)
-
-    async def acked(self) -> dict[str, Any]:
-        results = [await p.acked() for p in self._parts]
-        return {"lines": sum(1 for r in results if r.get("qty", 0) > 0)}
-
-
-# --- change streams ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class _PendingChange:
-    cause: ChangeCause
-    skus: set[str] | None
-    origin: tuple[str, int] | None
-    conflicts: list[CartConflict]
-    kind: str | None
-
-
-class _Stream:
-    """One ``changes()`` iterator: at most one merged notification waiting, so a slow reader costs nothing."""
-
-    def __init__(self) -> None:
-        self.pending: _PendingChange | None = None
-        self.ready = asyncio.Event()
-        self.closed = False
-
-    def push(self, change: TopicChanged, conflict: CartConflict | None) -> None:
-        origin = (change.origin.client_id, change.origin.seq) if change.origin is not None else None
-        p = self.pending
-        if p is None:
-            skus = None if change.skus is None else set(change.skus)
-            self.pending = _PendingChange(change.cause, skus, origin, [], change.kind)
-            p = self.pending
-        else:
-            p.cause = change.cause
-            p.origin = origin or p.origin
-            p.kind = change.kind or p.kind
-            if p.skus is not None:
-                if change.skus is None:
-                    p.skus = None
-                else:
-                    p.skus.update(change.skus)
-        if conflict is not None:
-            p.conflicts.append(conflict)
-            del p.conflicts[:-_MAX_CONFLICTS]
-        self.ready.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self.ready.set()
 
 
 # --- the cart handle ---------------------------------------------------------------------------------------
@@ -232,7 +120,7 @@ class Cart:
         self._client = client
         self.member = member
         self.topic = f"cart:{member}"
-        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()  # an abandoned iterator drops out
+        self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()  # an abandoned iterator drops out
 
     def __repr__(self) -> str:
         return f"<Cart {self.member} {len(self.lines)} lines>"
@@ -263,7 +151,7 @@ class Cart:
         ctx = view.ctx_for("cart.clear", None) or {}
         if len(ctx) > MAX_CTX:  # more devices than one context may name: clear line by line
             parts = [await self._client._submit("cart.remove", self._args(sku=sku)) for sku in view.lines()]
-            return _CompositeHandle(parts)
+            return CompositeHandle(parts, self._client._gate)
         return await self._client._submit("cart.clear", self._args())
 
     def _args(self, **args: Any) -> dict[str, Any]:
@@ -319,9 +207,9 @@ class Cart:
         The iterator is registered at once (not at its first ``anext``), so a change made right after this
         call is never missed. It ends when the client closes; ``aclose()`` it to stop earlier.
         """
-        return Changes(self)
+        return Changes(self._streams, self._change)
 
-    def _change(self, p: _PendingChange) -> CartChange:
+    def _change(self, p: PendingChange) -> CartChange:
         return CartChange(
             member=self.member,
             cause=p.cause,
@@ -345,33 +233,6 @@ class Cart:
     async def unsubscribe(self) -> None:
         """Stop syncing this cart and drop its cached state (ops already made are still delivered)."""
         await self._client._unsubscribe(self)
-
-
-class Changes:
-    """The async iterator of :meth:`Cart.changes`."""
-
-    def __init__(self, cart: Cart) -> None:
-        self._cart = cart
-        self._stream = _Stream()
-        cart._streams.add(self._stream)
-
-    def __aiter__(self) -> Changes:
-        return self
-
-    async def __anext__(self) -> CartChange:
-        stream = self._stream
-        while True:
-            pending, stream.pending = stream.pending, None
-            if pending is not None:
-                return self._cart._change(pending)
-            if stream.closed:
-                raise StopAsyncIteration
-            stream.ready.clear()
-            await stream.ready.wait()
-
-    async def aclose(self) -> None:
-        self._stream.close()
-        self._cart._streams.discard(self._stream)
 
 
 def _line(sku: str, line: Mapping[str, Any]) -> CartLine:
@@ -436,15 +297,18 @@ class SyncClient:
             op = await cart.add("SKU-1", 2)      # stored and shown locally at once
             await op.acked()                     # the hub applied it
 
-    ``token`` is a string or a callable ``token(client_id)`` (sync or async) asked before every connection,
-    so an expired token (close 4501) is replaced instead of stopping the client. ``client_id`` is created on
-    first use and kept in ``data_dir``; pass one to pin it (it must match the stored one). ``online=False``
-    starts offline: ops are stored and shown, nothing is sent until :meth:`go_online`.
+    ``url`` is one hub URL or a list of them (any hub of one deployment serves any client): after a
+    connection ends or an attempt fails, the next attempt goes to the next URL, with the same outbox and
+    cursors. ``token`` is a callable ``token(client_id)`` (sync or async) asked before every connection — the
+    way to stay connected across token lifetimes — or a string: once the hub refuses a string token the
+    client is ``auth_required`` and waits, ops kept, for :meth:`set_token`. ``client_id`` is created on first
+    use and kept in ``data_dir``; pass one to pin it (it must match the stored one). ``online=False`` starts
+    offline: ops are stored and shown, nothing is sent until :meth:`go_online`.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | TokenProvider,
         data_dir: str | os.PathLike[str],
@@ -457,7 +321,7 @@ class SyncClient:
         backoff: Callable[[], Iterator[float]] = reconnect.backoff,
         clock: Clock = wall_ms,
     ) -> None:
-        self.url = url
+        self._hubs = reconnect.Hubs(url)
         self._token = token
         self._data_dir = data_dir
         self._proposed_id = client_id
@@ -485,10 +349,13 @@ class SyncClient:
         self._load: LoadOps | None = None
         self._closing = False
         self._closed = False
+        self._gate = Gate()  # closed while the client cannot make progress by itself: waiters fail at once
         # status
         self._state = ConnectionState.OFFLINE
         self._last_error: SyncError | None = None
         self._stopped = False
+        self._attempts = 0  # failed connection attempts since last online
+        self._auth_refusals = 0  # sessions in a row that ended with an auth close
         self._last_synced_ms: int | None = None
         self._best_sample: tuple[int, int] | None = None  # (rtt, offset)
         self._heartbeat = 15_000
@@ -496,7 +363,7 @@ class SyncClient:
         self._status_version = 0
         self._status_changed = asyncio.Event()
         self._synced = asyncio.Event()
-        self._rejection_streams: weakref.WeakSet[_RejectionStream] = weakref.WeakSet()
+        self._rejection_streams: weakref.WeakSet[RejectionStream] = weakref.WeakSet()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -558,12 +425,10 @@ class SyncClient:
         if self._runner is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        while self._committer is not None and not self._committer.done():
-            await self._committer
+        await self._committed()
         await self._persist()
         self._closed = True
-        for handle in list(self._handles.values()):
-            handle._settle(None, ClientClosed("the client closed before the hub answered"))
+        self._gate.close(ClientClosed("the client closed before the hub answered; the ops stay stored"))
         for cart in self._carts.values():
             cart._close()
         for stream in list(self._rejection_streams):
@@ -576,6 +441,40 @@ class SyncClient:
     @property
     def client_id(self) -> str:
         return self._engine.client_id
+
+    @property
+    def url(self) -> str:
+        """The hub URL the client is connected to, or will try next."""
+        return self._hubs.current
+
+    def set_token(self, token: str | TokenProvider) -> None:
+        """Use ``token`` (a string or a provider) from the next connection on.
+
+        A client waiting in ``auth_required`` (or ``stopped``) connects again at once: this is how an app
+        with a plain token string renews it after a till was offline longer than the token lives. A client
+        that is online keeps its session; the hub closes it when the old token expires and the client
+        reconnects with this one.
+        """
+        self._token = token
+        if self._state in (ConnectionState.AUTH_REQUIRED, ConnectionState.STOPPED):
+            self._resume()
+
+    async def op(self, seq: int) -> OpHandle:
+        """A handle for op ``seq`` of this client, made before (a restart, a crash, a dropped handle).
+
+        Await its ``acked()`` for the outcome: pending while the op is in the outbox, ``OpRejected`` if the
+        hub rejected it, ``{}`` if it was applied before this handle existed (results are not stored).
+        Raises ``KeyError`` for a seq this data directory never issued.
+        """
+        await self._committed()
+        if not 1 <= seq < self._engine.next_seq:
+            raise KeyError(f"op {seq} was never made in this data directory")
+        return await handle_for(seq, self._store_(), self._persist, self._handle)
+
+    async def pending_ops(self) -> list[OpHandle]:
+        """A handle for every op still in the outbox (not settled by the hub), oldest first."""
+        await self._committed()
+        return await handles_for_pending(self._store_(), self._persist, self._handle)
 
     def cart(self, member: str) -> Cart:
         """The cart of ``member``, synced from now on (and across restarts) until unsubscribed."""
@@ -607,7 +506,7 @@ class SyncClient:
 
     async def rejections(self) -> AsyncIterator[Rejection]:
         """Rejections not yet marked seen (stored ones first), then new ones as they happen."""
-        stream = _RejectionStream()
+        stream = RejectionStream()
         self._rejection_streams.add(stream)
         try:
             await self._persist()
@@ -641,21 +540,32 @@ class SyncClient:
         await self._session_over.wait()
 
     async def go_online(self) -> None:
-        """Connect now (also after the client stopped on a fatal close: the application decided to retry)."""
-        self._want_online = True
-        self._stopped = False
-        self._online_changed.set()
+        """Connect now (also after ``auth_required`` or ``stopped``: the application decided to retry)."""
+        self._resume()
 
     async def wait_synced(self, timeout: float | None = None) -> Status:
-        """Wait until online with an empty outbox, every cart in sync and every op's effect visible."""
-        async with asyncio.timeout(timeout):
-            while True:
-                if self._closed:
-                    raise ClientClosed("the client closed")
-                if self._is_synced():
-                    return self.status
-                self._synced.clear()
-                await self._synced.wait()
+        """Wait until online with an empty outbox, every cart in sync and every op's effect visible.
+
+        Raises at once when the client cannot get there by itself (``AuthRequired``, ``ClientStopped``,
+        ``OutboxStalled``, ``ClientClosed``, or ``SubscriptionRefused`` for a cart the hub will not serve this
+        token: unsubscribe it), and ``TimeoutError`` naming what is still missing.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._is_synced():
+                    views = (self._engine.view(t) for t in self._engine.topics)
+                    refused = [v.error for v in views if v is not None and v.error is not None]
+                    if refused:
+                        raise refused[0]  # on this connection that cart will not be in sync
+                    self._synced.clear()
+                    await self._gate.wait(self._synced)
+        except TimeoutError:
+            s = self.status
+            raise TimeoutError(
+                f"not synced within {timeout} s: {s.state.value}, {s.pending_ops} ops pending"
+                + (f", last error: {s.last_error}" if s.last_error else "")
+            ) from None
+        return self.status
 
     # -- internals: ops -----------------------------------------------------------------------------------
 
@@ -711,13 +621,24 @@ class SyncClient:
                 continue
             engine.commit(ops)
             for op, future in prepared:
-                handle = OpHandle(op)
-                self._handles[op.seq] = handle
+                handle = self._handle(op.seq, op.kind, op.ts)
                 if not future.done():
                     future.set_result(handle)
             self._dispatch(engine.events_received())
             self._nudge()
             self._publish_status()
+
+    def _handle(self, seq: int, kind: str, made_ms: int | None) -> OpHandle:
+        """The live handle of op ``seq``, or a new one registered to be settled by its outcome."""
+        handle = self._handles.get(seq)
+        if handle is None:
+            handle = self._handles[seq] = OpHandle(seq, kind, made_ms, self._gate)
+        return handle
+
+    async def _committed(self) -> None:
+        """Until every op made so far is stored (so its seq is known to the store)."""
+        while self._committer is not None and not self._committer.done():
+            await self._committer
 
     async def _unsubscribe(self, cart: Cart) -> None:
         self._engine.unsubscribe(cart.topic)
@@ -732,47 +653,88 @@ class SyncClient:
         delays = self._backoff()
         while not self._closing:
             if not self._want_online:
-                self._set_state(ConnectionState.OFFLINE)
+                if self._state not in _WAITING_FOR_APP:  # keep showing why it waits
+                    self._set_state(ConnectionState.OFFLINE)
                 self._online_changed.clear()
                 if self._want_online or self._closing:
                     continue
                 await self._online_changed.wait()
                 delays = self._backoff()
                 continue
-            self._set_state(ConnectionState.CONNECTING)
+            if self._state is not ConnectionState.AUTH_REQUIRED:  # a provider asked again stays auth_required
+                self._set_state(ConnectionState.CONNECTING)
             self._interrupt.clear()
             self._session_over.clear()
+            token = self._token
             try:
                 ended = await self._session()
             finally:
                 self._session_over.set()
             if self._closing:
                 break
+            decision = self._after(ended, fresh_token=callable(token))
             opened = ended.opened_ms
             if opened is not None and self._clock() - opened >= self._heartbeat:
                 delays = self._backoff()  # it stayed up a while: start again from short delays
-            if ended.error is not None:
-                self._last_error = ended.error
-            decision = reconnect.after_close(
-                ended.code, ended.reason, by_hub=ended.by_hub, fresh_token=callable(self._token)
-            )
-            if ended.fatal:
-                decision = reconnect.Decision(False)
-            self._set_state(ConnectionState.OFFLINE)
             if not self._want_online:
                 continue
+            if decision.auth and self._token is not token:
+                decision = reconnect.Decision(True)  # the application set a new token meanwhile: try it
+            elif decision.auth:
+                self._block(ConnectionState.AUTH_REQUIRED, AuthRequired(ended.code, ended.reason), decision)
+            elif not decision.reconnect:
+                self._block(ConnectionState.STOPPED, ClientStopped(ended.code, ended.reason), decision)
             if not decision.reconnect:
-                log.warning("stopped reconnecting after close %d %s", ended.code, ended.reason)
-                self._stopped = True
-                self._want_online = False
-                self._publish_status()
                 continue
+            self._hubs.advance()  # hubs are alike: the next attempt goes to the next one
             delay = max(next(delays), decision.min_delay_s)
             self._online_changed.clear()
+            self._publish_status()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
-                    await self._online_changed.wait()  # go_offline/go_online/close cut the wait short
+                    await self._online_changed.wait()  # go_offline/go_online/set_token/close cut it short
         self._set_state(ConnectionState.OFFLINE)
+
+    def _after(self, ended: _Ended, *, fresh_token: bool) -> reconnect.Decision:
+        """Account for a session that ended (attempts, last error) and decide what comes next."""
+        decision = reconnect.after_close(
+            ended.code,
+            ended.reason,
+            by_hub=ended.by_hub,
+            fresh_token=fresh_token,
+            auth_refusals=self._auth_refusals,
+        )
+        if ended.fatal:
+            decision = reconnect.Decision(False)
+        is_auth = ended.by_hub and ended.code in reconnect.AUTH_CLOSES
+        self._auth_refusals = self._auth_refusals + 1 if is_auth else 0
+        if ended.error is not None:
+            self._last_error = ended.error
+            if ended.opened_ms is None:
+                self._attempts += 1
+                if self._attempts == 1 and decision.reconnect and not decision.auth:
+                    # once per outage, not per attempt: status.attempts counts them
+                    log.warning("cannot reach %s: %s; retrying with backoff", self.url, ended.error)
+        return decision
+
+    def _block(self, state: ConnectionState, error: SyncError, decision: reconnect.Decision) -> None:
+        """The client cannot make progress by itself: say why in the status, and fail every waiter now."""
+        self._last_error = error
+        self._stopped = not decision.reconnect
+        if not decision.reconnect:
+            self._want_online = False
+        self._gate.close(error)
+        self._set_state(state)
+
+    def _resume(self) -> None:
+        """The application acted (a new token, go_online): connect again, and let waiters wait again."""
+        self._want_online = True
+        self._stopped = False
+        if isinstance(self._gate.error, AuthRequired | ClientStopped):
+            self._gate.open()
+        if self._state in _WAITING_FOR_APP:
+            self._set_state(ConnectionState.CONNECTING)
+        self._online_changed.set()
 
     async def _token_for(self, client_id: str) -> str:
         token = self._token
@@ -915,6 +877,9 @@ class SyncClient:
                 self._sample(event.rtt_ms, event.clock_offset_ms)
                 self._heartbeat = event.welcome.heartbeat_ms
                 engine.connected(event.welcome, now, self._offset())
+                self._attempts = self._auth_refusals = 0
+                if isinstance(self._gate.error, AuthRequired | ClientStopped):
+                    self._gate.open()
                 self._set_state(ConnectionState.ONLINE)
             elif isinstance(event, FrameReceived):
                 try:
@@ -985,16 +950,23 @@ class SyncClient:
             elif isinstance(event, OpSettled):
                 self._settled.append(event)
                 self._settle(event)
+                if isinstance(self._gate.error, OutboxStalled):
+                    self._gate.open()  # the hub settles our ops again
                 if self._persist_due is None:
                     self._persist_due = self._clock() + PERSIST_EVERY_MS
             elif isinstance(event, LoadOps):
                 self._load = event
             elif isinstance(event, SubscriptionFailed):
                 self._last_error = event.error
+                self._synced.set()  # wait_synced() waiters: this cart cannot be in sync, say so
                 cart = self._carts.get(event.error.topic)
                 if cart is not None:
                     cart._notify(TopicChanged(event.error.topic, ChangeCause.SNAPSHOT, frozenset()), None)
             elif isinstance(event, Notice):
+                if isinstance(event.error, OutboxStalled):
+                    if isinstance(self._gate.error, OutboxStalled):
+                        continue  # retried every 30 s: said once
+                    self._gate.close(event.error)  # waiters cannot be satisfied until an operator acts
                 log.warning("%s", event.error)
                 self._last_error = event.error
             elif isinstance(event, TopicSynced):
@@ -1033,16 +1005,16 @@ class SyncClient:
 
     def _settle(self, settled: OpSettled) -> None:
         """Tell the application: the op's handle, and the rejection streams."""
-        handle = self._handles.pop(settled.op.seq, None)
+        handle = self._handles.get(settled.op.seq)  # kept while the app holds it: client.op(seq) finds it
         if settled.ok:
             if handle is not None:
                 handle._settle(settled.result or {}, None)
             return
         if handle is not None:
             handle._settle(None, OpRejected(settled.code or "rejected", settled.message))
-        for rejection in _rejections_of([settled]):
-            for stream in list(self._rejection_streams):
-                stream.offer(rejection)
+        rejection = rejection_of(settled)
+        for stream in list(self._rejection_streams):
+            stream.offer(rejection)
 
     def _nudge(self) -> None:
         if self._inputs is not None:
@@ -1057,7 +1029,8 @@ class SyncClient:
 
     def _set_state(self, state: ConnectionState) -> None:
         if state is not self._state:
-            self._state = state
+            previous, self._state = self._state, state
+            _log_state(state, previous, self.url, self._last_error)
         self._publish_status()
 
     def _is_synced(self) -> bool:
@@ -1084,6 +1057,8 @@ class SyncClient:
             last_error=self._last_error,
             clock_offset_ms=self._offset(),
             stopped=self._stopped,
+            attempts=self._attempts,
+            hub=self.url,
         )
 
     def _publish_status(self) -> None:
@@ -1097,55 +1072,28 @@ class SyncClient:
         self._check_synced()
 
 
-class _RejectionStream:
-    def __init__(self) -> None:
-        self._items: collections.deque[Rejection] = collections.deque()
-        self._seen: set[int] = set()
-        self._ready = asyncio.Event()
-        self._closed = False
-
-    def offer(self, rejection: Rejection) -> None:
-        if rejection.seq not in self._seen:
-            self._seen.add(rejection.seq)
-            self._items.append(rejection)
-            self._ready.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._ready.set()
-
-    async def next(self) -> Rejection | None:
-        while not self._items:
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-
-def _rejections_of(settled: list[OpSettled]) -> list[Rejection]:
-    out = []
-    for s in settled:
-        made, at = from_ms(s.op.ts), from_ms(s.at)
-        assert made is not None and at is not None
-        out.append(
-            Rejection(
-                seq=s.op.seq,
-                kind=s.op.kind,
-                args=dict(s.op.args),
-                code=s.code or "rejected",
-                message=s.message,
-                result=s.result,
-                made_at=made,
-                rejected_at=at,
-            )
-        )
-    return out
-
-
 def _log_hook_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the conflict hook failed", exc_info=task.exception())
+
+
+def _log_state(state: ConnectionState, previous: ConnectionState, url: str, error: SyncError | None) -> None:
+    """One line per change of the connection state (never one per attempt)."""
+    if state is ConnectionState.ONLINE:
+        log.info("online: %s", url)
+    elif state is ConnectionState.CONNECTING:
+        if previous is ConnectionState.ONLINE:
+            log.warning("connection to %s ended (%s); reconnecting", url, error)
+        else:
+            log.info("connecting to %s", url)
+    elif state is ConnectionState.AUTH_REQUIRED:
+        log.warning(
+            "the hub refused the token (%s): ops are kept; waiting for a new token (set_token)", error
+        )
+    elif state is ConnectionState.STOPPED:
+        log.warning("stopped (%s): ops are kept; go_online() once it is fixed", error)
+    else:
+        log.info("offline")
 
 
 def _min(a: int | None, b: int | None) -> int | None:

@@ -77,8 +77,8 @@ DEFAULT_PAGE: Final = 1024
 DEFAULT_MAX_FRAME: Final = 65_536
 """The hub's frame limit before any welcome has told the real one (the reference hub's default)."""
 SUB_ID_BASE: Final = 1 << 31
-"""Subscription ids start here. An ``err`` carries a bare ``ref`` that is a ``seq`` for an op and an ``id``
-for a ``sub``, and ``unavailable`` answers both; ids far above any realistic ``seq`` keep the two apart."""
+"""Subscription ids start here. ``err.about`` says whether ``ref`` is an op's ``seq`` or a ``sub``'s ``id``;
+for hubs older than that field, ids far above any realistic ``seq`` keep the two apart."""
 RETRY_INITIAL_MS: Final = 250
 RETRY_MAX_MS: Final = 30_000
 STALLED_RETRY_MS: Final = 30_000
@@ -1009,8 +1009,8 @@ class SyncEngine:
 
     def _on_error(self, err: frames.Error, now_ms: int) -> None:
         ref = err.ref
-        if ref is not None and ref in self._sub_ids:
-            self._on_sub_error(self._sub_ids[ref], err, now_ms)
+        if ref is not None and (err.about == frames.ABOUT_SUB if err.about else ref in self._sub_ids):
+            self._on_sub_error(self._sub_ids.get(ref, ""), err, now_ms)  # "": a sub since replaced
             return
         if ref is None or ref not in self._in_flight:
             if ref is None:

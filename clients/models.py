@@ -113,22 +113,30 @@ class CartChange:
 
 
 class ConnectionState(enum.Enum):
-    """Where the client's connection to its hub stands."""
+    """Where the client's connection to its hub stands. Each change is one log line (``clients`` logger)."""
 
     OFFLINE = "offline"
-    """Not connected: offline on purpose (``go_offline``), waiting to retry, or stopped by a fatal close."""
+    """Not connected, on purpose: ``online=False`` or ``go_offline()``."""
     CONNECTING = "connecting"
-    """Opening the websocket or waiting for the welcome."""
+    """Trying to reach a hub: an attempt under way or the backoff before the next (``attempts``,
+    ``last_error``)."""
     ONLINE = "online"
     """The hub welcomed us: ops flow and subscriptions resume."""
+    AUTH_REQUIRED = "auth_required"
+    """The hub refused the token (``last_error`` is an ``AuthRequired``): ops wait for ``set_token()`` (or the
+    token provider, asked again with backoff)."""
+    STOPPED = "stopped"
+    """The hub refuses this client as configured (``last_error`` is a ``ClientStopped``): a person must act,
+    then ``go_online()``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Status:
     """A snapshot of the client's health, as ops and dashboards want it (docs/traps.md §9: queues wedge).
 
-    ``stopped`` is true when the client will not reconnect by itself (a close code in 4500–4999, e.g. an
-    expired or revoked token, an unsupported protocol version); ``last_error`` says why.
+    ``stopped`` is true when the client will not reconnect by itself (``auth_required`` with a token string,
+    ``stopped``); ``last_error`` says why. ``attempts`` counts the connection attempts that failed since the
+    client was last online; ``hub`` is the URL of the hub it is connected to or trying.
     """
 
     state: ConnectionState
@@ -138,6 +146,8 @@ class Status:
     last_error: SyncError | None
     clock_offset_ms: int | None = None
     stopped: bool = False
+    attempts: int = 0
+    hub: str | None = None
 
     @property
     def online(self) -> bool:

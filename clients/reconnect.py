@@ -3,10 +3,12 @@
 * :func:`backoff` is a generator of delays with full jitter — each a uniform draw between 0 and
   ``min(max_s, initial_s × factor^attempt)`` (PROTOCOL.md §12) — so that the 1,000 tills of a chain do not
   reconnect in the same second after a hub restart.
-* :func:`after_close` sorts every close, in one place, into "reconnect, not before N seconds" or "stop": close
-  codes 4500–4999 stop (a person or a new token must act), 4000 ``try_again_later`` and 4001
-  ``slow_consumer`` reconnect later than the backoff alone would, and the hub's ``retry_after_ms=<n>`` hint
-  in a 4000 close reason is honoured.
+* :func:`after_close` sorts every close, in one place, into "reconnect, not before N seconds", "a new token
+  is needed" or "stop": 4500, 4501 and 4504 ask for a token (:data:`AUTH_CLOSES`), the rest of 4500–4999
+  stop (a person must act), 4000 ``try_again_later`` and 4001 ``slow_consumer`` reconnect later than the
+  backoff alone would, and the hub's ``retry_after_ms=<n>`` hint in a 4000 close reason is honoured.
+* :class:`Hubs` is the list of hub URLs a client may use and which one is next: hubs are stateless over one
+  Redis, so after a connection ends the next attempt goes to the next hub.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 from protocol.errors import CloseCode, close_code_reconnects
@@ -30,6 +32,8 @@ _HINT: Final = re.compile(r"retry_after_ms=(\d{1,9})")
 _NO_RECONNECT_BY_HUB: Final = frozenset(
     {CloseCode.NORMAL, CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD, CloseCode.MESSAGE_TOO_BIG}
 )
+AUTH_CLOSES: Final = frozenset({CloseCode.UNAUTHORIZED, CloseCode.TOKEN_EXPIRED, CloseCode.REVOKED})
+"""Closes a new token can cure: the client waits for one instead of stopping."""
 
 
 def backoff(
@@ -54,10 +58,12 @@ def backoff(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do after a connection ended: reconnect (not before ``min_delay_s``) or stop."""
+    """What to do after a connection ended: reconnect (not before ``min_delay_s``) or not; ``auth``: the hub
+    refused the token, so the client is ``auth_required`` (a new token resumes it) rather than stopped."""
 
     reconnect: bool
     min_delay_s: float = 0.0
+    auth: bool = False
 
 
 def retry_hint_s(reason: str) -> float | None:
@@ -66,18 +72,25 @@ def retry_hint_s(reason: str) -> float | None:
     return int(match.group(1)) / 1000 if match else None
 
 
-def after_close(code: int, reason: str = "", *, by_hub: bool = True, fresh_token: bool = False) -> Decision:
+def after_close(
+    code: int, reason: str = "", *, by_hub: bool = True, fresh_token: bool = False, auth_refusals: int = 0
+) -> Decision:
     """The reconnect decision for a close with ``code``.
 
     ``by_hub``: the hub closed (its code says what it asks of us, §11). When this client closed because the
     hub broke the protocol (an undecodable frame, a malformed event), the hub may be broken or may have been
-    replaced meanwhile: reconnect with backoff. ``fresh_token``: the client can fetch a new token, so an
-    expired one (4501) is not a reason to stop.
+    replaced meanwhile: reconnect with backoff. ``fresh_token``: the client has a token provider to ask
+    again; ``auth_refusals``: how many sessions in a row ended with an auth close before this one. A first
+    4501 with a provider is a cached token that just expired: reconnect at once with a new one. Any other
+    auth close needs a token: with a provider, ask it again after the backoff (it is how the application
+    renews); with a plain token, wait for the application.
     """
     if not by_hub:
         return Decision(True)
-    if code == CloseCode.TOKEN_EXPIRED and fresh_token:
-        return Decision(True)
+    if code in AUTH_CLOSES:
+        if fresh_token and code == CloseCode.TOKEN_EXPIRED and auth_refusals == 0:
+            return Decision(True)
+        return Decision(fresh_token, auth=True)
     if code in _NO_RECONNECT_BY_HUB or not close_code_reconnects(code):
         return Decision(False)
     if code == CloseCode.TRY_AGAIN_LATER:
@@ -86,3 +99,26 @@ def after_close(code: int, reason: str = "", *, by_hub: bool = True, fresh_token
     if code == CloseCode.SLOW_CONSUMER:
         return Decision(True, SLOW_CONSUMER_MIN_S)
     return Decision(True)
+
+
+class Hubs:
+    """The hub URLs a client may use, in order of preference, and the one it uses now.
+
+    :meth:`advance` moves to the next one (round robin) after a connection ends or an attempt fails. The
+    delay before each attempt is the backoff's, whichever hub it goes to, so an outage of every hub still
+    backs off, and the clients of a failed hub reach the next one spread over the jitter, not all at once.
+    """
+
+    def __init__(self, urls: str | Sequence[str]) -> None:
+        self.urls: tuple[str, ...] = (urls,) if isinstance(urls, str) else tuple(urls)
+        if not self.urls or not all(isinstance(u, str) and u for u in self.urls):
+            raise ValueError("need at least one hub URL")
+        self._at = 0
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._at]
+
+    def advance(self) -> str:
+        self._at = (self._at + 1) % len(self.urls)
+        return self.current

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -90,6 +91,18 @@ _encoder: Final = msgspec.msgpack.Encoder()
 
 class DataDirLocked(BackendUnavailable):
     """Another process holds this data directory open (one client per directory, PROTOCOL §7.1)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OpRecord:
+    """What the store knows of one op: ``state`` is ``pending`` (in the outbox, unsettled), ``applied``
+    (settled, kept for its topic's view) or ``rejected`` (with the hub's ``code`` and ``message``)."""
+
+    state: str
+    kind: str
+    made_ms: int
+    code: str | None = None
+    message: str = ""
 
 
 class Outbox:
@@ -239,9 +252,26 @@ class SQLiteOutbox:
                 return
             after_seq = int(rows[-1][0])
 
-    async def pending_seqs(self) -> list[int]:
-        """Every unsettled seq (for tests and diagnostics)."""
-        rows = await self._fetchall("SELECT seq FROM outbox WHERE acked = 0 ORDER BY seq")
+    async def op_record(self, seq: int) -> OpRecord | None:
+        """The op ``seq`` as stored, or ``None`` once settled and no longer kept (then it was applied)."""
+        rows = await self._fetchall("SELECT acked, frame FROM outbox WHERE seq = ?", (seq,))
+        if rows:
+            op = _op_decoder.decode(rows[0][1])
+            return OpRecord("applied" if rows[0][0] else "pending", op.kind, op.ts)
+        rows = await self._fetchall(
+            "SELECT kind, made_at, code, message FROM rejections WHERE seq = ?", (seq,)
+        )
+        if rows:
+            kind, made_at, code, message = rows[0]
+            return OpRecord("rejected", str(kind), int(made_at), str(code), str(message))
+        return None
+
+    async def pending_seqs(self, after_seq: int = 0, upto: int | None = None) -> list[int]:
+        """The unsettled seqs above ``after_seq`` (up to ``upto``), ascending."""
+        rows = await self._fetchall(
+            "SELECT seq FROM outbox WHERE acked = 0 AND seq > ? AND seq <= ? ORDER BY seq",
+            (after_seq, upto if upto is not None else 2**63 - 1),
+        )
         return [int(row[0]) for row in rows]
 
     # -- settlements and topic states ---------------------------------------------------------------------

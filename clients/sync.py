@@ -10,6 +10,10 @@ each returns after its local commit exactly as the async API does::
         cart.add("SKU-1", 2).result(timeout=5)     # or drop the handle: the op is stored and will be sent
         print(cart.lines)
 
+Many handles are awaited from one thread with :meth:`SyncClientSync.as_completed` or
+:meth:`SyncClientSync.wait` (no thread per op), and the client's health is followed with
+:meth:`SyncClientSync.status_changes`.
+
 Never call it from the client's own loop thread (a deadlock); ``RuntimeError`` says so.
 """
 
@@ -21,11 +25,13 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from clients.client import Attrs, Cart, Changes, OpHandle, SyncClient, TokenProvider
+from clients.client import Attrs, Cart, SyncClient, TokenProvider
+from clients.handles import OpHandle
 from clients.models import CartChange, CartLine, CartState, Rejection, Status
 
 T = TypeVar("T")
@@ -36,7 +42,12 @@ class SyncClientSync:
     """:class:`~clients.SyncClient` for threaded code. Same arguments; ``start()``/``close()`` or ``with``."""
 
     def __init__(
-        self, url: str, *, token: str | TokenProvider, data_dir: str | os.PathLike[str], **options: Any
+        self,
+        url: str | Sequence[str],
+        *,
+        token: str | TokenProvider,
+        data_dir: str | os.PathLike[str],
+        **options: Any,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="syncd-client", daemon=True)
@@ -91,8 +102,69 @@ class SyncClientSync:
         self._run(self._client.go_online(), timeout)
 
     def wait_synced(self, timeout: float | None = None) -> Status:
-        """Block until online with an empty outbox and every cart in sync (else ``TimeoutError``)."""
+        """Block until online with an empty outbox and every cart in sync.
+
+        ``TimeoutError`` (saying what is missing) after ``timeout`` seconds; at once ``AuthRequired``,
+        ``ClientStopped``, ``OutboxStalled`` or ``ClientClosed`` when the client cannot get there by itself.
+        """
         return self._run(self._client.wait_synced(timeout), None)
+
+    def status_changes(self, timeout: float | None = None) -> Iterator[Status]:
+        """The current status, then each change (merged while the reader is busy); stops after ``timeout``
+        seconds without one, or when the client closes."""
+        return _drain(self, self._client.status_changes, timeout)
+
+    def set_token(self, token: str | TokenProvider) -> None:
+        """Use ``token`` from the next connection on; a client in ``auth_required`` connects again at once."""
+        self._call(lambda: self._client.set_token(token))
+
+    def op(self, seq: int, timeout: float | None = 30.0) -> OpHandleSync:
+        """A handle for op ``seq`` made before (a restart, a crash): see :meth:`SyncClient.op`."""
+        return OpHandleSync(self, self._run(self._client.op(seq), timeout))
+
+    def pending_ops(self, timeout: float | None = 30.0) -> list[OpHandleSync]:
+        """A handle for every op still in the outbox, oldest first."""
+        return [OpHandleSync(self, h) for h in self._run(self._client.pending_ops(), timeout)]
+
+    def as_completed(
+        self, handles: Iterable[OpHandleSync], timeout: float | None = None
+    ) -> Iterator[OpHandleSync]:
+        """Each handle as soon as its ``result()`` returns or raises without waiting (acked, rejected, or the
+        client stopped), in one thread; ``TimeoutError`` when ``timeout`` seconds pass before all are."""
+        handles = list(handles)
+        done: queue.Queue[OpHandleSync] = queue.Queue()
+
+        async def watch(handle: OpHandleSync) -> None:
+            with contextlib.suppress(Exception):  # an outcome either way: result() reports it
+                await handle._handle.acked()
+            done.put(handle)
+
+        tasks = self._call(lambda: [self._loop.create_task(watch(h)) for h in handles])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for count in range(len(handles)):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    yield done.get(timeout=left)
+                except queue.Empty:
+                    raise TimeoutError(
+                        f"{len(handles) - count} of {len(handles)} ops got no outcome within {timeout} s"
+                    ) from None
+        finally:
+            for task in tasks:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to cancel
+                    self._loop.call_soon_threadsafe(task.cancel)
+
+    def wait(
+        self, handles: Iterable[OpHandleSync], timeout: float | None = None
+    ) -> tuple[list[OpHandleSync], list[OpHandleSync]]:
+        """``(done, not_done)`` once every handle has its outcome or ``timeout`` seconds have passed, as
+        ``concurrent.futures.wait`` does: POS code waits for a whole sale's ops without a thread per op."""
+        handles = list(handles)
+        done: list[OpHandleSync] = []
+        with contextlib.suppress(TimeoutError):
+            done.extend(self.as_completed(handles, timeout))
+        return done, [h for h in handles if h not in done]
 
     def rejections(self, timeout: float | None = 30.0) -> list[Rejection]:
         """Rejections not yet marked seen, oldest first."""
@@ -109,14 +181,17 @@ class SyncClientSync:
                 "SyncClientSync called from its own event loop thread: use the async API there"
             )
 
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None, what: str = "the call") -> T:
+        """``coro``'s result on the loop. A ``TimeoutError`` the coroutine raises itself passes through with
+        its own message; waiting longer than ``timeout`` raises one naming ``what`` and the ``timeout``."""
         self._check_thread()
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"no answer within {timeout} s") from None
+        with contextlib.suppress(concurrent.futures.TimeoutError):  # the builtin TimeoutError since 3.11
+            future.result(timeout)
+        if future.done():
+            return future.result()  # the result, or the coroutine's own exception
+        future.cancel()
+        raise TimeoutError(f"{what} got no answer within {timeout} s")
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run a plain function on the loop thread (reads of the engine's state are consistent there)."""
@@ -149,8 +224,9 @@ class OpHandleSync:
         return self._owner._call(self._handle.done)
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        """The hub's result; raises :class:`~protocol.errors.OpRejected` (or ``TimeoutError``)."""
-        return self._owner._run(self._handle.acked(), timeout)
+        """The hub's result; raises :class:`~protocol.errors.OpRejected`, at once the error that stops the
+        client (``AuthRequired``, ``ClientStopped``, …), or ``TimeoutError`` after ``timeout`` seconds."""
+        return self._owner._run(self._handle.acked(), timeout, f"op {self.seq} ({self.kind})")
 
 
 class CartSync:
@@ -204,31 +280,40 @@ class CartSync:
 
         Registered on the client's loop before this returns, so a change made right after is not missed.
         """
-        items: queue.Queue[object] = queue.Queue()
+        return _drain(self._owner, self._cart.changes, timeout)
 
-        async def pump(changes: Changes) -> None:
-            try:
-                async for change in changes:
-                    items.put(change)
-            finally:
-                items.put(_END)
 
-        task = self._owner._call(lambda: self._owner._loop.create_task(pump(self._cart.changes())))
-        return self._drain(items, task, timeout)
+def _drain(
+    owner: SyncClientSync, source: Callable[[], AsyncIterator[T]], timeout: float | None
+) -> Iterator[T]:
+    """The items of an async iterator of the client's loop, in this thread: ``source()`` runs on the loop
+    before this returns (so nothing after the call is missed); the iteration stops after ``timeout`` seconds
+    without an item, or when the source ends."""
+    items: queue.Queue[object] = queue.Queue()
 
-    def _drain(
-        self, items: queue.Queue[object], task: asyncio.Task[None], timeout: float | None
-    ) -> Iterator[CartChange]:
+    async def pump(iterator: AsyncIterator[T]) -> None:
         try:
-            while True:
-                try:
-                    item = items.get(timeout=timeout)
-                except queue.Empty:
-                    return
-                if item is _END:
-                    return
-                assert isinstance(item, CartChange)
-                yield item
+            async for item in iterator:
+                items.put(item)
         finally:
-            with contextlib.suppress(RuntimeError):
-                self._owner._loop.call_soon_threadsafe(task.cancel)
+            items.put(_END)
+
+    task = owner._call(lambda: owner._loop.create_task(pump(source())))
+    return _items(owner, items, task, timeout)
+
+
+def _items(
+    owner: SyncClientSync, items: queue.Queue[object], task: asyncio.Task[None], timeout: float | None
+) -> Iterator[T]:
+    try:
+        while True:
+            try:
+                item = items.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]  # put by pump(), typed T there
+    finally:
+        with contextlib.suppress(RuntimeError):
+            owner._loop.call_soon_threadsafe(task.cancel)

@@ -3,10 +3,14 @@
 Decoding happens in two passes over one websocket message:
 
 1. :func:`check_structure` walks the MessagePack bytes without building anything. It rejects a frame that is
-   too large, nested too deep, declares a string/collection longer than its limit or than the bytes that
-   are left, uses a reserved byte or an extension type, or has trailing bytes. A hostile frame is therefore
-   refused after reading its headers, in memory that does not depend on what it claims (docs/traps.md §12).
-2. msgspec decodes the now-bounded bytes into the typed frame union, checking the type of every field.
+   too large, nested too deep, declares a string/collection longer than its limit or than the bytes that are
+   left, uses a reserved byte, an extension type or a container as a map key, has trailing bytes, or is not a
+   map. A hostile frame is therefore refused after reading its headers, in memory that does not depend on what
+   it claims (docs/traps.md §12). These checks cover every byte, under keys the receiver does not know too,
+   and the first violation in byte order decides the code (PROTOCOL.md §4.1).
+2. msgspec decodes the now-bounded bytes into the typed frame union, checking the type of every field and
+   the UTF-8 of every string it reads; the strings it skips (unknown keys) are checked by a second walk
+   when there are any, so that text that is not UTF-8 is refused wherever it is.
 
 Every failure leaves as one :class:`~protocol.errors.ProtocolError` carrying an
 :class:`~protocol.errors.ErrorCode` (and the close code a server uses for it); nothing from the codec library
@@ -82,20 +86,25 @@ class FrameDecoder:
     def decode(self, data: bytes) -> frames.Frame:
         """One frame from one message, or :class:`ProtocolError`."""
         check_structure(data, self.limits)
+        # What passed check_structure is one well-formed map msgspec can build (no reserved byte, no
+        # extension, no container as a key). msgspec checks the UTF-8 of every string it reads, but skips
+        # the values of unknown keys: the rule is "UTF-8 everywhere, before any field error" (§4.1), so the
+        # text walk runs when a field is refused, and when the frame is not exactly what encoding it gives
+        # (unknown keys, or a non-canonical encoding): never on the common path.
         try:
             frame: frames.Frame = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
+            check_structure(data, self.limits, text=True)
             raise self._invalid(data, str(exc)) from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a string that is not UTF-8
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # not UTF-8, in a string msgspec read
             raise ProtocolError(ErrorCode.MALFORMED, f"undecodable frame: {exc}") from None
+        if _encoder.encode(frame) != data:
+            check_structure(data, self.limits, text=True)
         return frame
 
     def _invalid(self, data: bytes, detail: str) -> ProtocolError:
         """Tell an unknown tag (answered with an error frame) from an ill-typed frame (closes)."""
-        try:
-            value = msgspec.msgpack.decode(data)  # bounded by check_structure, so safe to build
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            return ProtocolError(ErrorCode.MALFORMED, f"undecodable frame: {exc}")
+        value = msgspec.msgpack.decode(data)  # bounded by check_structure, so safe to build
         tag = value.get("t")  # check_structure guarantees a map
         if isinstance(tag, str) and tag not in self._tags:
             return ProtocolError(ErrorCode.UNKNOWN_FRAME, f"unknown frame tag {tag[:32]!r}")
@@ -105,7 +114,7 @@ class FrameDecoder:
 # --- structural pre-check ------------------------------------------------------------------------------
 
 # What each first byte announces: (_KIND, argument). Built once; the walk below is one table lookup per value.
-_SKIP, _STR, _STR_W, _MAP, _MAP_W, _ARRAY, _ARRAY_W, _EXT, _RESERVED = range(9)
+_SKIP, _STR, _STR_W, _BIN_W, _MAP, _MAP_W, _ARRAY, _ARRAY_W, _EXT, _RESERVED = range(10)
 
 
 _FIXED: Final = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
@@ -126,12 +135,10 @@ def _first_byte_table() -> tuple[tuple[int, int], ...]:
             entry = (_SKIP, 0)  # nil, false, true
         elif b in _FIXED:
             entry = (_SKIP, _FIXED[b])  # float32/64, uint8-64, int8-64
-        elif b in (0xC4, 0xD9):
-            entry = (_STR_W, 1)  # bin8, str8
-        elif b in (0xC5, 0xDA):
-            entry = (_STR_W, 2)
-        elif b in (0xC6, 0xDB):
-            entry = (_STR_W, 4)
+        elif b in (0xD9, 0xDA, 0xDB):
+            entry = (_STR_W, 1 << (b - 0xD9))  # str8/16/32: a length of 1, 2 or 4 bytes
+        elif b in (0xC4, 0xC5, 0xC6):
+            entry = (_BIN_W, 1 << (b - 0xC4))  # bin8/16/32: the same, and no UTF-8 to check
         elif b in (0xDC, 0xDD):
             entry = (_ARRAY_W, 2 if b == 0xDC else 4)
         elif b in (0xDE, 0xDF):
@@ -147,42 +154,54 @@ def _first_byte_table() -> tuple[tuple[int, int], ...]:
 _TABLE: Final = _first_byte_table()
 
 
-def check_structure(data: bytes, limits: Limits) -> None:
+def check_structure(data: bytes, limits: Limits, *, text: bool = False) -> None:
     """Validate that ``data`` is exactly one MessagePack map within ``limits``, without decoding it.
 
     Work is linear in the values present (one table lookup each; strings are skipped by their length), and
     memory is O(depth): a container's declared length is compared with the limits and with the bytes that
     remain before anything else is read. A length that runs past the end is found when the next read
     falls outside ``data``.
+
+    The walk stops at the first violation in byte order, so every receiver names the same code for the
+    same bytes (PROTOCOL.md §4.1): a lone ``0xc1`` is ``malformed`` (a reserved byte), not "not a map". At
+    one container header the checks run in this order: a container used as a map key, ``max_len``,
+    ``max_depth``, the bytes left, ``max_items``. Only a value that is complete and well formed can be
+    refused for not being a map.
+
+    ``text``: check that every string is UTF-8 too. :class:`FrameDecoder` asks for it only after a plain
+    walk passed, and only when msgspec did not read every string itself (see there), so the UTF-8 check
+    comes after every other structural one and costs nothing on the common path.
     """
     size = len(data)
     if size > limits.max_frame:
         raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"{size} bytes > {limits.max_frame}")
     if size == 0:
         raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
-    if _TABLE[data[0]][0] not in (_MAP, _MAP_W):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "a frame is a map")
     max_depth, max_len, max_str = limits.max_depth, limits.max_len, limits.max_str
     items_left = limits.max_items
     table = _TABLE
-    pending = [1]  # values still to read at each open depth; the root holds one value
+    # Per open depth: values still to read × 2, plus 1 for a map. The root holds one value. In a map, a key
+    # leaves an odd number of values to read, so ``entry & 3 == 3`` right after taking a value means "a key".
+    pending = [2]
     pos = 0
     try:
         while pending:
-            if not pending[-1]:
+            if pending[-1] < 2:
                 pending.pop()
                 continue
-            pending[-1] -= 1
+            pending[-1] -= 2
             kind, arg = table[data[pos]]
             pos += 1
             if kind == _SKIP:
                 pos += arg
                 continue
-            if kind in (_STR, _STR_W):
-                if kind == _STR_W:
+            if kind in (_STR, _STR_W, _BIN_W):
+                if kind != _STR:
                     arg, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
                 if arg > max_str:
                     raise ProtocolError(ErrorCode.TOO_LONG, f"string of {arg} bytes > {max_str}")
+                if text and kind != _BIN_W:
+                    _check_utf8(data, pos, arg)
                 pos += arg
                 continue
             if kind in (_MAP, _ARRAY):
@@ -195,23 +214,35 @@ def check_structure(data: bytes, limits: Limits) -> None:
                 raise ProtocolError(ErrorCode.BAD_FRAME, "extension types are not used by this protocol")
             else:
                 raise ProtocolError(ErrorCode.MALFORMED, f"reserved byte 0x{data[pos - 1]:02x}")
+            if pending[-1] & 3 == 3:
+                raise ProtocolError(ErrorCode.MALFORMED, "a map or an array as a map key")
             if count > max_len:
                 raise ProtocolError(ErrorCode.TOO_LONG, f"container of {count} entries > {max_len}")
             if len(pending) > max_depth:  # this container opens at depth len(pending)
                 raise ProtocolError(ErrorCode.TOO_DEEP, f"nesting deeper than {max_depth}")
-            values = count * 2 if kind in (_MAP, _MAP_W) else count
+            is_map = kind in (_MAP, _MAP_W)
+            values = count * 2 if is_map else count
             if values > size - pos:  # every value takes at least one byte
                 break
             items_left -= count
             if items_left < 0:
                 raise ProtocolError(ErrorCode.TOO_LONG, f"more than {limits.max_items} entries in one frame")
-            pending.append(values)
+            pending.append(values * 2 + is_map)
     except IndexError:  # a read past the end: a length promised more bytes than there are
         raise ProtocolError(ErrorCode.MALFORMED, "truncated frame") from None
     if pending or pos > size:
         raise ProtocolError(ErrorCode.MALFORMED, "truncated frame")
     if pos != size:
         raise ProtocolError(ErrorCode.MALFORMED, f"{size - pos} trailing bytes")
+    if table[data[0]][0] not in (_MAP, _MAP_W):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a frame is a map")
+
+
+def _check_utf8(data: bytes, pos: int, length: int) -> None:
+    try:
+        data[pos : pos + length].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.MALFORMED, f"a string at byte {pos} is not UTF-8") from None
 
 
 @functools.lru_cache(maxsize=32)

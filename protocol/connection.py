@@ -31,8 +31,10 @@ it is a driver bug and raises :class:`InvalidState` (or :class:`~protocol.errors
 closed).
 
 Faults are sorted by whose they are. A hub answers a peer's *recoverable* fault (a frame its state does not
-accept, an unknown tag, a seq gap, an oversized batch) with an ``err`` frame and keeps the connection; bytes
-it cannot trust (oversized, undecodable, ill-typed) end it with the codec's close code. A client expects its
+accept, an unknown tag, a seq gap, an oversized batch) with an ``err`` frame and keeps the connection; once
+the session is open that ``err`` is a :class:`Refused` event, which the driver sends in line with its own
+replies, so that replies keep the order of the requests. Bytes it cannot trust (oversized, undecodable,
+ill-typed) end the connection with the codec's close code. A client expects its
 hub to be correct and closes on any violation. No side answers an ``err`` frame with an ``err`` frame, so two
 peers cannot bounce errors at each other.
 
@@ -106,6 +108,16 @@ class FrameReceived:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Refused:
+    """Server, while OPEN: the protocol refused a request itself (a seq gap, an oversized batch, an unknown
+    or out-of-order frame). The driver sends ``error`` after its replies to every request delivered before
+    it, so that a client gets replies in the order of its frames (PROTOCOL.md §7.2): an ``err seq_gap`` for
+    op 3 never overtakes the ``ack`` of op 1 delivered just before it."""
+
+    error: frames.Error
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class StatsReceived:
     """Server: a client's ping carried sync statistics (outbox length, oldest op age, …)."""
 
@@ -130,7 +142,7 @@ class CloseRequested:
     reason: str
 
 
-ServerEvent: TypeAlias = HelloReceived | FrameReceived | StatsReceived | CloseRequested
+ServerEvent: TypeAlias = HelloReceived | FrameReceived | Refused | StatsReceived | CloseRequested
 ClientEvent: TypeAlias = Opened | FrameReceived | CloseRequested
 
 
@@ -198,15 +210,25 @@ def _tag(frame: frames.Frame) -> str:
     return str(type(frame).__struct_config__.tag)
 
 
-def _ref(frame: frames.Frame) -> int | None:
-    """The ``seq`` or request ``id`` an error about ``frame`` refers to, when it has one."""
+def _ref(frame: frames.Frame) -> tuple[int | None, str]:
+    """The ``seq`` or request ``id`` an error about ``frame`` refers to, and what it is (``err.about``)."""
     if isinstance(frame, frames.Op):
-        return frame.seq
+        return frame.seq, frames.ABOUT_OP
     if isinstance(frame, frames.OpBatch):
-        return frame.ops[0].seq
+        return frame.ops[0].seq, frames.ABOUT_OP
     if isinstance(frame, frames.Subscribe):
-        return frame.id
-    return None
+        return frame.id, frames.ABOUT_SUB
+    return None, ""
+
+
+def _error(code: str, message: str, ref: int | None, retry_after_ms: int | None, about: str) -> frames.Error:
+    return frames.Error(
+        code=code,
+        message=message[:MAX_ERROR_MESSAGE],
+        ref=ref,
+        retry_after_ms=retry_after_ms,
+        about=about if ref is not None else "",
+    )
 
 
 def _cut_reason(reason: str) -> str:
@@ -420,14 +442,22 @@ class ServerProtocol(_Connection[ServerEvent]):
         message: str = "",
         ref: int | None = None,
         retry_after_ms: int | None = None,
+        about: str = "",
     ) -> None:
-        """Queue an ``err`` frame. Allowed in any state but CLOSED: a handshake may be answered with one."""
+        """Queue an ``err`` frame. Allowed in any state but CLOSED: a handshake may be answered with one.
+
+        ``about`` says what ``ref`` is (:data:`~protocol.frames.ABOUT_OP` or ``ABOUT_SUB``).
+        """
         self._require_not_closed()
-        self._write(
-            frames.Error(
-                code=code, message=message[:MAX_ERROR_MESSAGE], ref=ref, retry_after_ms=retry_after_ms
-            )
-        )
+        self._write(_error(code, message, ref, retry_after_ms, about))
+
+    def _refuse(self, code: ErrorCode, message: str, ref: int | None = None, about: str = "") -> None:
+        """Refuse a frame: at once before the session is open (nothing is in flight then), else in line
+        with the driver's replies (:class:`Refused`)."""
+        if self._state is State.OPEN:
+            self._events.append(Refused(_error(code, message, ref, None, about)))
+        else:
+            self.send_error(code, message, ref, about=about)
 
     # -- input ----------------------------------------------------------------------------------------
 
@@ -447,15 +477,16 @@ class ServerProtocol(_Connection[ServerEvent]):
 
     def _on_unexpected(self, frame: frames.Frame) -> None:
         if not isinstance(frame, frames.Error):  # never answer an error with an error
-            self.send_error(
-                ErrorCode.OUT_OF_ORDER, f"{_tag(frame)} not allowed while {self._state.value}", _ref(frame)
+            ref, about = _ref(frame)
+            self._refuse(
+                ErrorCode.OUT_OF_ORDER, f"{_tag(frame)} not allowed while {self._state.value}", ref, about
             )
 
     def _on_decode_error(self, exc: ProtocolError) -> None:
         if exc.close_code is not None:
             self._close(_Trigger.CLOSE, exc.close_code, exc.message)
         else:  # an unknown tag, perhaps from a newer client: refuse the frame, keep the connection
-            self.send_error(exc.code, exc.message)
+            self._refuse(exc.code, exc.message)
 
     def _on_hello(self, hello: frames.Hello) -> None:
         common = set(hello.versions).intersection(self._versions)
@@ -473,10 +504,11 @@ class ServerProtocol(_Connection[ServerEvent]):
 
     def _on_batch(self, batch: frames.OpBatch) -> None:
         if len(batch.ops) > self._max_batch:
-            self.send_error(
+            self._refuse(
                 ErrorCode.BATCH_TOO_LARGE,
                 f"{len(batch.ops)} ops > max_batch {self._max_batch}",
                 batch.ops[0].seq,
+                frames.ABOUT_OP,
             )
         else:
             self._on_ops(batch.ops, batch)
@@ -499,7 +531,7 @@ class ServerProtocol(_Connection[ServerEvent]):
         elif valid:
             self._events.append(FrameReceived(frames.OpBatch(ops=list(ops[:valid]))))
         gap = ops[valid].seq
-        self.send_error(ErrorCode.SEQ_GAP, f"seq {gap} after {last}: expected {last + 1}", gap)
+        self._refuse(ErrorCode.SEQ_GAP, f"seq {gap} after {last}: expected {last + 1}", gap, frames.ABOUT_OP)
 
     # -- time -----------------------------------------------------------------------------------------
 

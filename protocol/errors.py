@@ -33,7 +33,11 @@ class ErrorCode(enum.StrEnum):
 
     # -- frame level: the bytes or the frame structure are wrong ------------------------------------
     FRAME_TOO_LARGE = "frame_too_large", "The encoded frame exceeds the negotiated maximum frame size."
-    MALFORMED = "malformed", "The bytes are not one complete MessagePack value."
+    MALFORMED = (
+        "malformed",
+        "The bytes are not one complete MessagePack value, or hold a reserved byte, text that is not "
+        "UTF-8 or a container as a map key.",
+    )
     TOO_DEEP = "too_deep", "Containers are nested deeper than the limit."
     TOO_LONG = "too_long", "A string, binary, array or map is longer than its limit."
     BAD_FRAME = (
@@ -52,6 +56,10 @@ class ErrorCode(enum.StrEnum):
     SEQ_GAP = "seq_gap", "The op's ``seq`` skips numbers: the hub has not applied ``seq - 1`` of that client."
     BATCH_TOO_LARGE = "batch_too_large", "An op batch holds more ops than the limit."
     UNKNOWN_TOPIC = "unknown_topic", "The topic name does not parse as one of the known topic kinds."
+    UNSUPPORTED_TOPIC = (
+        "unsupported_topic",
+        "The topic kind is part of the protocol, but this hub does not serve it yet.",
+    )
     NOT_PERMITTED = "not_permitted", "The token's scope does not cover this topic, member, store or op."
     TOO_MANY_SUBSCRIPTIONS = (
         "too_many_subscriptions",

@@ -161,10 +161,15 @@ class Op(Frame, tag="op", frozen=True):
     """Client wall clock when the op was made (for latency reporting only, never for ordering)."""
 
 
-class OpBatch(Frame, tag="ops", frozen=True):
-    """Client → hub: several ops, applied in order as if sent one by one."""
+class _TaggedOp(Op, tag="\x00op", frozen=True):
+    """Never sent. Decoding a batch's elements as ``Op | _TaggedOp`` makes ``"t": "op"`` required in each:
+    msgspec treats the tag of a lone struct type as optional, and PROTOCOL.md §6.9 does not."""
 
-    ops: Annotated[list[Op], msgspec.Meta(min_length=1, max_length=1024)]
+
+class OpBatch(Frame, tag="ops", frozen=True):
+    """Client → hub: several ops, applied in order as if sent one by one. Each is a complete ``op`` map."""
+
+    ops: Annotated[list[Op | _TaggedOp], msgspec.Meta(min_length=1, max_length=1024)]
 
 
 class Ack(Frame, tag="ack", frozen=True):
@@ -179,6 +184,12 @@ class Ack(Frame, tag="ack", frozen=True):
     """True when the op had been applied before: ``result`` is the original one."""
 
 
+ABOUT_OP: Final = "op"
+"""``err.about`` when ``err.ref`` is the ``seq`` of an op (for a batch, of the op concerned)."""
+ABOUT_SUB: Final = "sub"
+"""``err.about`` when ``err.ref`` is the ``id`` of a ``sub``."""
+
+
 class Error(Frame, tag="err", frozen=True):
     """Hub → client (or client → hub): a request or frame was refused; the connection stays open."""
 
@@ -187,6 +198,9 @@ class Error(Frame, tag="err", frozen=True):
     ref: Annotated[int, _U53] | None = None
     """The ``id`` or ``seq`` of the frame the error answers, when it has one."""
     retry_after_ms: Millis | None = None
+    about: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    """What ``ref`` is: ``"op"`` (an op's ``seq``) or ``"sub"`` (a ``sub``'s ``id``); empty without ``ref``
+    and from hubs older than the field (PROTOCOL.md §6.11). A receiver ignores a value it does not know."""
 
 
 # --- liveness ------------------------------------------------------------------------------------------

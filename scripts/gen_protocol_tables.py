@@ -81,7 +81,8 @@ _LIMIT_MEANING = {
     "max_depth": "nesting of maps and arrays; the frame's own map is depth 1",
     "max_len": "entries in one map, elements in one array",
     "max_str": "bytes (not characters) in one string or binary value",
-    "max_items": "map entries plus array elements in the whole frame, the frame's own map included",
+    "max_items": "entries of every map (a key and its value count one) plus elements of every array, the "
+    "frame's own map included",
 }
 
 
@@ -129,7 +130,12 @@ def bounds(low: int | None, high: int | None) -> str:
 def wire_type(t: mi.Type) -> str:
     """A field's wire type with its bounds, as PROTOCOL.md writes it."""
     if isinstance(t, mi.UnionType):  # nil first: "nil or map of str → any" reads one way only
-        members = sorted(t.types, key=lambda member: not isinstance(member, mi.NoneType))
+        members = sorted(
+            (m for m in t.types if not (isinstance(m, mi.StructType) and m.cls.__name__.startswith("_"))),
+            key=lambda member: not isinstance(member, mi.NoneType),
+        )  # a private struct only makes the decoder require a tag (frames._TaggedOp): not a wire type
+        if len(members) == 1:
+            return wire_type(members[0])
         return " or ".join(wire_type(member) for member in members)
     if isinstance(t, mi.NoneType):
         return "nil"

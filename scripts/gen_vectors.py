@@ -3,9 +3,12 @@
     python scripts/gen_vectors.py          # (re)write the file
     python scripts/gen_vectors.py --check  # exit 1 if the file is not what this script writes
 
-Each vector is ``{name, direction, hex, frame}`` for a valid frame or ``{name, direction, hex, error}`` for an
-invalid one. ``direction`` is who sends it: ``"client"`` frames are decoded as a hub does (client frames
-only, ``SERVER_LIMITS``), ``"server"`` frames as a client does (hub frames only, ``CLIENT_LIMITS``).
+Each vector is ``{name, direction, hex, frame}`` for a valid frame, ``{name, direction, hex, frame,
+encodes_to}`` for a valid frame whose bytes are not the ones the reference encoder writes (an integer where a
+float is due, ``t`` after other keys, a wider integer than needed: receivers accept them, senders need not
+write them), or ``{name, direction, hex, error}`` for an invalid one. ``direction`` is who sends it:
+``"client"`` frames are decoded as a hub does (client frames only, ``SERVER_LIMITS``), ``"server"`` frames as
+a client does (hub frames only, ``CLIENT_LIMITS``).
 
 The expectations are written here by hand, not read back from the implementation: a valid vector's ``hex``
 is its ``frame`` map encoded by a generic MessagePack encoder (keys in the order written, which is the
@@ -242,10 +245,56 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
     (
         "err, rate_limited: every field",
         "server",
-        {"t": "err", "code": "rate_limited", "message": "20 ops/s", "ref": 13, "retry_after_ms": 2000},
+        {
+            "t": "err",
+            "code": "rate_limited",
+            "message": "20 ops/s",
+            "ref": 13,
+            "retry_after_ms": 2000,
+            "about": "op",
+        },
+    ),
+    (
+        "err answering a sub: a topic kind the hub does not serve yet",
+        "server",
+        {
+            "t": "err",
+            "code": "unsupported_topic",
+            "message": "points topics are not served yet",
+            "ref": 2147483649,
+            "about": "sub",
+        },
     ),
     ("ping from a hub", "server", {"t": "ping", "ts": T0 + 45_000}),
     ("pong from a hub", "server", {"t": "pong", "echo_ts": T0 + 15_000, "ts": T0 + 15_021}),
+]
+
+
+# Valid bytes the reference encoder would write differently: (name, direction, hex, frame). The frame is what
+# a receiver must decode; encoding it gives the canonical bytes (``encodes_to``).
+LENIENT: list[tuple[str, str, bytes, dict[str, Any]]] = [
+    (
+        "ping stats: integers where floats are due",
+        "client",
+        bytes.fromhex(
+            "83a174a470696e67a274730ba5737461747382a66f7574626f7803ad6f7574626f785f6167655f6d73cd04e2"
+        ),
+        {"t": "ping", "ts": 11, "stats": {"outbox": 3.0, "outbox_age_ms": 1250.0}},
+    ),
+    (
+        "the tag after the other keys",
+        "client",
+        bytes.fromhex("82a27473cf0000019b76dae298a174a470696e67"),
+        {"t": "ping", "ts": T0 + 15_000},
+    ),
+    (
+        "an integer in a wider encoding than needed (uint64 seq)",
+        "client",
+        bytes.fromhex(
+            "84a174a26f70a3736571cf0000000000000001a46b696e64aa636172742e636c656172a46172677381a66d656d626572a36d3432"
+        ),
+        {"t": "op", "seq": 1, "kind": "cart.clear", "args": {"member": "m42"}},
+    ),
 ]
 
 
@@ -291,6 +340,26 @@ INVALID: list[tuple[str, str, bytes, ErrorCode]] = [
     ),
     ("trailing byte after the frame", "client", PING + b"\xc0", ErrorCode.MALFORMED),
     ("reserved byte 0xc1", "client", b"\x83" + PING[1:] + enc("x") + b"\xc1", ErrorCode.MALFORMED),
+    ("a lone reserved byte 0xc1: malformed before not a map", "client", b"\xc1", ErrorCode.MALFORMED),
+    ("a truncated array: malformed before not a map", "client", b"\x92\x01", ErrorCode.MALFORMED),
+    (
+        "invalid UTF-8 under an unknown key",
+        "client",
+        b"\x83" + PING[1:] + enc("x") + b"\xa2\xff\xfe",
+        ErrorCode.MALFORMED,
+    ),
+    (
+        "invalid UTF-8 under an unknown key before an ill-typed field",
+        "client",
+        b"\x83" + enc("t") + enc("ping") + enc("ts") + enc("1") + enc("x") + b"\xa2\xff\xfe",
+        ErrorCode.MALFORMED,
+    ),
+    (
+        "an array as a map key",
+        "client",
+        b"\x83" + PING[1:] + enc("x") + b"\x81\x90\x01",
+        ErrorCode.MALFORMED,
+    ),
     (
         "invalid UTF-8 in a string field",
         "client",
@@ -307,9 +376,21 @@ INVALID: list[tuple[str, str, bytes, ErrorCode]] = [
     ),
     ("not a map: an array", "client", enc(["ping", 1]), ErrorCode.BAD_FRAME),
     (
-        "extension type (fixext1)",
+        "extension type (fixext1) under an unknown key",
         "client",
         b"\x83" + PING[1:] + enc("x") + b"\xd4\x01\x00",
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "an extension type before a string over max_str: the first in byte order",
+        "client",
+        b"\x83" + PING[1:] + enc("x") + b"\x92\xd4\x01\x00\xdb\xff\xff\xff\xff",
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "an ops element without its tag",
+        "client",
+        enc({"t": "ops", "ops": [{"seq": 1, "kind": "cart.clear", "args": {"member": "m42"}}]}),
         ErrorCode.BAD_FRAME,
     ),
     ("no tag", "client", enc({"ts": 1}), ErrorCode.BAD_FRAME),
@@ -372,9 +453,11 @@ INVALID: list[tuple[str, str, bytes, ErrorCode]] = [
     ("array16 of 1025 elements (declared)", "client", op_args(b"\x81\xa1a\xdc\x04\x01"), ErrorCode.TOO_LONG),
     ("map32 declaring 2**32-1 entries", "client", b"\xdf\xff\xff\xff\xff" + PING[1:], ErrorCode.TOO_LONG),
     (
-        "16385 entries in one frame",
+        "16385 entries in one frame (4 in the frame, 1 in args, 17 + 16363 in arrays)",
         "client",
-        op_args(b"\x81\xa1a\xdc\x00\x11" + (b"\xdc\x03\xe8" + bytes(1000)) * 17),
+        op_args(
+            b"\x81\xa1a\xdc\x00\x11" + (b"\xdc\x03\xe8" + bytes(1000)) * 16 + b"\xdc\x01\x6b" + bytes(363)
+        ),
         ErrorCode.TOO_LONG,
     ),
 ]
@@ -414,6 +497,24 @@ def build() -> list[dict[str, Any]]:
             problems.append(f"{name}: does not round-trip as written (field order, defaults?)")
         problems += [f"{name}: {p}" for p in cart_line_problems(frame)]
         vectors.append({"name": name, "direction": direction, "hex": data.hex(), "frame": frame})
+    for name, direction, data, frame in LENIENT:
+        try:
+            decoded = DECODERS[direction].decode(data)
+        except ProtocolError as exc:
+            problems.append(f"{name}: refused with {exc}")
+            continue
+        canonical = codec.encode(decoded)
+        if msgspec.to_builtins(decoded) != frame or canonical != enc(frame) or canonical == data:
+            problems.append(f"{name}: does not decode to its frame, or is the canonical encoding")
+        vectors.append(
+            {
+                "name": name,
+                "direction": direction,
+                "hex": data.hex(),
+                "frame": frame,
+                "encodes_to": canonical.hex(),
+            }
+        )
     for name, direction, data, code in INVALID:
         try:
             DECODERS[direction].decode(data)

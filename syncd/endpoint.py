@@ -15,9 +15,9 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from protocol import frames
+from protocol import codec, frames
 from protocol.codec import Limits
-from protocol.connection import CloseRequested, FrameReceived, HelloReceived, ServerProtocol
+from protocol.connection import CloseRequested, FrameReceived, HelloReceived, Refused, ServerProtocol
 from protocol.errors import CloseCode
 from syncd.auth import AuthError
 from syncd.hub import Hub, now_ms
@@ -63,7 +63,7 @@ class _Connection:
         self.session: Session | None = None
         self.closing: tuple[int, str] | None = None
         self._pre_session: list[bytes] = []
-        self._requests: list[frames.Frame] = []  # at most MAX_WAITING: a list is cheaper than a deque
+        self._requests: list[frames.Frame | Refused] = []  # at most MAX_WAITING: cheaper than a deque
         self._room: asyncio.Event | None = None  # made when the reader first has to wait
         self._worker: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -127,9 +127,9 @@ class _Connection:
         """
         while events := self.proto.events_received():
             for event in events:
-                if isinstance(event, FrameReceived):
+                if isinstance(event, FrameReceived | Refused):
                     self._emit()  # keep order: anything the protocol queued goes before the answers
-                    self._enqueue(event.frame)
+                    self._enqueue(event.frame if isinstance(event, FrameReceived) else event)
                 elif isinstance(event, HelloReceived):
                     await self._hello(event.hello)
                 elif isinstance(event, CloseRequested):
@@ -145,7 +145,7 @@ class _Connection:
         if self._room is not None:
             self._room.set()
 
-    def _enqueue(self, frame: frames.Frame) -> None:
+    def _enqueue(self, frame: frames.Frame | Refused) -> None:
         if isinstance(frame, frames.Error):
             return  # an err from a client needs no answer (never an err for an err)
         self._requests.append(frame)
@@ -178,6 +178,8 @@ class _Connection:
                     await self.hub.subscribe(session, frame)
                 elif isinstance(frame, frames.Unsubscribe):
                     self.hub.unsubscribe(session, frame)
+                elif isinstance(frame, Refused):  # after the replies to the requests before it (§7.2)
+                    session.send(codec.encode(frame.error))
                 self._made_room()
         finally:
             self._worker = None
@@ -261,7 +263,8 @@ class _Connection:
                     return
             self._emit()
         session = self.session
-        if session is not None and session.close_code is None and now >= session.principal.expires_at * 1000:
+        expires_ms = (session.principal.expires_at + self.hub.verifier.leeway_s) * 1000 if session else 0
+        if session is not None and session.close_code is None and now >= expires_ms:  # the handshake's leeway
             log.info("closing the session of %s: its token expired", session.principal.client_id)
             session.close(CloseCode.TOKEN_EXPIRED, "token expired")
 

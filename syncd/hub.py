@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from protocol import codec, frames
 from protocol.errors import BackendUnavailable, CloseCode, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import OpArgs
-from protocol.topics import parse_topic
+from protocol.topics import SERVED_KINDS, parse_topic
 from syncd.auth import Principal, TokenVerifier
 from syncd.fanout import Fanout
 from syncd.session import RateLimit, Session, Subscription
@@ -103,6 +103,10 @@ class Hub:
         if not session.principal.may_read(topic):
             return self._error(
                 session, ErrorCode.NOT_PERMITTED, f"{topic} is outside the token's scope", request.id
+            )
+        if topic.kind not in SERVED_KINDS:  # a kind the protocol defines, not served yet: not "unknown"
+            return self._error(
+                session, ErrorCode.UNSUPPORTED_TOPIC, f"{topic.kind} topics are not served yet", request.id
             )
         name = str(topic)
         if (
@@ -209,20 +213,37 @@ class Hub:
                 session.known_last = None  # the watermark is not known any more: the next op checks it
                 failed = ops[len(batch.outcomes)].seq
                 if isinstance(batch.error, ProtocolError):
-                    return self._error(session, batch.error.code, batch.error.message, failed)
+                    return self._error(
+                        session, batch.error.code, batch.error.message, failed, about=frames.ABOUT_OP
+                    )
                 return self._error(
-                    session, ErrorCode.UNAVAILABLE, str(batch.error), failed, RETRY_AFTER_UNAVAILABLE_MS
+                    session,
+                    ErrorCode.UNAVAILABLE,
+                    str(batch.error),
+                    failed,
+                    RETRY_AFTER_UNAVAILABLE_MS,
+                    frames.ABOUT_OP,
                 )
         if retry is not None:
-            self._error(session, ErrorCode.RATE_LIMITED, "op rate exceeded", ops[granted].seq, retry)
+            self._error(
+                session, ErrorCode.RATE_LIMITED, "op rate exceeded", ops[granted].seq, retry, frames.ABOUT_OP
+            )
 
     @staticmethod
     def _error(
-        session: Session, code: ErrorCode, message: str, ref: int | None, retry_after_ms: int | None = None
+        session: Session,
+        code: ErrorCode,
+        message: str,
+        ref: int,
+        retry_after_ms: int | None = None,
+        about: str = frames.ABOUT_SUB,
     ) -> None:
+        """An ``err`` answering a ``sub`` (``ref`` its id) or, with ``about=ABOUT_OP``, an op (its seq)."""
         session.send(
             codec.encode(
-                frames.Error(code=code, message=message[:1024], ref=ref, retry_after_ms=retry_after_ms)
+                frames.Error(
+                    code=code, message=message[:1024], ref=ref, retry_after_ms=retry_after_ms, about=about
+                )
             )
         )
 

@@ -18,6 +18,8 @@ from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from protocol.errors import CloseCode
+
 RAW_SEND: Final = "syncd.raw_send"
 """ASGI scope extension: ``scope["extensions"][RAW_SEND](framed: bytes) -> bool``."""
 
@@ -39,6 +41,18 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # The ASGI task that reads the scope is created but has not run yet.
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[RAW_SEND] = self.raw_send
+
+    def shutdown(self) -> None:
+        """Close an open websocket with 1001 ``going_away`` when the server stops (PROTOCOL.md §5.2), where
+        uvicorn would send 1012; anything else (a close already sent, no handshake yet) as uvicorn does."""
+        if not self.handshake_complete or self.close_sent or self.disconnected:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": CloseCode.GOING_AWAY})
+        self.conn.send_close(CloseCode.GOING_AWAY, "hub shutting down")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
 
     def raw_send(self, framed: bytes) -> bool:
         """Write one pre-framed message now, if the connection is open and its transport accepts more."""

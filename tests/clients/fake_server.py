@@ -16,7 +16,14 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from protocol import codec
-from protocol.connection import CloseRequested, FrameReceived, HelloReceived, ServerProtocol, StatsReceived
+from protocol.connection import (
+    CloseRequested,
+    FrameReceived,
+    HelloReceived,
+    Refused,
+    ServerProtocol,
+    StatsReceived,
+)
 from tests.clients.fakes import FakeHub, FakeSession
 
 
@@ -92,6 +99,8 @@ class FakeHubServer:
                         elif isinstance(event, FrameReceived) and session is not None:
                             session.send(event.frame, now_ms())
                             self._wake_all()
+                        elif isinstance(event, Refused) and session is not None:
+                            session.out.append(event.error)  # after the replies to what came before
                         elif isinstance(event, CloseRequested):
                             await self._flush(ws, proto, session)
                             await ws.close(event.code, event.reason)

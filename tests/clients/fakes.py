@@ -160,12 +160,21 @@ class FakeHub:
             if fault.client_id == client and fault.seq == op.seq:
                 self.faults.remove(fault)
                 session.out.append(
-                    frames.Error(code=fault.code, ref=op.seq, retry_after_ms=fault.retry_after_ms)
+                    frames.Error(
+                        code=fault.code,
+                        ref=op.seq,
+                        retry_after_ms=fault.retry_after_ms,
+                        about=frames.ABOUT_OP,
+                    )
                 )
                 return False
         last = self.last.get(client, 0)
         if op.seq > last + 1:
-            session.out.append(frames.Error(code=ErrorCode.SEQ_GAP, ref=op.seq, message=f"after {last}"))
+            session.out.append(
+                frames.Error(
+                    code=ErrorCode.SEQ_GAP, ref=op.seq, message=f"after {last}", about=frames.ABOUT_OP
+                )
+            )
             return False
         if op.seq <= last:
             first = self.outcomes[client, op.seq]

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from clients import (
+    AuthRequired,
     ChangeCause,
     ClientClosed,
-    ConnectionClosed,
+    ClientStopped,
     ConnectionState,
     OpRejected,
     SyncClient,
@@ -154,22 +155,32 @@ async def test_a_dropped_connection_reconnects_and_resumes(server: FakeHubServer
     assert server.hub.lines("m1")["A"]["qty"] == 2
 
 
+@pytest.mark.parametrize(
+    ("code", "state", "error"),
+    [
+        (CloseCode.UNAUTHORIZED, ConnectionState.AUTH_REQUIRED, AuthRequired),
+        (CloseCode.UNSUPPORTED_VERSION, ConnectionState.STOPPED, ClientStopped),
+    ],
+)
 async def test_a_fatal_close_stops_the_client_with_a_typed_error_until_told_to_retry(
-    server: FakeHubServer, data_dir: Path
+    server: FakeHubServer, data_dir: Path, code: CloseCode, state: ConnectionState, error: type[Exception]
 ) -> None:
-    server.refuse_with = CloseCode.UNAUTHORIZED
+    server.refuse_with = code
     async with client(server, data_dir, backoff=fast_backoff) as c:
-        await c.cart("m1").add("A", 1)
+        op = await c.cart("m1").add("A", 1)
         async with asyncio.timeout(10):
             async for status in c.status_changes():
                 if status.stopped:
                     break
-        assert isinstance(status.last_error, ConnectionClosed) and status.last_error.code == 4500
+        assert isinstance(status.last_error, error) and status.last_error.code == code
         assert status.fatal is status.last_error and not status.last_error.retryable
-        assert status.state is ConnectionState.OFFLINE and status.pending_ops == 1
+        assert status.state is state and status.pending_ops == 1
+        with pytest.raises(error):
+            await asyncio.wait_for(op.acked(), 1)  # at once: the client cannot get there by itself
         server.refuse_with = None
         await c.go_online()
         await c.wait_synced(10)
+        assert await op.acked() == {"qty": 1}  # the same handle, once the cause is gone
 
 
 async def test_an_expired_token_is_replaced_when_a_provider_is_given(

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from clients import ConnectionClosed, ProtocolError, Status, SyncClient, UnexpectedEvent
+from clients import ClientStopped, ConnectionState, ProtocolError, Status, SyncClient, UnexpectedEvent
 from clients.store import SQLiteOutbox
 from protocol import codec, frames
 from protocol.errors import CloseCode, ErrorCode
@@ -173,8 +173,15 @@ async def test_no_common_protocol_version_stops_the_client_with_a_typed_error(tm
             async for status in client.status_changes():
                 if status.stopped:
                     break
-        assert isinstance(status.last_error, ConnectionClosed) and status.last_error.code == 4503
+        assert isinstance(status.last_error, ClientStopped) and status.last_error.code == 4503
         assert not status.last_error.retryable and status.pending_ops == 2
+        assert status.state is ConnectionState.STOPPED
+        [first, _] = await client.pending_ops()
+        with pytest.raises(ClientStopped) as stopped:  # every waiter fails at once, with the close code
+            await asyncio.wait_for(first.acked(), 2)
+        assert (stopped.value.code, stopped.value.reason) == (4503, "no common protocol version")
+        with pytest.raises(ClientStopped):
+            await asyncio.wait_for(client.wait_synced(), 2)
     assert await stored_outbox(tmp_path) == before
 
 

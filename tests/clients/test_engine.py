@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients.engine import ChangeCause, LoadOps, SyncEngine, TopicRecord
+from clients.engine import SUB_ID_BASE, ChangeCause, LoadOps, SubscriptionFailed, SyncEngine, TopicRecord
 from clients.errors import OutboxStalled, SubscriptionRefused, UnexpectedEvent
 from protocol import frames
 from protocol.errors import ErrorCode, OpRejected, ProtocolError
@@ -292,14 +292,34 @@ def test_an_unavailable_subscription_is_retried_after_the_delay() -> None:
     assert isinstance(again, frames.Subscribe) and again.topic == "cart:m1" and again.id != sub.id
 
 
+def test_an_err_is_matched_by_what_it_says_its_ref_is_not_by_the_number() -> None:
+    """An op's seq may equal a subscription id (here both are 2^31): ``about`` tells them apart."""
+    engine = SyncEngine("pos-1", next_seq=SUB_ID_BASE)
+    engine.subscribe("cart:m1")
+    op = engine.prepare("cart.add", {"member": "m1", "sku": "A", "qty": 1}, T0)
+    engine.commit([op])
+    engine.connected(welcome(last_seq=SUB_ID_BASE - 1), T0)
+    sub, sent = engine.frames_to_send(T0)
+    assert isinstance(sub, frames.Subscribe) and isinstance(sent, frames.Op) and sub.id == sent.seq
+    engine.receive(frames.Error(code=ErrorCode.UNAVAILABLE, ref=sent.seq, about="op", retry_after_ms=700), T0)
+    assert engine.in_flight == 0 and engine.next_deadline() == T0 + 700  # the op waits; the sub does not
+    engine.receive(
+        frames.Snapshot(id=sub.id, topic="cart:m1", cursor=frames.Cursor("e", 0), state={"lines": {}}), T0
+    )
+    assert engine.all_synced
+    engine.receive(frames.Error(code=ErrorCode.NOT_PERMITTED, ref=sub.id, about="sub"), T0)
+    assert any(isinstance(e, SubscriptionFailed) for e in engine.events_received())
+    assert engine.pending == 1  # the op was not touched by the sub's refusal
+
+
 # --- views, cursors, events ---------------------------------------------------------------------------
 
 
-def test_an_applied_op_stays_in_the_view_until_the_server_state_shows_it() -> None:
-    hub = FakeHub()
+def one_op_answered() -> tuple[Device, frames.Event, frames.Ack]:
+    """A subscribed device whose op ``cart.add A 2`` the hub applied: its event and ack, not yet received."""
     device = Device("pos-1")
     device.subscribe("m1")
-    device.connect(hub)
+    device.connect(FakeHub())
     device.pump()
     device.op("cart.add", member="m1", sku="A", qty=2)
     assert device.session is not None
@@ -307,6 +327,11 @@ def test_an_applied_op_stays_in_the_view_until_the_server_state_shows_it() -> No
         device.session.send(frame, T0)
     [event, ack] = device.session.take()  # the fake hub fans out before it acks; a real hub may do either
     assert isinstance(ack, frames.Ack) and isinstance(event, frames.Event)
+    return device, event, ack
+
+
+def test_an_applied_op_stays_in_the_view_until_the_server_state_shows_it() -> None:
+    device, event, ack = one_op_answered()
     device.engine.receive(ack, T0)
     device.handle_events()
     device.flush()
@@ -318,6 +343,18 @@ def test_an_applied_op_stays_in_the_view_until_the_server_state_shows_it() -> No
     device.flush()
     assert qty(device.view("m1"), "A") == 2
     assert device.store.outbox == {}
+
+
+def test_the_senders_own_event_may_come_before_its_ack() -> None:
+    """PROTOCOL.md §7.2: the ack and the event travel separately; either order shows the op once."""
+    device, event, ack = one_op_answered()
+    device.engine.receive(event, T0)
+    assert qty(device.view("m1"), "A") == 2 and device.engine.pending == 1  # shown once, not yet settled
+    device.engine.receive(ack, T0)
+    device.handle_events()
+    device.flush()
+    assert qty(device.view("m1"), "A") == 2 and device.engine.pending == 0
+    assert device.store.outbox == {}  # the event already showed it: nothing kept for the view
 
 
 def test_events_in_order_apply_duplicates_are_ignored_and_a_gap_resubscribes() -> None:

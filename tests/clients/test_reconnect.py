@@ -13,6 +13,7 @@ from clients.reconnect import (
     SLOW_CONSUMER_MIN_S,
     TRY_AGAIN_LATER_MIN_S,
     Decision,
+    Hubs,
     after_close,
     backoff,
     retry_hint_s,
@@ -58,10 +59,11 @@ def test_a_thousand_clients_spread_their_first_reconnects() -> None:
         (CloseCode.HEARTBEAT_TIMEOUT, "", Decision(True)),
         (CloseCode.BACKEND_UNAVAILABLE, "", Decision(True)),
         (4321, "", Decision(True)),  # unnamed, in the reconnect range
-        (CloseCode.UNAUTHORIZED, "", Decision(False)),
-        (CloseCode.TOKEN_EXPIRED, "", Decision(False)),
+        (CloseCode.UNAUTHORIZED, "", Decision(False, auth=True)),  # a new token can cure it: wait for one
+        (CloseCode.TOKEN_EXPIRED, "", Decision(False, auth=True)),
+        (CloseCode.REVOKED, "", Decision(False, auth=True)),
         (CloseCode.UNSUPPORTED_VERSION, "", Decision(False)),
-        (CloseCode.REVOKED, "", Decision(False)),
+        (CloseCode.FORBIDDEN_ORIGIN, "", Decision(False)),
         (4987, "", Decision(False)),  # unnamed, in the stop range
         (CloseCode.NORMAL, "", Decision(False)),
         (CloseCode.PROTOCOL_ERROR, "", Decision(False)),  # the hub says our frame was bad: not again as is
@@ -74,6 +76,26 @@ def test_close_codes_from_the_hub(code: int, reason: str, expected: Decision) ->
 
 def test_an_expired_token_is_retried_when_a_fresh_one_can_be_fetched() -> None:
     assert after_close(CloseCode.TOKEN_EXPIRED, fresh_token=True) == Decision(True)
+
+
+def test_a_provider_whose_tokens_keep_being_refused_is_asked_again_with_backoff_as_auth_required() -> None:
+    again = after_close(CloseCode.TOKEN_EXPIRED, fresh_token=True, auth_refusals=1)
+    assert again == Decision(True, auth=True)
+    assert after_close(CloseCode.UNAUTHORIZED, fresh_token=True) == Decision(True, auth=True)
+
+
+def test_hubs_rotate_in_order_and_a_single_url_stays() -> None:
+    hubs = Hubs(["ws://a/ws", "ws://b/ws", "ws://c/ws"])
+    assert [hubs.current, hubs.advance(), hubs.advance(), hubs.advance()] == [
+        "ws://a/ws",
+        "ws://b/ws",
+        "ws://c/ws",
+        "ws://a/ws",
+    ]
+    one = Hubs("ws://only/ws")
+    assert (one.urls, one.advance()) == (("ws://only/ws",), "ws://only/ws")
+    with pytest.raises(ValueError, match="at least one"):
+        Hubs([])
 
 
 def test_a_close_the_client_made_over_a_broken_hub_is_retried() -> None:

@@ -274,7 +274,10 @@ REFUSALS: list[tuple[str, codec.FrameDecoder, bytes, ErrorCode]] = [
     ("string at the top", HUB, p("ping"), ErrorCode.BAD_FRAME),
     ("integer at the top", HUB, b"\x01", ErrorCode.BAD_FRAME),
     ("nil at the top", HUB, b"\xc0", ErrorCode.BAD_FRAME),
-    ("reserved byte at the top", HUB, b"\xc1", ErrorCode.BAD_FRAME),
+    # not even one complete value: malformed before "not a map" (the first violation in byte order wins)
+    ("reserved byte at the top", HUB, b"\xc1", ErrorCode.MALFORMED),
+    ("truncated array at the top", HUB, b"\x92\x01", ErrorCode.MALFORMED),
+    ("array at the top with trailing bytes", HUB, b"\x91\x01\x02", ErrorCode.MALFORMED),
     # truncation and trailing bytes
     ("map declares more entries than bytes left", HUB, b"\x82\xa1t", ErrorCode.MALFORMED),
     ("a value is missing at the end", HUB, b"\x81\xcd\x00\x01", ErrorCode.MALFORMED),
@@ -394,6 +397,17 @@ REFUSALS: list[tuple[str, codec.FrameDecoder, bytes, ErrorCode]] = [
     ),
     ("a ping inside a batch", HUB, m("t", "ops", "ops", [{"t": "ping", "ts": 1}]), ErrorCode.BAD_FRAME),
     (
+        "a batch element without its tag",
+        HUB,
+        m(
+            "t",
+            "ops",
+            "ops",
+            [{"t": "op", "seq": 1, "kind": "k", "args": {}}, {"seq": 2, "kind": "k", "args": {}}],
+        ),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
         "version vector of 257",
         HUB,
         m("t", "op", "seq", 1, "kind", "k", "args", {}, "ctx", {f"c{i}": 1 for i in range(257)}),
@@ -420,6 +434,50 @@ REFUSALS: list[tuple[str, codec.FrameDecoder, bytes, ErrorCode]] = [
     ),
     ("a map as a map key inside args", HUB, op_with(b"\x81\xa1a\x81\x80\x01"), ErrorCode.MALFORMED),
     ("a map as a key of the frame", HUB, b"\x81\x80\x01", ErrorCode.MALFORMED),
+    # an unknown key's value is skipped by type, never by structure (PROTOCOL.md §3, §4.1)
+    ("invalid UTF-8 under an unknown key", HUB, ping_with(b"\xa2\xff\xfe"), ErrorCode.MALFORMED),
+    ("invalid UTF-8 in a key under an unknown key", HUB, ping_with(b"\x81\xa1\xff\x01"), ErrorCode.MALFORMED),
+    ("an array as a map key under an unknown key", HUB, ping_with(b"\x81\x90\x01"), ErrorCode.MALFORMED),
+    # precedence: structure before text, the first violation in byte order decides (PROTOCOL.md §4.1)
+    (
+        "a string over max_str after invalid UTF-8",
+        HUB,
+        ping_with(b"\x92\xa1\xff\xdb\xff\xff\xff\xff"),
+        ErrorCode.TOO_LONG,
+    ),
+    (
+        "ext before a too-long string",
+        HUB,
+        ping_with(b"\x92\xd4\x01\x00\xdb\xff\xff\xff\xff"),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "too-long string before an ext",
+        HUB,
+        ping_with(b"\x92\xdb\xff\xff\xff\xff\xd4\x01\x00"),
+        ErrorCode.TOO_LONG,
+    ),
+    (
+        "reserved byte before a too-deep value",
+        HUB,
+        op_with(b"\x82\xa1a\xc1\xa1b" + b"\x91" * 9 + b"\x01"),
+        ErrorCode.MALFORMED,
+    ),
+    (
+        "too long before too deep at one header",
+        TINY_HUB,
+        b"\x81\xa1a\x91\x91\x93\x01\x02\x03",
+        ErrorCode.TOO_LONG,
+    ),
+    ("too deep before truncated at one header", TINY_HUB, b"\x81\xa1a\x91\x91\x91", ErrorCode.TOO_DEEP),
+    ("truncated before too many entries at one header", TINY_HUB, b"\x82\xa1a\x92\x01", ErrorCode.MALFORMED),
+    (
+        "invalid UTF-8 anywhere before an ill-typed field",
+        HUB,
+        m("t", "ping", "ts", "x", "y", Raw(b"\xa1\xff")),
+        ErrorCode.MALFORMED,
+    ),
+    ("unknown tag with an ill-typed field", HUB, m("t", "nope", "ts", "x"), ErrorCode.UNKNOWN_FRAME),
 ]
 
 
@@ -479,6 +537,34 @@ def test_strings_and_containers_at_their_limit_are_accepted() -> None:
         ping_with(b"\xdc" + limits.max_len.to_bytes(2, "big") + bytes(limits.max_len)), limits
     )
     codec.check_structure(b"\x82\xa1a\x01\xa1b\x91\x01", TINY)  # 3 entries in total = max_items
+
+
+def test_max_items_counts_the_entries_of_every_map_and_array_the_frames_own_map_included() -> None:
+    """A map entry (key and value) counts one, an array element one; scalars and strings count nothing by
+    themselves. Here: 4 entries of the frame, 1 of args, 17 elements of the outer array, 16,362 inside."""
+    inner = (b"\xdc\x03\xe8" + bytes(1000)) * 16 + b"\xdc\x01\x6a" + bytes(362)
+    exact = op_with(b"\x81\xa1a\xdc\x00\x11" + inner)
+    assert codec.SERVER_LIMITS.max_items == 4 + 1 + 17 + 16 * 1000 + 362
+    assert isinstance(HUB.decode(exact), frames.Op)
+    one_more = op_with(b"\x82\xa1b\x01\xa1a\xdc\x00\x11" + inner)  # one more entry in args
+    assert refuse(HUB, one_more).code is ErrorCode.TOO_LONG
+
+
+def test_an_unknown_keys_binary_value_is_not_checked_for_utf8() -> None:
+    assert HUB.decode(ping_with(b"\xc4\x02\xff\xfe")) == frames.Ping(ts=1)
+    assert HUB.decode(ping_with(b"\xa2\xc3\xa9")) == frames.Ping(ts=1)  # valid UTF-8 ("é") passes
+
+
+def test_an_integer_is_accepted_where_a_float_is_due() -> None:
+    """A JavaScript sender cannot tell 3.0 from 3 and encodes it as an integer (PROTOCOL.md §3)."""
+    ping = HUB.decode(m("t", "ping", "ts", 1, "stats", {"outbox": 3, "age": 2**53 - 1, "neg": -5}))
+    assert isinstance(ping, frames.Ping) and ping.stats == {"outbox": 3.0, "age": 2.0**53 - 1, "neg": -5.0}
+    assert all(type(v) is float for v in ping.stats.values())
+
+
+def test_a_batch_of_tagged_ops_decodes_to_ops() -> None:
+    data = m("t", "ops", "ops", [{"t": "op", "seq": 1, "kind": "k", "args": {}}])
+    assert HUB.decode(data) == frames.OpBatch(ops=[frames.Op(seq=1, kind="k", args={})])
 
 
 def test_nesting_below_the_limit_is_accepted() -> None:

@@ -16,6 +16,8 @@ from protocol.connection import (
     HelloReceived,
     InvalidState,
     Opened,
+    Refused,
+    ServerEvent,
     ServerProtocol,
     State,
     StatsReceived,
@@ -44,6 +46,11 @@ def err(code: ErrorCode, ref: int | None = None) -> tuple[str, int | None]:
 
 def errors_of(sent: list[frames.Frame]) -> list[tuple[str, int | None]]:
     return [(f.code, f.ref) for f in sent if isinstance(f, frames.Error)]
+
+
+def refused(events: list[ServerEvent]) -> list[tuple[str, int | None, str]]:
+    """The refusals the server left for its driver to send in line (codes, refs and what the refs are)."""
+    return [(e.error.code, e.error.ref, e.error.about) for e in events if isinstance(e, Refused)]
 
 
 def hello_bytes(versions: list[int] | None = None, ts: int = 0) -> bytes:
@@ -159,17 +166,17 @@ def test_accept_refuse_and_connect_out_of_turn_are_driver_bugs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "ref"),
+    ("frame", "ref", "about"),
     [
-        (op(3), 3),
-        (batch(4, 5), 4),
-        (frames.Subscribe(id=17, topic="cart:m42"), 17),
-        (frames.Unsubscribe(topic="cart:m42"), None),
-        (frames.Ping(ts=1), None),
+        (op(3), 3, "op"),
+        (batch(4, 5), 4, "op"),
+        (frames.Subscribe(id=17, topic="cart:m42"), 17, "sub"),
+        (frames.Unsubscribe(topic="cart:m42"), None, ""),
+        (frames.Ping(ts=1), None, ""),
     ],
 )
 def test_a_frame_before_hello_is_answered_out_of_order_and_the_handshake_goes_on(
-    frame: frames.Frame, ref: int | None
+    frame: frames.Frame, ref: int | None, about: str
 ) -> None:
     pair = ConnectionPair()
     deadline = pair.server.next_deadline()
@@ -177,6 +184,7 @@ def test_a_frame_before_hello_is_answered_out_of_order_and_the_handshake_goes_on
     events, sent = pair.to_server(codec.encode(frame))
     assert events == []
     assert errors_of(sent) == [err(ErrorCode.OUT_OF_ORDER, ref)]
+    assert [f.about for f in sent if isinstance(f, frames.Error)] == [about]  # what ref is, unambiguously
     assert (pair.server.state, pair.server.next_deadline()) == (
         State.AWAITING_HELLO,
         deadline,
@@ -211,8 +219,7 @@ def test_frames_while_authenticating_are_out_of_order() -> None:
 def test_a_second_hello_after_open_is_out_of_order() -> None:
     pair = opened_pair()
     events, sent = pair.to_server(hello_bytes())
-    assert events == []
-    assert errors_of(sent) == [err(ErrorCode.OUT_OF_ORDER)]
+    assert (refused(events), sent) == ([(ErrorCode.OUT_OF_ORDER, None, "")], [])
     assert pair.server.state is State.OPEN
 
 
@@ -226,7 +233,7 @@ def test_an_unknown_tag_is_answered_with_an_error_and_the_connection_stays() -> 
     assert (errors_of(sent), pair.server.state) == ([err(ErrorCode.UNKNOWN_FRAME)], State.AWAITING_HELLO)
     pair.handshake()
     events, sent = pair.to_server(UNKNOWN_TAG)
-    assert errors_of(sent) == [err(ErrorCode.UNKNOWN_FRAME)]
+    assert (refused(events), sent) == ([(ErrorCode.UNKNOWN_FRAME, None, "")], [])
     assert pair.server.state is State.OPEN
 
 
@@ -379,26 +386,26 @@ def test_single_ops_must_not_skip_a_seq_but_replays_are_delivered() -> None:
     pair = opened_pair()  # the hub has applied up to seq 5
     assert pair.client_send(op(6)) == [FrameReceived(op(6))]
     assert pair.server.last_seq == 6
-    assert pair.client_send(op(8)) == []
-    assert errors_of(pair.server_sent) == [err(ErrorCode.SEQ_GAP, 8)]
+    [gap] = pair.client_send(op(8))
+    assert isinstance(gap, Refused)
+    assert gap.error == frames.Error(
+        code=ErrorCode.SEQ_GAP, message="seq 8 after 6: expected 7", ref=8, about=frames.ABOUT_OP
+    )
     assert pair.server.last_seq == 6
     assert pair.client_send(op(3)) == [FrameReceived(op(3))]  # the store answers it with the original ack
     assert pair.server.last_seq == 6
     assert pair.client_send(op(7)) == [FrameReceived(op(7))]
-    [gap] = [f for f in pair.server_sent if isinstance(f, frames.Error)]
-    assert gap.message == "seq 8 after 6: expected 7"
+    assert errors_of(pair.server_sent) == []  # refusals of an open session are the driver's to send
 
 
-def test_a_batch_delivers_the_ops_before_a_gap() -> None:
+def test_a_batch_delivers_the_ops_before_a_gap_and_then_the_refusal_in_line() -> None:
     pair = opened_pair()
-    assert pair.client_send(batch(6, 7, 9, 10)) == [FrameReceived(batch(6, 7))]
-    assert pair.client_send(batch(8, 10)) == [FrameReceived(op(8))]
-    assert pair.client_send(batch(11)) == []
-    assert errors_of(pair.server_sent) == [
-        err(ErrorCode.SEQ_GAP, 9),
-        err(ErrorCode.SEQ_GAP, 10),
-        err(ErrorCode.SEQ_GAP, 11),
-    ]
+    first = pair.client_send(batch(6, 7, 9, 10))
+    assert first[0] == FrameReceived(batch(6, 7))  # the refusal comes after: its reply follows their acks
+    assert refused(first[1:]) == [(ErrorCode.SEQ_GAP, 9, "op")]
+    second = pair.client_send(batch(8, 10))
+    assert (second[0], refused(second[1:])) == (FrameReceived(op(8)), [(ErrorCode.SEQ_GAP, 10, "op")])
+    assert refused(pair.client_send(batch(11))) == [(ErrorCode.SEQ_GAP, 11, "op")]
     assert pair.server.last_seq == 8
 
 
@@ -413,8 +420,7 @@ def test_a_whole_batch_is_delivered_as_sent_replays_included() -> None:
 def test_a_batch_over_max_batch_is_refused_whole() -> None:
     pair = opened_pair(server={"max_batch": 3})
     events, sent = pair.to_server(codec.encode(batch(6, 7, 8, 9)))
-    assert events == []
-    assert errors_of(sent) == [err(ErrorCode.BATCH_TOO_LARGE, 6)]
+    assert (refused(events), sent) == ([(ErrorCode.BATCH_TOO_LARGE, 6, "op")], [])
     assert pair.server.last_seq == 5
     assert pair.client_send(batch(6, 7, 8)) == [FrameReceived(batch(6, 7, 8))]
 
