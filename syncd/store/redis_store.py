@@ -8,7 +8,7 @@ Every key one script touches shares a hash slot, so the same scripts run unchang
     {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
     {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
                                            max -> highest seq settled here; r:<seq> -> record of a rejection
-                                           or conflict; k:<seq % 256> -> "<seq>|record" of a plain ok (a ring)
+                                           or conflict; k:<seq % 1024> -> "<seq>|record" of a plain ok (a ring)
     {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; head_at -> commit time of
                                            the stream's first entry as last read (age trim reads only then)
     {m:<member>}:log:cart           stream entry "<offset>-0", field "ev" = the encoded ``ev`` frame
@@ -37,6 +37,15 @@ the original outcome without applying it again (PITFALLS 8: the dedup record is 
 step as the effect); step 3 then advances ``last``. Conversely ``last >= seq`` implies the op was settled, so
 an op at or below the watermark is never applied again, even after its dedup hash expired (the script is told
 so and answers a plain ok dup).
+
+What a replay is answered (PROTOCOL.md §7.3): within the dedup retention, always whether the op was applied
+or rejected, with the rejection's code and message and any conflict (``r:<seq>``, kept as long as the hash);
+the ``result`` of a plain success only while the op is among the client's last 1,024 seqs (the ring, which
+bounds what one client can make the hub hold per member). Keeping every result for the whole retention would
+let one client grow a hash without bound (its op rate times seven days); and nobody needs it: a client waits
+for a result only while the op is in its in-flight window (at most ``max_batch`` ≤ 1,024 ops), and an op
+replayed from further back is one whose sender restarted and lost the caller that waited for it, when only
+applied versus rejected matters. Past the ring a replay is answered ``{ok: true, dup: true}`` without result.
 
 Ops rejected before any script (unknown kind, bad arguments) are settled in the client slot: the rejection is
 recorded under ``{c:<client_id>}:r:<seq>`` (with the dedup retention as TTL) and ``last`` advances, so a

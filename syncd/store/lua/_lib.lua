@@ -116,9 +116,14 @@ end
 
 -- Dedup hash of (client, entity): 'max' = the client's highest seq settled here; 'r:<seq>' = the record of an
 -- outcome that is not a plain ok (a rejection, a conflict), kept as long as the hash; 'k:<seq % RING>' =
--- '<seq>|<record>' of a plain ok, a ring of the client's last RING outcomes here. RING must be at least the
--- hub's in-flight window: a client only replays ops it has no ack for, and it never has more than that many.
-local RING = 256  -- >= PIPELINE_MAX and the protocol's max_batch
+-- '<seq>|<record>' of a plain ok. A slot is overwritten only by a later op of the same client on the same
+-- entity whose seq is RING higher, so the result of a plain ok is kept while the client's seq is below
+-- seq + RING, and the ring bounds what one (client, entity) pair holds (PROTOCOL.md §7.3).
+-- Why RING = 1024, the protocol's largest max_batch (§7.6): a client that still waits for an op's result
+-- holds it in its in-flight window, at most max_batch ops, all sent within RING seqs of each other; an op
+-- replayed from further back is one whose sender lost its memory of it (a restart), for which only applied
+-- versus rejected matters, and that the hash keeps for its whole retention.
+local RING = 1024
 
 -- Step 1. A reply when (client, seq) was already settled for this entity, else nil.
 --
