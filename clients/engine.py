@@ -1064,13 +1064,14 @@ class SyncEngine:
             view.reflect(self._settled_upto)
             cause = ChangeCause.RESET if snap.reset else ChangeCause.SNAPSHOT
             self._events.append(TopicChanged(view.topic, cause))
-        elif not view.has_state or view.cursor != snap.cursor:
+        elif not view.has_state or not _resumes(view.cursor, snap.cursor):
             # A resume must answer our own cursor; anything else cannot be trusted: start afresh.
             view.fresh = True
             self._send_sub(view)
             return
         else:
             view.awaiting = False
+            view.cursor = snap.cursor
         view.synced = True
         self._dirty.add(view.topic)
         self._events.append(TopicSynced(view.topic))
@@ -1128,6 +1129,15 @@ class SyncEngine:
         # after what it has seen happen. Bounded: a timestamp past the HLC range is ignored.
         if 0 <= at_ms <= hlcs.MAX_MS:
             self._clock.observe(hlcs.encode(at_ms), now_ms)
+
+
+def _resumes(held: frames.Cursor | None, answer: frames.Cursor) -> bool:
+    """Whether a ``snap`` without state continues from ``held``: it names our cursor, or — ours being the
+    empty state of a topic never written — offset 0 of the history that began from that empty state
+    (PROTOCOL.md §8.3)."""
+    if held == answer:
+        return True
+    return held is not None and held.epoch == frames.EMPTY_EPOCH and held.offset == 0 and answer.offset == 0
 
 
 def _skus_of(op: frames.Op) -> frozenset[str] | None:

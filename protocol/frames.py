@@ -63,6 +63,15 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
     offset: Offset
 
 
+EMPTY_EPOCH: Final = "-"
+"""The epoch of a topic that has no state and no history (never written, or gone with its data).
+
+A hub stores nothing for such a topic: its snapshot's cursor is ``[EMPTY_EPOCH, 0]``. That cursor is honoured
+by the first real epoch of the topic when that epoch started from the empty state (events from offset 1
+follow); otherwise it gets a reset (PROTOCOL.md §6.1). No minted epoch equals it.
+"""
+
+
 class Origin(msgspec.Struct, frozen=True, array_like=True):
     """Who caused an event: ``[client_id, seq]`` of the op, so a client recognises its own writes."""
 

@@ -128,6 +128,10 @@ class Hub:
         if cursor is not None:
             events = await self._history(sub.topic, cursor)
             if events is not None:
+                if (
+                    cursor.epoch == frames.EMPTY_EPOCH and events
+                ):  # the history that began from the empty state
+                    cursor = frames.Cursor(events[0].cursor.epoch, 0)
                 session.send(codec.encode(frames.Snapshot(id=sub.request_id, topic=sub.topic, cursor=cursor)))
                 last = cursor.offset
                 for event in events:

@@ -8,9 +8,12 @@ Every key one script touches shares a hash slot, so the same scripts run unchang
     {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
     {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
                                            max -> highest seq settled here; r:<seq> -> record of a rejection
-                                           or conflict; k:<seq % 1024> -> "<seq>|record" of a plain ok (a ring)
+                                           or conflict; k:<seq % 1024> -> "<seq>|record" of a plain ok
+                                           (a ring: see "What a replay is answered" below)
     {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; head_at -> commit time of
-                                           the stream's first entry as last read (age trim reads only then)
+                                           the stream's first entry as last read (age trim reads only then);
+                                           fresh -> 1 when the epoch started from an empty cart. Absent for a
+                                           cart never written: its snapshot is [EMPTY_EPOCH, 0], no key made
     {m:<member>}:log:cart           stream entry "<offset>-0", field "ev" = the encoded ``ev`` frame
     {c:<client_id>}:seq             hash   last -> the client's watermark: highest seq settled
     {c:<client_id>}:r:<seq>         string record of an op rejected before any member script (TTL)
@@ -153,11 +156,25 @@ _TOPIC_SLOTS: Final = {
 }
 
 
+def _topic_slot(topic: TopicName) -> str:
+    prefix = _TOPIC_SLOTS.get(topic.kind)
+    return "{catalog}" if prefix is None else f"{{{prefix}:{topic.key}}}"
+
+
 def topic_keys(topic: TopicName) -> tuple[str, str]:
     """``(meta, stream)`` keys of a topic: ``{m:M}:top:cart`` and ``{m:M}:log:cart`` for ``cart:M``."""
-    prefix = _TOPIC_SLOTS.get(topic.kind)
-    slot = "{catalog}" if prefix is None else f"{{{prefix}:{topic.key}}}"
+    slot = _topic_slot(topic)
     return f"{slot}:top:{topic.kind.value}", f"{slot}:log:{topic.kind.value}"
+
+
+_TOPIC_STATE: Final = {TopicKind.CART: "cart"}
+"""Topic kind -> suffix of the key holding the topic's state (``{m:M}:cart``), for kinds that have one."""
+
+
+def state_key(topic: TopicName) -> str | None:
+    """The key holding the topic's state, if its kind keeps one (``{m:M}:cart`` for ``cart:M``)."""
+    suffix = _TOPIC_STATE.get(topic.kind)
+    return None if suffix is None else f"{_topic_slot(topic)}:{suffix}"
 
 
 def channel(topic: str) -> str:
@@ -637,7 +654,11 @@ class RedisStore:
 
     async def snapshot(self, topic: str) -> tuple[frames.Cursor, dict[str, Any]]:
         """The topic's state and its cursor, read atomically: events after the cursor are exactly the changes
-        after the state. Mints the topic's epoch if it has none (a new topic, or one lost with its data).
+        after the state.
+
+        A topic with no state and no history (never written) is answered ``[EMPTY_EPOCH, 0]`` and an empty
+        state, and nothing is written: subscribing to it creates no key. A topic whose state survived the
+        loss of its metadata gets a new epoch.
         """
         name = parse_topic(topic)
         if name.kind is not TopicKind.CART:
@@ -681,12 +702,19 @@ class RedisStore:
         ``None`` when the cursor cannot be honoured: the topic is unknown, its epoch differs (history lost),
         the cursor is ahead of the topic, or the first event needed was trimmed (MAXLEN). The caller then
         answers with a snapshot marked ``reset``.
+
+        A cursor ``[EMPTY_EPOCH, 0]`` (the empty state) is honoured while the topic still has no state
+        (``[]``), and by a history that started from the empty state: its events from offset 1, which name
+        the epoch the caller resumes in. Any other history needs a reset.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
         name = parse_topic(topic)
-        top, log = topic_keys(name)
-        reply = await self._eval("history", [top, log], [cursor.epoch, cursor.offset, limit], wait=False)
+        keys = [*topic_keys(name)]
+        state = state_key(name)
+        if state is not None:
+            keys.append(state)
+        reply = await self._eval("history", keys, [cursor.epoch, cursor.offset, limit], wait=False)
         if not int(reply[0]):
             return None
         return [_event_decoder.decode(body) for body in reply[1:]]

@@ -273,6 +273,10 @@ end
 -- changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose bytes changed are written
 -- and reported in the event (null = the line is gone).
 local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
+    local topic = {meta = topic_read(K.top)}
+    if not topic.meta[1] then -- a new history: does it start from the empty cart? (read before writing)
+        topic.empty = redis.call('EXISTS', K.cart) == 0
+    end
     local skus, lines = {}, {}
     for _, ch in ipairs(changes) do
         local sku, before, line = ch[1], ch[2], ch[3]
@@ -296,7 +300,7 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
     end
     table.sort(skus, str_lt)
     local data = mp_map({'lines'}, {lines = mp_map(skus, lines)})
-    return commit(K.dedup, K.top, K.log, p, result_enc, data, conflict_enc)
+    return commit(K.dedup, K.top, K.log, p, result_enc, data, conflict_enc, topic)
 end
 
 -- The shared body of cart.add, cart.set and cart.remove (docs/cart-rules.md, in the reference's order):

@@ -185,17 +185,27 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The topic's (epoch, offset, head_at), minting a new epoch (and dropping any stale stream) when the topic is
--- unknown: after a total loss every old cursor then names an epoch that no longer exists and gets a reset.
--- head_at: see trim_by_age; nil when not known.
-local function topic_meta(topkey, logkey, epoch_candidate)
-    local meta = redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at')
-    if meta[1] then
-        return meta[1], tonumber(meta[2]), tonumber(meta[3])
-    end
+-- The epoch of a topic without state or history, for which nothing is stored (protocol.frames.EMPTY_EPOCH):
+-- a snapshot of it answers the cursor {EMPTY_EPOCH, 0}, and minted epochs never equal it.
+local EMPTY_EPOCH = '-'
+
+-- The topic's metadata, read before the op writes anything: {epoch, offset, head_at}; epoch is nil when the
+-- topic is unknown (never written, or lost with its data). head_at: see trim_by_age; nil when not known.
+local function topic_read(topkey)
+    return redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at')
+end
+
+-- Creates an unknown topic under a new epoch at offset 0, dropping any stale stream: after a total loss every
+-- old cursor then names an epoch that no longer exists and gets a reset. fresh: the topic's state is empty at
+-- offset 0, so a cursor of the empty epoch (a device that saw the topic without state) continues into this
+-- history from offset 1 instead of needing a reset.
+local function topic_mint(topkey, logkey, epoch, fresh)
     redis.call('DEL', logkey)
-    redis.call('HSET', topkey, 'epoch', epoch_candidate, 'offset', '0')
-    return epoch_candidate, 0, nil
+    if fresh then
+        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0', 'fresh', '1')
+    else
+        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0')
+    end
 end
 
 -- Retention by age: drop entries committed before cutoff_ms from the head of the stream, at most AGE_TRIM per
@@ -227,8 +237,13 @@ end
 
 -- Steps 4 and 5: next offset, stream entry '<offset>-0' (so a cursor maps to an entry id), trim, publish.
 -- The body is the complete 'ev' frame, so hubs forward the published bytes to websockets unchanged.
-local function append_event(topkey, logkey, p, data_enc, conflict_enc)
-    local epoch, offset, head_at = topic_meta(topkey, logkey, p.epoch)
+-- topic: what topic_read gave before the op's writes, and whether the state was empty then (see topic_mint).
+local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
+    local epoch, offset, head_at = topic.meta[1], tonumber(topic.meta[2]), tonumber(topic.meta[3])
+    if not epoch then
+        epoch, offset = p.epoch, 0
+        topic_mint(topkey, logkey, epoch, topic.empty)
+    end
     offset = offset + 1
     local at = now_ms()
     local keys = {'t', 'topic', 'cursor', 'kind', 'data', 'at', 'origin'}
@@ -254,9 +269,9 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc)
 end
 
 -- Steps 4-5 for an applied op, and the reply: {record, dup, offset, event}.
-local function commit(dkey, topkey, logkey, p, result_enc, data_enc, conflict_enc)
+local function commit(dkey, topkey, logkey, p, result_enc, data_enc, conflict_enc, topic)
     local rec = record(true, nil, '', result_enc, conflict_enc)
     dedup_record(dkey, p, rec, conflict_enc == nil)
-    local offset, body = append_event(topkey, logkey, p, data_enc, conflict_enc)
+    local offset, body = append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
     return {rec, 0, offset, body}
 end
