@@ -5,16 +5,20 @@ Key layout
 Every key one script touches shares a hash slot, so the same scripts run unchanged on Redis Cluster::
 
     {m:<member>}:cart               hash   sku -> line (MessagePack: its wire shape, docs/cart-rules.md)
-    {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
+    {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots); bytes -> the
+                                           encoded size of the lines together (the cart's size bound)
     {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
                                            max -> highest seq settled here; r:<seq> -> record of a rejection
                                            or conflict; k:<seq % 1024> -> "<seq>|record" of a plain ok
                                            (a ring: see "What a replay is answered" below)
-    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; head_at -> commit time of
-                                           the stream's first entry as last read (age trim reads only then);
+    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; bytes -> bytes of the events
+                                           appended in this epoch; head_at, head_b -> "at" and "b" of the
+                                           stream's first entry as last read (trimming reads only when due);
                                            fresh -> 1 when the epoch started from an empty cart. Absent for a
                                            cart never written: its snapshot is [EMPTY_EPOCH, 0], no key made
-    {m:<member>}:log:cart           stream entry "<offset>-0", field "ev" = the encoded ``ev`` frame
+    {m:<member>}:log:cart           stream entry "<offset>-0": "ev" = the encoded ``ev`` frame, "at" = its
+                                           commit time, "b" = bytes of the events before it in the epoch;
+                                           bounded by count (MAXLEN), age and bytes (``log_max_bytes``)
     {c:<client_id>}:seq             hash   last -> the client's watermark: highest seq settled
     {c:<client_id>}:r:<seq>         string record of an op rejected before any member script (TTL)
     channel ev:cart:<member>        PUBLISH of the same ``ev`` frame bytes, for the hubs' fan-out
@@ -111,6 +115,10 @@ LOG_MAXLEN: Final = 1000
 """Default number of events a topic's stream keeps; older cursors get a reset snapshot."""
 LOG_MAX_AGE_S: Final = 7 * 24 * 3600
 """Events older than this are dropped from a topic's history (a resume from before them gets a reset)."""
+LOG_MAX_BYTES: Final = 1024 * 1024
+"""Encoded bytes of events a topic's history keeps, oldest dropped first: as much as the largest cart
+(:data:`protocol.cart.MAX_CART_BYTES`), since beyond it a reset snapshot costs a resuming client less than
+the missed events; and what keeps the history from growing with the size of each event times MAXLEN."""
 HISTORY_LIMIT: Final = 500
 """Default number of events one :meth:`RedisStore.events_after` call returns."""
 FSYNC_TIMEOUT_MS: Final = 2000
@@ -324,6 +332,7 @@ class RedisStore:
         dedup_retention_s: int = DEDUP_RETENTION_S,
         log_maxlen: int = LOG_MAXLEN,
         log_max_age_s: int = LOG_MAX_AGE_S,
+        log_max_bytes: int = LOG_MAX_BYTES,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
@@ -335,6 +344,7 @@ class RedisStore:
             ("dedup_retention_s", dedup_retention_s),
             ("log_maxlen", log_maxlen),
             ("log_max_age_s", log_max_age_s),
+            ("log_max_bytes", log_max_bytes),
             ("fsync_timeout_ms", fsync_timeout_ms),
         ):
             if type(value) is not int or value < 1:
@@ -345,6 +355,7 @@ class RedisStore:
         self.dedup_retention_s = dedup_retention_s
         self.log_maxlen = log_maxlen
         self.log_max_age_s = log_max_age_s
+        self.log_max_bytes = log_max_bytes
         self.fsync_timeout_ms = fsync_timeout_ms
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
@@ -628,6 +639,7 @@ class RedisStore:
             topic,
             op.kind,
             self.log_max_age_s * 1000,
+            self.log_max_bytes,
             *spec.argv(args),
         ]
 

@@ -1,7 +1,7 @@
 -- _cart.lua: cart line rules shared by the cart_* op scripts (docs/cart-rules.md is normative).
 --
 -- KEYS of every cart op: 1 {m:M}:d:<client_id> (dedup), 2 {m:M}:cart (sku -> line), 3 {m:M}:cart:meta
--- (fold counter), 4 {m:M}:top:cart (epoch, offset), 5 {m:M}:log:cart (event stream).
+-- (fold counter, bytes of the lines), 4 {m:M}:top:cart (epoch, offset), 5 {m:M}:log:cart (event stream).
 --
 -- A line in memory: {dots = {dot, ...}} in canonical order: the base dot first, then ascending
 -- (hlc, client_id, seq). A dot is {client, seq, kind, value, hlc} plus attrs (a map) when its op carried
@@ -13,6 +13,8 @@
 
 local MAX_LINES = 200
 local MAX_DOTS = 16
+local MAX_LINE_BYTES = 65536 -- protocol.cart.MAX_LINE_BYTES: a line's encoded size (what is stored and sent)
+local MAX_CART_BYTES = 1048576 -- protocol.cart.MAX_CART_BYTES: the sum over the cart's lines
 local BASE = '~'
 
 -- Step 1 of every cart op: its parameters, its keys, and the reply to give when (client, seq) was settled here
@@ -269,15 +271,32 @@ local function check_attrs(attrs)
     return n <= 16
 end
 
--- Writes the changed lines and the fold counter, then commits (dedup, event, publish).
--- changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose bytes changed are written
--- and reported in the event (null = the line is gone).
+-- The encoded size of the cart's lines together, as kept in the meta hash ('bytes'); a cart written before
+-- that was kept has it counted once here.
+local function cart_bytes(K)
+    local kept = redis.call('HGET', K.meta, 'bytes')
+    if kept then
+        return tonumber(kept)
+    end
+    local sum = 0
+    for _, raw in ipairs(redis.call('HVALS', K.cart)) do
+        sum = sum + #raw
+    end
+    return sum
+end
+
+-- Checks the size bounds, then writes the changed lines, the fold counter and the cart's size, then commits
+-- (dedup, event, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose
+-- bytes changed are written and reported in the event (null = the line is gone). Bounds (docs/cart-rules.md,
+-- Bounds): an op may not leave a line above MAX_LINE_BYTES, nor the cart above MAX_CART_BYTES, unless it
+-- leaves them no larger than they were; every check comes before the first write.
 local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
     local topic = {meta = topic_read(K.top)}
     if not topic.meta[1] then -- a new history: does it start from the empty cart? (read before writing)
         topic.empty = redis.call('EXISTS', K.cart) == 0
     end
     local skus, lines = {}, {}
+    local grown = 0
     for _, ch in ipairs(changes) do
         local sku, before, line = ch[1], ch[2], ch[3]
         if line and #line.dots == 0 then
@@ -285,18 +304,35 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
         end
         local after = line and enc_line(line) or false
         if after ~= before then
-            if after then
-                redis.call('HSET', K.cart, sku, after)
-                lines[sku] = after
-            else
-                redis.call('HDEL', K.cart, sku)
-                lines[sku] = MP_NIL
+            local size_before, size_after = before and #before or 0, after and #after or 0
+            if size_after > size_before and size_after > MAX_LINE_BYTES then
+                return reject(K.dedup, p, 'too_large', 'a cart line holds at most 65536 bytes (encoded)')
             end
+            grown = grown + size_after - size_before
+            lines[sku] = after or MP_NIL
             skus[#skus + 1] = sku
         end
     end
-    if new_counter then
+    local total = nil
+    if grown ~= 0 then
+        total = cart_bytes(K) + grown
+        if grown > 0 and total > MAX_CART_BYTES then
+            return reject(K.dedup, p, 'too_large', 'a cart holds at most 1048576 bytes (encoded)')
+        end
+    end
+    for _, sku in ipairs(skus) do
+        if lines[sku] == MP_NIL then
+            redis.call('HDEL', K.cart, sku)
+        else
+            redis.call('HSET', K.cart, sku, lines[sku])
+        end
+    end
+    if new_counter and total then
+        redis.call('HSET', K.meta, 'fold', fmt(new_counter), 'bytes', fmt(total))
+    elseif new_counter then
         redis.call('HSET', K.meta, 'fold', fmt(new_counter))
+    elseif total then
+        redis.call('HSET', K.meta, 'bytes', fmt(total))
     end
     table.sort(skus, str_lt)
     local data = mp_map({'lines'}, {lines = mp_map(skus, lines)})

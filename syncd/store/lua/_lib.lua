@@ -92,7 +92,7 @@ end
 -- record(true, nil, '', nil, nil), spelled out: a constant, not re-encoded by every call of every script.
 local PLAIN_OK = '\149\195\192\160\192\192'
 
--- The common ARGV of every op script; op-specific arguments follow from ARGV[13].
+-- The common ARGV of every op script; op-specific arguments follow from ARGV[14].
 -- nkeys: the op's own KEYS; a KEYS[nkeys + 1], when given, is the client's watermark hash (standalone Redis
 -- only: on a cluster it lives in another slot), raised in the same atomic step as the op's dedup record.
 local function op_params(nkeys)
@@ -109,6 +109,7 @@ local function op_params(nkeys)
         topic = ARGV[10],
         kind = ARGV[11],
         maxage_ms = tonumber(ARGV[12]),
+        maxbytes = tonumber(ARGV[13]),
         wkey = KEYS[nkeys + 1],
     }
     return p
@@ -189,10 +190,10 @@ end
 -- a snapshot of it answers the cursor {EMPTY_EPOCH, 0}, and minted epochs never equal it.
 local EMPTY_EPOCH = '-'
 
--- The topic's metadata, read before the op writes anything: {epoch, offset, head_at}; epoch is nil when the
--- topic is unknown (never written, or lost with its data). head_at: see trim_by_age; nil when not known.
+-- The topic's metadata, read before the op writes anything: {epoch, offset, head_at, bytes, head_b}; epoch
+-- is nil when the topic is unknown (never written, or lost with its data). See trim_head for the others.
 local function topic_read(topkey)
-    return redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at')
+    return redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at', 'bytes', 'head_b')
 end
 
 -- Creates an unknown topic under a new epoch at offset 0, dropping any stale stream: after a total loss every
@@ -208,40 +209,62 @@ local function topic_mint(topkey, logkey, epoch, fresh)
     end
 end
 
--- Retention by age: drop entries committed before cutoff_ms from the head of the stream, at most AGE_TRIM per
--- write. Each write adds one entry and may drop several, so trimming keeps up with any write rate; a topic that
--- is no longer written keeps its tail until MAXLEN or its next write (a resume from it still works or resets).
+-- Retention of a topic's history, by age and by bytes: drop entries from the head of the stream while the
+-- first one was committed before cutoff_ms, or while the stream holds more than maxbytes of events (MAXLEN,
+-- in XADD, bounds their number). Bytes, because events carry whole line states: without it a topic keeps
+-- MAXLEN events of up to a line's size each, far more than the cart itself. Once the missed events outweigh
+-- a snapshot, a reset is the cheaper resume anyway.
 --
--- head_at is the commit time of the stream's first entry as last read, kept in the topic hash so that a write
--- reads the stream only when that entry may have expired: entries leave a stream only at its head (MAXLEN,
--- this trim), so the first entry is never older than head_at. Returns the head_at to keep (the first
--- remaining entry's commit time, or cutoff_ms when it has none, so the next write looks again).
-local AGE_TRIM = 8
-local function trim_by_age(logkey, cutoff_ms, head_at)
-    if head_at ~= nil and head_at >= cutoff_ms then
-        return head_at
-    end
-    local head = redis.call('XRANGE', logkey, '-', '+', 'COUNT', AGE_TRIM + 1)
-    for i, entry in ipairs(head) do
-        local fields, at = entry[2], nil
+-- At most TRIM entries go per write; each write adds one, so trimming keeps up with any write rate. A topic
+-- that is no longer written keeps its tail until its next write (a resume from it still works or resets).
+--
+-- Bookkeeping, so that a write reads the stream only when something may be due: every entry has 'b', the
+-- bytes of the topic's events before it in this epoch; the topic hash has 'bytes' (the same after the last
+-- event), and head_at / head_b, the commit time and 'b' of the stream's first entry as last known. Entries
+-- leave a stream only at its head, so the true first entry is never older nor smaller in 'b' than those:
+-- the stream holds at most total - head_b bytes and nothing is older than head_at. An entry without 'at'
+-- (written before commit times were kept) is kept by age; one without 'b' counts from 0 (dropped first).
+-- Returns the head_at and head_b to keep (cutoff_ms as head_at when the head has no commit time, so the
+-- next write looks again).
+local TRIM = 8
+local function trim_head(logkey, cutoff_ms, maxbytes, total, head_at, head_b)
+    for _ = 1, TRIM do
+        if (head_at ~= nil and head_at >= cutoff_ms) and total - (head_b or 0) <= maxbytes then
+            break
+        end
+        local head = redis.call('XRANGE', logkey, '-', '+', 'COUNT', 1)[1]
+        if head == nil then
+            return cutoff_ms, total
+        end
+        local fields, at, b, body = head[2], nil, 0, ''
         for j = 1, #fields, 2 do
-            if fields[j] == 'at' then at = tonumber(fields[j + 1]) end
+            local name = fields[j]
+            if name == 'at' then
+                at = tonumber(fields[j + 1])
+            elseif name == 'b' then
+                b = tonumber(fields[j + 1])
+            elseif name == 'ev' then
+                body = fields[j + 1]
+            end
         end
-        if at == nil or at >= cutoff_ms or i > AGE_TRIM then
-            return at or cutoff_ms
+        if (at == nil or at >= cutoff_ms) and total - b <= maxbytes then
+            return at or cutoff_ms, b
         end
-        redis.call('XDEL', logkey, entry[1])
+        redis.call('XDEL', logkey, head[1])
+        head_at, head_b = at or cutoff_ms, b + #body -- bounds for the next entry: no older, 'b' exactly
     end
-    return cutoff_ms
+    return head_at or cutoff_ms, head_b or 0
 end
 
 -- Steps 4 and 5: next offset, stream entry '<offset>-0' (so a cursor maps to an entry id), trim, publish.
 -- The body is the complete 'ev' frame, so hubs forward the published bytes to websockets unchanged.
 -- topic: what topic_read gave before the op's writes, and whether the state was empty then (see topic_mint).
 local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
-    local epoch, offset, head_at = topic.meta[1], tonumber(topic.meta[2]), tonumber(topic.meta[3])
+    local meta = topic.meta
+    local epoch, offset, head_at = meta[1], tonumber(meta[2]), tonumber(meta[3])
+    local before, head_b = tonumber(meta[4]) or 0, tonumber(meta[5])
     if not epoch then
-        epoch, offset = p.epoch, 0
+        epoch, offset, before, head_b = p.epoch, 0, 0, 0
         topic_mint(topkey, logkey, epoch, topic.empty)
     end
     offset = offset + 1
@@ -261,9 +284,12 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
         enc.conflict = conflict_enc
     end
     local body = mp_map(keys, enc)
-    redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body, 'at', fmt(at))
-    head_at = trim_by_age(logkey, at - p.maxage_ms, head_at)
-    redis.call('HSET', topkey, 'offset', fmt(offset), 'head_at', fmt(head_at))
+    redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body, 'at', fmt(at),
+        'b', fmt(before))
+    local total = before + #body
+    head_at, head_b = trim_head(logkey, at - p.maxage_ms, p.maxbytes, total, head_at, head_b)
+    redis.call('HSET', topkey, 'offset', fmt(offset), 'head_at', fmt(head_at), 'bytes', fmt(total),
+        'head_b', fmt(head_b))
     redis.call('PUBLISH', p.channel, body)
     return offset, body
 end

@@ -161,7 +161,8 @@ async def test_script_refuses_arguments_that_bypassed_python_validation_as_a_rec
     # as bad_args, so it can never block the ops behind it, and nothing is written but its dedup record.
     slot = member_slot("m1")
     keys = [f"{slot}:d:a", f"{slot}:cart", f"{slot}:cart:meta", f"{slot}:top:cart", f"{slot}:log:cart"]
-    argv = ["a", 1, 0, 0, b"\x80", 60_000, 100, "e1", "ev:cart:m1", "cart:m1", "cart.add", "tea", 0, b""]
+    argv = ["a", 1, 0, 0, b"\x80", 60_000, 100, "e1", "ev:cart:m1", "cart:m1", "cart.add", 10**9, 2**20]
+    argv += ["tea", 0, b""]
     record, dup, offset, event = await store._eval("cart_add", keys, argv, wait=False)
     assert (dup, offset, event) == (0, 0, b"")
     assert msgspec.msgpack.decode(record)[:2] == [False, "bad_args"]
@@ -170,7 +171,7 @@ async def test_script_refuses_arguments_that_bypassed_python_validation_as_a_rec
     assert (again[0], again[1]) == (record, 1)
 
 
-@pytest.mark.parametrize("setting", ["dedup_retention_s", "log_maxlen", "fsync_timeout_ms"])
+@pytest.mark.parametrize("setting", ["dedup_retention_s", "log_maxlen", "log_max_bytes", "fsync_timeout_ms"])
 def test_store_settings_must_be_positive(redis_client: Redis | RedisCluster, setting: str) -> None:
     with pytest.raises(ValueError, match=setting):
         RedisStore(redis_client, **{setting: 0})
