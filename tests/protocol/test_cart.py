@@ -50,6 +50,7 @@ from protocol.cart import (
     snapshot,
     wire_line,
 )
+from tests.protocol.helpers import long_attrs
 
 # --- helpers -------------------------------------------------------------------------------------------
 
@@ -315,11 +316,6 @@ def test_line_limit() -> None:
     assert apply(cart, remove("a", 1000, sku="one-too-many")).result == {"qty": 0}
     freed = run([remove("a", 1000, sku="s0", ctx={"a": 1})], cart)
     assert apply(freed, add("a", 1001, 1, sku="one-too-many")).rejected is None
-
-
-def long_attrs(tag: str) -> dict[str, Any]:
-    """16 keys of 64 characters with 256-character values: the largest attrs an op may carry, in ASCII."""
-    return {f"{tag}{k:02}".ljust(64, "k"): f"{tag}{k}".ljust(256, "v") for k in range(16)}
 
 
 def test_a_line_is_bounded_in_encoded_bytes() -> None:

@@ -6,8 +6,6 @@ within its bound, and keep the topic's history within its own, so Redis stops gr
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -15,11 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from protocol import cart, frames
 from syncd.store import RedisStore
 from syncd.store.redis_store import LOG_MAX_BYTES, member_slot
-
-
-def long_attrs(tag: str) -> dict[str, Any]:
-    """The largest attrs an op may carry in ASCII: 16 keys of 64 characters, values of 256."""
-    return {f"{tag}{k:02}".ljust(64, "k"): f"{tag}{k}".ljust(256, "v") for k in range(16)}
+from tests.protocol.helpers import long_attrs
 
 
 def poison_ops(first_seq: int, skus: int = 24, adds: int = 17) -> list[frames.Op]:
