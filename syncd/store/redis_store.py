@@ -5,15 +5,16 @@ Key layout
 Every key one script touches shares a hash slot, so the same scripts run unchanged on Redis Cluster::
 
     {m:<member>}:cart               hash   sku -> line (MessagePack: its wire shape, docs/cart-rules.md)
-    {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots); bytes -> the
-                                           encoded size of the lines together (the cart's size bound)
+    {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
     {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
                                            max -> highest seq settled here; r:<seq> -> record of a rejection
                                            or conflict; k:<seq % 1024> -> "<seq>|record" of a plain ok
                                            (a ring: see "What a replay is answered" below)
-    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; bytes -> bytes of the events
-                                           appended in this epoch; head_at, head_b -> "at" and "b" of the
-                                           stream's first entry as last read (trimming reads only when due);
+    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; state_bytes -> the encoded
+                                           size of the cart's lines together (its size bound); log_bytes ->
+                                           bytes of the events appended in this epoch; head_at, head_b -> "at"
+                                           and "b" of the stream's first entry as last read (trimming reads
+                                           only when due);
                                            fresh -> 1 when the epoch started from an empty cart. Absent for a
                                            cart never written: its snapshot is [EMPTY_EPOCH, 0], no key made
     {m:<member>}:log:cart           stream entry "<offset>-0": "ev" = the encoded ``ev`` frame, "at" = its

@@ -1,7 +1,7 @@
 -- _cart.lua: cart line rules shared by the cart_* op scripts (docs/cart-rules.md is normative).
 --
 -- KEYS of every cart op: 1 {m:M}:d:<client_id> (dedup), 2 {m:M}:cart (sku -> line), 3 {m:M}:cart:meta
--- (fold counter, bytes of the lines), 4 {m:M}:top:cart (epoch, offset), 5 {m:M}:log:cart (event stream).
+-- (fold counter), 4 {m:M}:top:cart (epoch, offset, the cart's size), 5 {m:M}:log:cart (event stream).
 --
 -- A line in memory: {dots = {dot, ...}} in canonical order: the base dot first, then ascending
 -- (hlc, client_id, seq). A dot is {client, seq, kind, value, hlc} plus attrs (a map) when its op carried
@@ -271,12 +271,11 @@ local function check_attrs(attrs)
     return n <= 16
 end
 
--- The encoded size of the cart's lines together, as kept in the meta hash ('bytes'); a cart written before
--- that was kept has it counted once here.
-local function cart_bytes(K)
-    local kept = redis.call('HGET', K.meta, 'bytes')
+-- The encoded size of the cart's lines together: as the topic hash keeps it ('state_bytes'), or, for a cart
+-- whose topic hash lacks it (written before sizes were kept, or lost with its history), counted once here.
+local function cart_bytes(K, kept)
     if kept then
-        return tonumber(kept)
+        return kept
     end
     local sum = 0
     for _, raw in ipairs(redis.call('HVALS', K.cart)) do
@@ -285,8 +284,8 @@ local function cart_bytes(K)
     return sum
 end
 
--- Checks the size bounds, then writes the changed lines, the fold counter and the cart's size, then commits
--- (dedup, event, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose
+-- Checks the size bounds, then writes the changed lines and the fold counter, then commits (dedup, event with
+-- the cart's new size, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose
 -- bytes changed are written and reported in the event (null = the line is gone). Bounds (docs/cart-rules.md,
 -- Bounds): an op may not leave a line above MAX_LINE_BYTES, nor the cart above MAX_CART_BYTES, unless it
 -- leaves them no larger than they were; every check comes before the first write.
@@ -313,10 +312,9 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
             skus[#skus + 1] = sku
         end
     end
-    local total = nil
     if grown ~= 0 then
-        total = cart_bytes(K) + grown
-        if grown > 0 and total > MAX_CART_BYTES then
+        topic.state_bytes = cart_bytes(K, tonumber(topic.meta[6])) + grown
+        if grown > 0 and topic.state_bytes > MAX_CART_BYTES then
             return reject(K.dedup, p, 'too_large', 'a cart holds at most 1048576 bytes (encoded)')
         end
     end
@@ -327,12 +325,8 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
             redis.call('HSET', K.cart, sku, lines[sku])
         end
     end
-    if new_counter and total then
-        redis.call('HSET', K.meta, 'fold', fmt(new_counter), 'bytes', fmt(total))
-    elseif new_counter then
+    if new_counter then
         redis.call('HSET', K.meta, 'fold', fmt(new_counter))
-    elseif total then
-        redis.call('HSET', K.meta, 'bytes', fmt(total))
     end
     table.sort(skus, str_lt)
     local data = mp_map({'lines'}, {lines = mp_map(skus, lines)})

@@ -190,10 +190,12 @@ end
 -- a snapshot of it answers the cursor {EMPTY_EPOCH, 0}, and minted epochs never equal it.
 local EMPTY_EPOCH = '-'
 
--- The topic's metadata, read before the op writes anything: {epoch, offset, head_at, bytes, head_b}; epoch
--- is nil when the topic is unknown (never written, or lost with its data). See trim_head for the others.
+-- The topic's metadata, read before the op writes anything: {epoch, offset, head_at, log_bytes, head_b,
+-- state_bytes}; epoch is nil when the topic is unknown (never written, or lost with its data). See trim_head
+-- for head_at, log_bytes and head_b. state_bytes: the encoded size of the topic's state, kept by the scripts
+-- of a type that bounds it (carts); here because the op reads and writes this hash anyway.
 local function topic_read(topkey)
-    return redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at', 'bytes', 'head_b')
+    return redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at', 'log_bytes', 'head_b', 'state_bytes')
 end
 
 -- Creates an unknown topic under a new epoch at offset 0, dropping any stale stream: after a total loss every
@@ -219,8 +221,8 @@ end
 -- that is no longer written keeps its tail until its next write (a resume from it still works or resets).
 --
 -- Bookkeeping, so that a write reads the stream only when something may be due: every entry has 'b', the
--- bytes of the topic's events before it in this epoch; the topic hash has 'bytes' (the same after the last
--- event), and head_at / head_b, the commit time and 'b' of the stream's first entry as last known. Entries
+-- bytes of the topic's events before it in this epoch; the topic hash has 'log_bytes' (the same after the
+-- last event), and head_at / head_b, the commit time and 'b' of the stream's first entry as last known. Entries
 -- leave a stream only at its head, so the true first entry is never older nor smaller in 'b' than those:
 -- the stream holds at most total - head_b bytes and nothing is older than head_at. An entry without 'at'
 -- (written before commit times were kept) is kept by age; one without 'b' counts from 0 (dropped first).
@@ -258,7 +260,8 @@ end
 
 -- Steps 4 and 5: next offset, stream entry '<offset>-0' (so a cursor maps to an entry id), trim, publish.
 -- The body is the complete 'ev' frame, so hubs forward the published bytes to websockets unchanged.
--- topic: what topic_read gave before the op's writes, and whether the state was empty then (see topic_mint).
+-- topic: what topic_read gave before the op's writes ('meta'), whether the state was empty then ('empty', see
+-- topic_mint) and the state's new size if it changed ('state_bytes').
 local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
     local meta = topic.meta
     local epoch, offset, head_at = meta[1], tonumber(meta[2]), tonumber(meta[3])
@@ -287,9 +290,18 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
     redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body, 'at', fmt(at),
         'b', fmt(before))
     local total = before + #body
-    head_at, head_b = trim_head(logkey, at - p.maxage_ms, p.maxbytes, total, head_at, head_b)
-    redis.call('HSET', topkey, 'offset', fmt(offset), 'head_at', fmt(head_at), 'bytes', fmt(total),
-        'head_b', fmt(head_b))
+    local new_at, new_b = trim_head(logkey, at - p.maxage_ms, p.maxbytes, total, head_at, head_b)
+    local fields = {'offset', fmt(offset), 'log_bytes', fmt(total)} -- and what else changed
+    if new_at ~= head_at then
+        fields[#fields + 1], fields[#fields + 2] = 'head_at', fmt(new_at)
+    end
+    if new_b ~= head_b then
+        fields[#fields + 1], fields[#fields + 2] = 'head_b', fmt(new_b)
+    end
+    if topic.state_bytes then
+        fields[#fields + 1], fields[#fields + 2] = 'state_bytes', fmt(topic.state_bytes)
+    end
+    redis.call('HSET', topkey, unpack(fields))
     redis.call('PUBLISH', p.channel, body)
     return offset, body
 end

@@ -47,7 +47,7 @@ async def test_the_poison_cart_is_bounded_op_by_op_as_the_reference_says(
     assert await store.load_cart("m") == ref
     size = cart.cart_bytes(ref)
     assert cart.MAX_CART_BYTES - cart.MAX_LINE_BYTES < size <= cart.MAX_CART_BYTES
-    assert int(await redis_client.hget(f"{member_slot('m')}:cart:meta", "bytes")) == size
+    assert int(await redis_client.hget(f"{member_slot('m')}:top:cart", "state_bytes")) == size
     _, state = await store.snapshot("cart:m")
     assert len(msgspec.msgpack.encode(state)) <= cart.MAX_CART_BYTES + 1024  # the lines plus map headers
     # Each event carried a whole line: the history kept only the newest ones, up to its own bound.
