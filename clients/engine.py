@@ -45,7 +45,9 @@ winner, attrs) and keeps a line small however many adds are queued offline.
 **Cursors.** Per topic the engine keeps the cursor of the last snapshot or event applied. Events with the
 next offset are applied, older ones ignored as duplicates, and a gap or another epoch makes it subscribe
 again from its cursor. A snapshot with state replaces the server state (``reset`` tells the application that
-its cache was discarded).
+its cache was discarded). A snapshot too large for one frame arrives in pages, joined before it counts
+(:class:`protocol.snapshots.SnapshotAssembler`); a cursor ``["-", 0]`` (a topic never written) is continued
+by offset 0 of the topic's first history (PROTOCOL §6.1).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from protocol import hlc as hlcs
 from protocol import vv as vvs
 from protocol.errors import ErrorCode, ProtocolError, SyncError
 from protocol.ops import parse_args
+from protocol.snapshots import SnapshotAssembler
 
 DEFAULT_WINDOW: Final = 1024
 """Ops sent and not yet acknowledged, at most (further capped by ``welcome.max_batch``, PROTOCOL §7.2)."""
@@ -609,6 +612,8 @@ class SyncEngine:
         self._sub_ids: dict[int, str] = {}
         self._next_sub_id = SUB_ID_BASE
         self._subs_out: list[frames.Frame] = []
+        self._pages = SnapshotAssembler()
+        """Snapshots that come in pages (PROTOCOL §6.6), until their last page."""
         self._clock_offset_ms: int | None = None
         # reporting
         self.last_ack_ms: int | None = None
@@ -797,6 +802,7 @@ class SyncEngine:
         self._trim_queue()
         self._sub_ids.clear()
         self._subs_out.clear()
+        self._pages.clear()
         for view in self._topics.values():
             view.sub_id = None
             view.awaiting = view.synced = False
@@ -1052,10 +1058,13 @@ class SyncEngine:
         view.error = error
         self._events.append(SubscriptionFailed(error))
 
-    def _on_snapshot(self, snap: frames.Snapshot) -> None:
-        view = self._topics.get(snap.topic)
-        if view is None or snap.id != view.sub_id:
+    def _on_snapshot(self, page: frames.Snapshot) -> None:
+        view = self._topics.get(page.topic)
+        if view is None or page.id != view.sub_id:
             return  # an answer to a subscription since replaced or dropped
+        snap = self._pages.add(page)
+        if snap is None or snap.cursor is None:
+            return  # a page before the last: the snapshot is complete with its last page (live events wait)
         if snap.state is not None:
             _check(snap.state, _CartState, f"snapshot of {snap.topic}")
             view.awaiting = view.fresh = False
@@ -1064,13 +1073,14 @@ class SyncEngine:
             view.reflect(self._settled_upto)
             cause = ChangeCause.RESET if snap.reset else ChangeCause.SNAPSHOT
             self._events.append(TopicChanged(view.topic, cause))
-        elif not view.has_state or view.cursor != snap.cursor:
+        elif not view.has_state or not _resumes(view.cursor, snap.cursor):
             # A resume must answer our own cursor; anything else cannot be trusted: start afresh.
             view.fresh = True
             self._send_sub(view)
             return
         else:
             view.awaiting = False
+            view.cursor = snap.cursor
         view.synced = True
         self._dirty.add(view.topic)
         self._events.append(TopicSynced(view.topic))
@@ -1128,6 +1138,15 @@ class SyncEngine:
         # after what it has seen happen. Bounded: a timestamp past the HLC range is ignored.
         if 0 <= at_ms <= hlcs.MAX_MS:
             self._clock.observe(hlcs.encode(at_ms), now_ms)
+
+
+def _resumes(held: frames.Cursor | None, answer: frames.Cursor) -> bool:
+    """Whether a ``snap`` without state continues from ``held``: it names our cursor, or — ours being the
+    empty state of a topic never written — offset 0 of the history that began from that empty state
+    (PROTOCOL.md §8.3)."""
+    if held == answer:
+        return True
+    return held is not None and held.epoch == frames.EMPTY_EPOCH and held.offset == 0 and answer.offset == 0
 
 
 def _skus_of(op: frames.Op) -> frozenset[str] | None:

@@ -42,6 +42,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NotRequired, TypeAlias, TypedDict
 
+from protocol import codec
 from protocol import vv as vvs
 from protocol.errors import ErrorCode
 
@@ -51,8 +52,14 @@ MAX_LINES: Final = 200
 """Lines per cart: an op that would create line 201 is rejected with ``limit_exceeded``."""
 MAX_DOTS: Final = 16
 """Live dots per line besides the base dot; beyond it the lowest add-dots are folded into the base."""
-_NO_FOLD: Final = 1 << 62
-"""The dot bound :func:`predict` uses: never reached, so it never folds nor refuses a set-dot."""
+MAX_LINE_BYTES: Final = 64 * 1024
+"""Encoded bytes of one line (:func:`line_bytes`): an op that would leave a line larger, and larger than it
+was, is rejected with ``too_large``. Room for two copies of the largest attrs an op may carry (the dot's and
+the line's own, about 21 KiB each in 4-byte characters), so any one op fits an empty line."""
+MAX_CART_BYTES: Final = 1024 * 1024
+"""Encoded bytes of a cart's lines together (:func:`cart_bytes`); the same rule (``too_large``)."""
+_NEVER: Final = 1 << 62
+"""A bound :func:`predict` uses: never reached, so it never folds nor refuses a set-dot or a size."""
 MAX_ATTRS: Final = 16
 """Keys per ``attrs`` map."""
 MAX_ATTR_KEY: Final = 64
@@ -85,6 +92,7 @@ DOT_BASE: Final = "b"
 
 BAD_ARGS: Final = ErrorCode.BAD_ARGS.value
 LIMIT_EXCEEDED: Final = ErrorCode.LIMIT_EXCEEDED.value
+TOO_LARGE: Final = ErrorCode.TOO_LARGE.value
 
 # --- data shapes -----------------------------------------------------------------------------------------
 
@@ -255,6 +263,16 @@ def line_attrs(line: Line) -> Attrs:
 def line_vv(line: Line) -> dict[str, int]:
     """The line's version vector, from its dots: what a client sends as ``ctx`` to set or remove the line."""
     return _vv(line["dots"])
+
+
+def line_bytes(line: Line) -> int:
+    """The line's size as the hub stores and sends it: its wire form (:func:`wire_line`) in MessagePack."""
+    return codec.encoded_size(wire_line(line))
+
+
+def cart_bytes(cart: Cart) -> int:
+    """The cart's size: the sum of its lines' (:func:`line_bytes`), what :data:`MAX_CART_BYTES` bounds."""
+    return sum(line_bytes(line) for line in cart["lines"].values())
 
 
 def cart_vv(cart: Cart) -> dict[str, int]:
@@ -451,7 +469,13 @@ def apply(cart: Cart, op: CartOp) -> Outcome:
        add and base value; ``attrs`` = those of the live dot with the greatest ``(hlc, client_id, seq)``
        among the dots that carry attrs (a base with the key it carries); ``vv`` = greatest seq per client.
        A line left without dots is deleted.
-    6. **Report.** ``changed`` lists lines whose dots changed (a line without dots is ``None``).
+    6. **Bound the size** (after the fold, before anything changes): rejected with ``too_large`` when a
+       line the op changes would end larger than :data:`MAX_LINE_BYTES` and larger than it was, or the
+       cart larger than :data:`MAX_CART_BYTES` and larger than it was (:func:`line_bytes`,
+       :func:`cart_bytes`). An op that does not grow them always passes, so removing stays possible in a
+       full cart. Like the line limit, this makes acceptance depend on what the cart holds when the op
+       arrives; what is accepted still converges.
+    7. **Report.** ``changed`` lists lines whose dots changed (a line without dots is ``None``).
        ``conflict`` = :func:`conflict_of` the op's line after the op (for clear: of the first line, in UTF-8
        byte order of sku, that holds one). ``result`` = ``{"qty": q}`` (the line's quantity after the op, 0
        if absent) or, for clear, ``{"lines": n}`` (the number of lines left in the cart).
@@ -460,23 +484,48 @@ def apply(cart: Cart, op: CartOp) -> Outcome:
 
 
 def predict(cart: Cart, op: CartOp) -> Outcome:
-    """:func:`apply` without folding and without the set-dot bound: what a client shows for its pending op.
+    """:func:`apply` without folding, without the set-dot bound and without the size bounds: what a client
+    shows for its pending op.
 
     Base dots are numbered by the hub alone (a client's own fold would name a base no hub ever issued, and
     a ``ctx`` built on it would be meaningless), so the SDK predicts with this and leaves bounding to the
-    hub; the hub's answer replaces the prediction once it arrives. Everything else - validation, the line
-    limit, the derived fields, the report - is as :func:`apply`.
+    hub (an unfolded line is larger than the hub's, so a size bound here would refuse what the hub
+    accepts); the hub's answer replaces the prediction once it arrives. Everything else - validation, the
+    line limit, the derived fields, the report - is as :func:`apply`.
     """
-    return _apply(cart, op, _NO_FOLD)
+    return _apply(cart, op, _NEVER, _NEVER, _NEVER)
 
 
-def _apply(cart: Cart, op: CartOp, max_dots: int) -> Outcome:
-    # ``max_dots`` is a parameter so that :func:`predict` and the tests can use other bounds.
+def _apply(
+    cart: Cart,
+    op: CartOp,
+    max_dots: int,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_cart_bytes: int = MAX_CART_BYTES,
+) -> Outcome:
+    # The bounds are parameters so that :func:`predict` and the tests can use others.
     if check_op(op) is not None:
         return _rejected(cart, BAD_ARGS)
-    if op.kind == CLEAR:
-        return _clear(cart, op.ctx)
-    return _line_op(cart, op, max_dots)
+    out = _clear(cart, op.ctx) if op.kind == CLEAR else _line_op(cart, op, max_dots)
+    if out.rejected is None and _too_large(cart, out.changed, max_line_bytes, max_cart_bytes):
+        return _rejected(cart, TOO_LARGE)
+    return out
+
+
+def _too_large(cart: Cart, changed: Mapping[str, Line | None], max_line: int, max_cart: int) -> bool:
+    """Whether the changed lines break a size bound they did not break before (rule 6 of :func:`apply`)."""
+    if max_line >= _NEVER and max_cart >= _NEVER:
+        return False
+    before = after = 0
+    for sku, new in changed.items():
+        old = cart["lines"].get(sku)
+        size_before = line_bytes(old) if old is not None else 0
+        size_after = line_bytes(new) if new is not None else 0
+        if size_after > max(size_before, max_line):
+            return True
+        before += size_before
+        after += size_after
+    return after > before and cart_bytes(cart) - before + after > max_cart
 
 
 def _rejected(cart: Cart, code: str) -> Outcome:

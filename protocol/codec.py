@@ -60,6 +60,12 @@ def encode(frame: frames.Frame) -> bytes:
     return _encoder.encode(frame)
 
 
+def encoded_size(value: Any) -> int:
+    """Bytes of ``value`` (plain data: maps, lists, strings, integers, …) in MessagePack, shortest forms:
+    the measure of the protocol's size bounds, e.g. a cart line's."""
+    return len(_encoder.encode(value))
+
+
 class _NeverSent(frames.Frame, tag="\x00", frozen=True):
     """A tag no peer sends; keeps every decoder a tagged union (see :class:`FrameDecoder`)."""
 

@@ -74,6 +74,10 @@ class ErrorCode(enum.StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded", "The channel's quota of the shared pool is used up."
     ALREADY_REDEEMED = "already_redeemed", "The coupon or hold was already used."
     LIMIT_EXCEEDED = "limit_exceeded", "A per-entity bound (lines per cart, …) would be exceeded."
+    TOO_LARGE = (
+        "too_large",
+        "The op would make an entity (a cart line, a cart) larger in encoded bytes than its bound.",
+    )
     INSUFFICIENT_POINTS = (
         "insufficient_points",
         "The member's balance (or the terminal's hold) does not cover the redemption.",

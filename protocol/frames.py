@@ -63,6 +63,15 @@ class Cursor(msgspec.Struct, frozen=True, array_like=True):
     offset: Offset
 
 
+EMPTY_EPOCH: Final = "-"
+"""The epoch of a topic that has no state and no history (never written, or gone with its data).
+
+A hub stores nothing for such a topic: its snapshot's cursor is ``[EMPTY_EPOCH, 0]``. That cursor is honoured
+by the first real epoch of the topic when that epoch started from the empty state (events from offset 1
+follow); otherwise it gets a reset (PROTOCOL.md §6.1). No minted epoch equals it.
+"""
+
+
 class Origin(msgspec.Struct, frozen=True, array_like=True):
     """Who caused an event: ``[client_id, seq]`` of the op, so a client recognises its own writes."""
 
@@ -121,13 +130,25 @@ class Snapshot(Frame, tag="snap", frozen=True):
     ``state`` is the topic's state at ``cursor`` (``None`` when resuming: the missed events follow).
     ``reset`` is true when the client's cursor could not be honoured (history trimmed, epoch changed):
     the client must replace its state for this topic. Live events follow with offsets after ``cursor``.
+
+    A state too large for one frame comes in pages (:mod:`protocol.snapshots`): every page but the last has
+    ``more`` and part of the state, and no ``cursor`` nor ``reset``; the last page has them, as one ``snap``
+    would. A ``snap`` that is neither (no cursor, no ``more``) is not a frame: ``bad_frame``.
     """
 
     id: ReqId
     topic: Topic
-    cursor: Cursor
+    cursor: Cursor | None = None
     state: Payload | None = None
     reset: bool = False
+    more: bool = False
+
+    def __post_init__(self) -> None:
+        if self.more:
+            if self.cursor is not None or self.state is None or self.reset:
+                raise ValueError("a snapshot page with `more` has a state, and no cursor nor reset")
+        elif self.cursor is None:
+            raise ValueError("a snapshot has a cursor (only pages with `more` have none)")
 
 
 class Event(Frame, tag="ev", frozen=True):

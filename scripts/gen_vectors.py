@@ -171,6 +171,28 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     (
+        "snap of a topic never written: the empty epoch, nothing stored",
+        "server",
+        {"t": "snap", "id": 5, "topic": "cart:m77", "cursor": ["-", 0], "state": {"lines": {}}},
+    ),
+    (
+        "snap in pages: a page before the last (more, no cursor)",
+        "server",
+        {"t": "snap", "id": 3, "topic": "cart:m42", "state": {"lines": {"SKU-1": LINE}}, "more": True},
+    ),
+    (
+        "snap in pages: the last page, with the cursor",
+        "server",
+        {
+            "t": "snap",
+            "id": 3,
+            "topic": "cart:m42",
+            "cursor": ["e7f3", 12],
+            "state": {"lines": {"SKU-2": LINE}},
+            "reset": True,
+        },
+    ),
+    (
         "ev, required fields only",
         "server",
         {
@@ -216,6 +238,17 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
             "ok": False,
             "code": "limit_exceeded",
             "message": "a cart holds at most 200 lines",
+        },
+    ),
+    (
+        "ack, rejection: the cart would grow past its size bound",
+        "server",
+        {
+            "t": "ack",
+            "seq": 12,
+            "ok": False,
+            "code": "too_large",
+            "message": "a cart holds at most 1048576 bytes (encoded)",
         },
     ),
     (
@@ -422,6 +455,18 @@ INVALID: list[tuple[str, str, bytes, ErrorCode]] = [
         "nil for a field that is not optional",
         "server",
         enc({"t": "ack", "seq": 1, "ok": True, "message": None}),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "snap without a cursor that is not a page",
+        "server",
+        enc({"t": "snap", "id": 1, "topic": "cart:m42", "state": {"lines": {}}}),
+        ErrorCode.BAD_FRAME,
+    ),
+    (
+        "snap page (more) with a cursor",
+        "server",
+        enc({"t": "snap", "id": 1, "topic": "cart:m42", "cursor": ["e", 1], "state": {}, "more": True}),
         ErrorCode.BAD_FRAME,
     ),
     ("unknown tag", "client", enc({"t": "subscribe", "id": 1, "topic": "catalog"}), ErrorCode.UNKNOWN_FRAME),

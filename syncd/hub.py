@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from protocol import codec, frames
 from protocol.errors import BackendUnavailable, CloseCode, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import OpArgs
+from protocol.snapshots import encode_snapshot
 from protocol.topics import SERVED_KINDS, parse_topic
 from syncd.auth import Principal, TokenVerifier
 from syncd.fanout import Fanout
@@ -142,6 +143,10 @@ class Hub:
         if cursor is not None:
             events = await self._history(sub.topic, cursor)
             if events is not None:
+                if (
+                    cursor.epoch == frames.EMPTY_EPOCH and events
+                ):  # the history that began from the empty state
+                    cursor = frames.Cursor(events[0].cursor.epoch, 0)
                 session.send(codec.encode(frames.Snapshot(id=sub.request_id, topic=sub.topic, cursor=cursor)))
                 last = cursor.offset
                 for event in events:
@@ -153,12 +158,15 @@ class Hub:
                 session.synchronised(sub, cursor.epoch, last)
                 return
         at, state = await self.store.snapshot(sub.topic)
-        reset = cursor is not None
-        session.send(
-            codec.encode(
-                frames.Snapshot(id=sub.request_id, topic=sub.topic, cursor=at, state=state, reset=reset)
-            )
+        snap = frames.Snapshot(
+            id=sub.request_id, topic=sub.topic, cursor=at, state=state, reset=cursor is not None
         )
+        for number, page in enumerate(encode_snapshot(snap)):  # pages when over the client's frame limit
+            if number:
+                await session.room()  # paced by the writer, like a replay
+                if session.close_code is not None:
+                    return
+            session.send(page)
         session.synchronised(sub, at.epoch, at.offset)
 
     async def _history(self, topic: str, cursor: frames.Cursor) -> list[frames.Event] | None:

@@ -8,10 +8,18 @@ Every key one script touches shares a hash slot, so the same scripts run unchang
     {m:<member>}:cart:meta          hash   fold -> the cart's fold counter (numbers base dots)
     {m:<member>}:d:<client_id>      hash   dedup of that client's ops on this member (TTL: dedup retention)
                                            max -> highest seq settled here; r:<seq> -> record of a rejection
-                                           or conflict; k:<seq % 256> -> "<seq>|record" of a plain ok (a ring)
-    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; head_at -> commit time of
-                                           the stream's first entry as last read (age trim reads only then)
-    {m:<member>}:log:cart           stream entry "<offset>-0", field "ev" = the encoded ``ev`` frame
+                                           or conflict; k:<seq % 1024> -> "<seq>|record" of a plain ok
+                                           (a ring: see "What a replay is answered" below)
+    {m:<member>}:top:cart           hash   epoch, offset of topic cart:<member>; state_bytes -> the encoded
+                                           size of the cart's lines together (its size bound); log_bytes ->
+                                           bytes of the events appended in this epoch; head_at, head_b -> "at"
+                                           and "b" of the stream's first entry as last read (trimming reads
+                                           only when due);
+                                           fresh -> 1 when the epoch started from an empty cart. Absent for a
+                                           cart never written: its snapshot is [EMPTY_EPOCH, 0], no key made
+    {m:<member>}:log:cart           stream entry "<offset>-0": "ev" = the encoded ``ev`` frame, "at" = its
+                                           commit time, "b" = bytes of the events before it in the epoch;
+                                           bounded by count (MAXLEN), age and bytes (``log_max_bytes``)
     {c:<client_id>}:seq             hash   last -> the client's watermark: highest seq settled
     {c:<client_id>}:r:<seq>         string record of an op rejected before any member script (TTL)
     channel ev:cart:<member>        PUBLISH of the same ``ev`` frame bytes, for the hubs' fan-out
@@ -37,6 +45,15 @@ the original outcome without applying it again (docs/traps.md §8: the dedup rec
 atomic step as the effect); step 3 then advances ``last``. Conversely ``last >= seq`` implies the op was
 settled, so an op at or below the watermark is never applied again, even after its dedup hash expired (the
 script is told so and answers a plain ok dup).
+
+What a replay is answered (PROTOCOL.md §7.3): within the dedup retention, always whether the op was applied
+or rejected, with the rejection's code and message and any conflict (``r:<seq>``, kept as long as the hash);
+the ``result`` of a plain success only while the op is among the client's last 1,024 seqs (the ring, which
+bounds what one client can make the hub hold per member). Keeping every result for the whole retention would
+let one client grow a hash without bound (its op rate times seven days); and nobody needs it: a client waits
+for a result only while the op is in its in-flight window (at most ``max_batch`` ≤ 1,024 ops), and an op
+replayed from further back is one whose sender restarted and lost the caller that waited for it, when only
+applied versus rejected matters. Past the ring a replay is answered ``{ok: true, dup: true}`` without result.
 
 Ops rejected before any script (unknown kind, bad arguments) are settled in the client slot: the rejection is
 recorded under ``{c:<client_id>}:r:<seq>`` (with the dedup retention as TTL) and ``last`` advances, so a
@@ -99,6 +116,10 @@ LOG_MAXLEN: Final = 1000
 """Default number of events a topic's stream keeps; older cursors get a reset snapshot."""
 LOG_MAX_AGE_S: Final = 7 * 24 * 3600
 """Events older than this are dropped from a topic's history (a resume from before them gets a reset)."""
+LOG_MAX_BYTES: Final = 1024 * 1024
+"""Encoded bytes of events a topic's history keeps, oldest dropped first: as much as the largest cart
+(:data:`protocol.cart.MAX_CART_BYTES`), since beyond it a reset snapshot costs a resuming client less than
+the missed events; and what keeps the history from growing with the size of each event times MAXLEN."""
 HISTORY_LIMIT: Final = 500
 """Default number of events one :meth:`RedisStore.events_after` call returns."""
 FSYNC_TIMEOUT_MS: Final = 2000
@@ -144,11 +165,25 @@ _TOPIC_SLOTS: Final = {
 }
 
 
+def _topic_slot(topic: TopicName) -> str:
+    prefix = _TOPIC_SLOTS.get(topic.kind)
+    return "{catalog}" if prefix is None else f"{{{prefix}:{topic.key}}}"
+
+
 def topic_keys(topic: TopicName) -> tuple[str, str]:
     """``(meta, stream)`` keys of a topic: ``{m:M}:top:cart`` and ``{m:M}:log:cart`` for ``cart:M``."""
-    prefix = _TOPIC_SLOTS.get(topic.kind)
-    slot = "{catalog}" if prefix is None else f"{{{prefix}:{topic.key}}}"
+    slot = _topic_slot(topic)
     return f"{slot}:top:{topic.kind.value}", f"{slot}:log:{topic.kind.value}"
+
+
+_TOPIC_STATE: Final = {TopicKind.CART: "cart"}
+"""Topic kind -> suffix of the key holding the topic's state (``{m:M}:cart``), for kinds that have one."""
+
+
+def state_key(topic: TopicName) -> str | None:
+    """The key holding the topic's state, if its kind keeps one (``{m:M}:cart`` for ``cart:M``)."""
+    suffix = _TOPIC_STATE.get(topic.kind)
+    return None if suffix is None else f"{_topic_slot(topic)}:{suffix}"
 
 
 def channel(topic: str) -> str:
@@ -298,6 +333,7 @@ class RedisStore:
         dedup_retention_s: int = DEDUP_RETENTION_S,
         log_maxlen: int = LOG_MAXLEN,
         log_max_age_s: int = LOG_MAX_AGE_S,
+        log_max_bytes: int = LOG_MAX_BYTES,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
@@ -309,6 +345,7 @@ class RedisStore:
             ("dedup_retention_s", dedup_retention_s),
             ("log_maxlen", log_maxlen),
             ("log_max_age_s", log_max_age_s),
+            ("log_max_bytes", log_max_bytes),
             ("fsync_timeout_ms", fsync_timeout_ms),
         ):
             if type(value) is not int or value < 1:
@@ -319,6 +356,7 @@ class RedisStore:
         self.dedup_retention_s = dedup_retention_s
         self.log_maxlen = log_maxlen
         self.log_max_age_s = log_max_age_s
+        self.log_max_bytes = log_max_bytes
         self.fsync_timeout_ms = fsync_timeout_ms
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
@@ -602,6 +640,7 @@ class RedisStore:
             topic,
             op.kind,
             self.log_max_age_s * 1000,
+            self.log_max_bytes,
             *spec.argv(args),
         ]
 
@@ -628,7 +667,11 @@ class RedisStore:
 
     async def snapshot(self, topic: str) -> tuple[frames.Cursor, dict[str, Any]]:
         """The topic's state and its cursor, read atomically: events after the cursor are exactly the changes
-        after the state. Mints the topic's epoch if it has none (a new topic, or one lost with its data).
+        after the state.
+
+        A topic with no state and no history (never written) is answered ``[EMPTY_EPOCH, 0]`` and an empty
+        state, and nothing is written: subscribing to it creates no key. A topic whose state survived the
+        loss of its metadata gets a new epoch.
         """
         name = parse_topic(topic)
         if name.kind is not TopicKind.CART:
@@ -672,12 +715,19 @@ class RedisStore:
         ``None`` when the cursor cannot be honoured: the topic is unknown, its epoch differs (history lost),
         the cursor is ahead of the topic, or the first event needed was trimmed (MAXLEN). The caller then
         answers with a snapshot marked ``reset``.
+
+        A cursor ``[EMPTY_EPOCH, 0]`` (the empty state) is honoured while the topic still has no state
+        (``[]``), and by a history that started from the empty state: its events from offset 1, which name
+        the epoch the caller resumes in. Any other history needs a reset.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
         name = parse_topic(topic)
-        top, log = topic_keys(name)
-        reply = await self._eval("history", [top, log], [cursor.epoch, cursor.offset, limit], wait=False)
+        keys = [*topic_keys(name)]
+        state = state_key(name)
+        if state is not None:
+            keys.append(state)
+        reply = await self._eval("history", keys, [cursor.epoch, cursor.offset, limit], wait=False)
         if not int(reply[0]):
             return None
         return [_event_decoder.decode(body) for body in reply[1:]]

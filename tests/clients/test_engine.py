@@ -473,6 +473,28 @@ def test_a_stored_topic_resumes_from_its_cursor() -> None:
     assert isinstance(sub, frames.Subscribe) and sub.cursor == cursor
 
 
+def test_a_cursor_of_the_empty_state_continues_at_offset_0_of_the_history_that_followed_it() -> None:
+    empty = frames.Cursor(frames.EMPTY_EPOCH, 0)
+    engine = SyncEngine("pos-1")
+    engine.load_topic(TopicRecord("cart:m1", {"lines": {}}, empty, 0))
+    engine.connected(welcome(), T0)
+    [sub] = engine.frames_to_send(T0)
+    assert isinstance(sub, frames.Subscribe) and sub.cursor == empty
+    engine.receive(frames.Snapshot(id=sub.id, topic="cart:m1", cursor=frames.Cursor("e1", 0)), T0)
+    assert engine.frames_to_send(T0) == []  # accepted as a resume, not answered with a fresh sub
+    added = {"A": {"qty": 1, "vv": {"app-1": 1}, "dots": [["app-1", 1, "a", 1, 0]]}}
+    event = frames.Event(
+        topic="cart:m1", cursor=frames.Cursor("e1", 1), kind="cart.add", data={"lines": added}, at=T0
+    )
+    engine.receive(event, T0)
+    view = engine.view("cart:m1")
+    assert view is not None and view.cursor == frames.Cursor("e1", 1) and qty(view.lines(), "A") == 1
+    # Any other cursor in a snapshot without state still cannot be trusted: the engine starts afresh.
+    engine.receive(frames.Snapshot(id=sub.id, topic="cart:m1", cursor=frames.Cursor("e2", 0)), T0)
+    [again] = engine.frames_to_send(T0)
+    assert isinstance(again, frames.Subscribe) and again.cursor is None
+
+
 def test_stats_report_the_backlog_and_latencies() -> None:
     hub = FakeHub()
     device = Device("pos-1")

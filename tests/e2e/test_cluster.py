@@ -66,7 +66,8 @@ class Reader:
 
     A hub that finds a hole in its live stream resynchronises the subscription by itself: a further ``snap``
     without state at the client's own position, then the missed events (PROTOCOL.md §8.3). That is allowed
-    (and counted in ``resyncs``); any other snapshot after the first is a failure.
+    (and counted in ``resyncs``), as is the move of a topic never written (cursor ``["-", 0]``) to offset 0
+    of its first history; any other snapshot after the first is a failure.
     """
 
     def __init__(self, client: WireClient) -> None:
@@ -89,7 +90,12 @@ class Reader:
             frame = await self.client.recv()
             if isinstance(frame, frames.Snapshot) and frame.topic in self.snapshots:
                 assert (frame.state, frame.reset) == (None, False), frame
-                assert frame.cursor == self.cursor(frame.topic), frame
+                held = self.cursor(frame.topic)
+                if held == frames.Cursor(frames.EMPTY_EPOCH, 0) and frame.cursor is not None:
+                    assert frame.cursor.offset == 0, frame  # the empty cart, named in its first history
+                    self.snapshots[frame.topic] = frame
+                else:
+                    assert frame.cursor == held, frame
                 self.resyncs += 1
             elif isinstance(frame, frames.Snapshot):
                 self.snapshots[frame.topic] = frame

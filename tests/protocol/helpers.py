@@ -22,6 +22,12 @@ _FROM_CLIENT = codec.FrameDecoder(frames.CLIENT_FRAMES, _ANY)
 _FROM_SERVER = codec.FrameDecoder(frames.SERVER_FRAMES, _ANY)
 
 
+def long_attrs(tag: str) -> dict[str, Any]:
+    """The largest ``attrs`` a cart op may carry in ASCII: 16 keys of 64 characters, values of 256 (about
+    5.3 KiB encoded) — the stuff of the poison cart, which the cart's size bounds are about."""
+    return {f"{tag}{k:02}".ljust(64, "k"): f"{tag}{k}".ljust(256, "v") for k in range(16)}
+
+
 def decoded(messages: list[bytes], decoder: codec.FrameDecoder = _FROM_SERVER) -> list[frames.Frame]:
     """The frames in ``messages`` (what a side queued), for assertions."""
     return [decoder.decode(m) for m in messages]

@@ -14,6 +14,7 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,9 @@ from protocol import topics
 from protocol.cart import (
     ADD,
     CLEAR,
+    MAX_CART_BYTES,
     MAX_DOTS,
+    MAX_LINE_BYTES,
     MAX_LINES,
     REMOVE,
     SET,
@@ -32,12 +35,14 @@ from protocol.cart import (
     CartOp,
     Line,
     apply,
+    cart_bytes,
     cart_vv,
     check_op,
     conflict_of,
     dot_order,
     empty_cart,
     line_attrs,
+    line_bytes,
     line_qty,
     line_vv,
     parse_op,
@@ -46,6 +51,7 @@ from protocol.cart import (
     wire_line,
 )
 from tests.profiles import examples
+from tests.protocol.helpers import long_attrs
 
 # --- helpers -------------------------------------------------------------------------------------------
 
@@ -311,6 +317,67 @@ def test_line_limit() -> None:
     assert apply(cart, remove("a", 1000, sku="one-too-many")).result == {"qty": 0}
     freed = run([remove("a", 1000, sku="s0", ctx={"a": 1})], cart)
     assert apply(freed, add("a", 1001, 1, sku="one-too-many")).rejected is None
+
+
+def test_a_line_is_bounded_in_encoded_bytes() -> None:
+    # Every dot that carries attrs keeps its own copy (a removed winner shows the next one's), so a line of
+    # adds with long attrs grows by a copy per add; past MAX_LINE_BYTES the op is rejected, changing nothing.
+    cart, seq = empty_cart(), 0
+    while True:
+        seq += 1
+        out = apply(cart, add("a", seq, 1, hlc=seq, attrs=long_attrs(f"a{seq}")))
+        if out.rejected is not None:
+            break
+        check_invariants(out.cart)
+        cart = out.cart
+        assert line_bytes(cart["lines"]["x"]) <= MAX_LINE_BYTES
+    assert out.rejected == "too_large"
+    assert (out.cart, out.changed, out.result, out.conflict) == (cart, {}, None, None)
+    assert 10 <= seq <= 13  # about 5.3 KiB per copy, plus the line's own
+    # What does not grow the line is still accepted: an add without attrs, a set over what was seen, removes.
+    assert apply(cart, add("b", 1, 1)).rejected is None
+    assert apply(cart, set_("b", 1, 3, ctx=line_vv(cart["lines"]["x"]))).rejected is None
+    assert apply(cart, remove("b", 1, ctx={"a": 2})).rejected is None
+    assert apply(cart, clear("b", 1, ctx={"a": seq})).rejected is None
+    # The bound is the hub's alone: a prediction never refuses what the hub may accept after folding.
+    assert predict(cart, add("a", seq, 1, hlc=seq, attrs=long_attrs("p"))).rejected is None
+
+
+def test_one_op_with_the_largest_attrs_fits_an_empty_line() -> None:
+    widest = {chr(0x10000 + k) * 64: chr(0x10400) * 256 for k in range(16)}  # 4-byte characters
+    out = apply(empty_cart(), add("a", 1, 1, attrs=widest))
+    assert out.rejected is None
+    assert MAX_LINE_BYTES // 2 < line_bytes(out.cart["lines"]["x"]) <= MAX_LINE_BYTES
+
+
+def test_a_cart_is_bounded_in_encoded_bytes() -> None:
+    # The poison cart: 24 skus, 17 adds each with 16 long attrs. The cart stops growing at MAX_CART_BYTES.
+    cart, seq, codes = empty_cart(), 0, []
+    for sku in range(24):
+        for _ in range(17):
+            seq += 1
+            out = apply(cart, add("a", seq, 1, sku=f"S{sku}", hlc=seq, attrs=long_attrs(f"{seq}")))
+            codes.append(out.rejected)
+            cart = out.cart
+    assert cart_bytes(cart) <= MAX_CART_BYTES
+    assert cart_bytes(cart) > MAX_CART_BYTES - MAX_LINE_BYTES
+    assert {None, "too_large"} == set(codes)
+    lines = len(cart["lines"])
+    assert 16 <= lines < 24
+    # A new line, even a small one, would pass the bound: refused; shrinking ops are not.
+    assert apply(cart, add("a", seq + 1, 1, sku="small", attrs=long_attrs("s"))).rejected == "too_large"
+    first = cart["lines"]["S0"]
+    assert apply(cart, remove("a", seq + 1, sku="S0", ctx=line_vv(first))).rejected is None
+    freed = run([remove("a", seq + 1, sku="S0", ctx=line_vv(first))], cart)
+    assert cart_bytes(freed) == cart_bytes(cart) - line_bytes(first)
+    assert apply(freed, add("a", seq + 2, 1, sku="small", attrs={"k": "v"})).rejected is None
+
+
+def test_the_size_of_a_line_is_that_of_its_wire_form() -> None:
+    cart = run([add("a", 1, 2, hlc=7, attrs={"size": "M"}), add("b", 1, 1, sku="y")])
+    for line in cart["lines"].values():
+        assert line_bytes(line) == len(msgspec.msgpack.encode(wire_line(line)))
+    assert cart_bytes(cart) == sum(line_bytes(line) for line in cart["lines"].values())
 
 
 def test_at_most_max_dots_set_dots() -> None:

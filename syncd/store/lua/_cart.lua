@@ -1,7 +1,7 @@
 -- _cart.lua: cart line rules shared by the cart_* op scripts (docs/cart-rules.md is normative).
 --
 -- KEYS of every cart op: 1 {m:M}:d:<client_id> (dedup), 2 {m:M}:cart (sku -> line), 3 {m:M}:cart:meta
--- (fold counter), 4 {m:M}:top:cart (epoch, offset), 5 {m:M}:log:cart (event stream).
+-- (fold counter), 4 {m:M}:top:cart (epoch, offset, the cart's size), 5 {m:M}:log:cart (event stream).
 --
 -- A line in memory: {dots = {dot, ...}} in canonical order: the base dot first, then ascending
 -- (hlc, client_id, seq). A dot is {client, seq, kind, value, hlc} plus attrs (a map) when its op carried
@@ -13,6 +13,8 @@
 
 local MAX_LINES = 200
 local MAX_DOTS = 16
+local MAX_LINE_BYTES = 65536 -- protocol.cart.MAX_LINE_BYTES: a line's encoded size (what is stored and sent)
+local MAX_CART_BYTES = 1048576 -- protocol.cart.MAX_CART_BYTES: the sum over the cart's lines
 local BASE = '~'
 
 -- Step 1 of every cart op: its parameters, its keys, and the reply to give when (client, seq) was settled here
@@ -269,11 +271,31 @@ local function check_attrs(attrs)
     return n <= 16
 end
 
--- Writes the changed lines and the fold counter, then commits (dedup, event, publish).
--- changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose bytes changed are written
--- and reported in the event (null = the line is gone).
+-- The encoded size of the cart's lines together: as the topic hash keeps it ('state_bytes'), or, for a cart
+-- whose topic hash lacks it (written before sizes were kept, or lost with its history), counted once here.
+local function cart_bytes(K, kept)
+    if kept then
+        return kept
+    end
+    local sum = 0
+    for _, raw in ipairs(redis.call('HVALS', K.cart)) do
+        sum = sum + #raw
+    end
+    return sum
+end
+
+-- Checks the size bounds, then writes the changed lines and the fold counter, then commits (dedup, event with
+-- the cart's new size, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose
+-- bytes changed are written and reported in the event (null = the line is gone). Bounds (docs/cart-rules.md,
+-- Bounds): an op may not leave a line above MAX_LINE_BYTES, nor the cart above MAX_CART_BYTES, unless it
+-- leaves them no larger than they were; every check comes before the first write.
 local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
+    local topic = {meta = topic_read(K.top)}
+    if not topic.meta[1] then -- a new history: does it start from the empty cart? (read before writing)
+        topic.empty = redis.call('EXISTS', K.cart) == 0
+    end
     local skus, lines = {}, {}
+    local grown = 0
     for _, ch in ipairs(changes) do
         local sku, before, line = ch[1], ch[2], ch[3]
         if line and #line.dots == 0 then
@@ -281,14 +303,26 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
         end
         local after = line and enc_line(line) or false
         if after ~= before then
-            if after then
-                redis.call('HSET', K.cart, sku, after)
-                lines[sku] = after
-            else
-                redis.call('HDEL', K.cart, sku)
-                lines[sku] = MP_NIL
+            local size_before, size_after = before and #before or 0, after and #after or 0
+            if size_after > size_before and size_after > MAX_LINE_BYTES then
+                return reject(K.dedup, p, 'too_large', 'a cart line holds at most 65536 bytes (encoded)')
             end
+            grown = grown + size_after - size_before
+            lines[sku] = after or MP_NIL
             skus[#skus + 1] = sku
+        end
+    end
+    if grown ~= 0 then
+        topic.state_bytes = cart_bytes(K, tonumber(topic.meta[6])) + grown
+        if grown > 0 and topic.state_bytes > MAX_CART_BYTES then
+            return reject(K.dedup, p, 'too_large', 'a cart holds at most 1048576 bytes (encoded)')
+        end
+    end
+    for _, sku in ipairs(skus) do
+        if lines[sku] == MP_NIL then
+            redis.call('HDEL', K.cart, sku)
+        else
+            redis.call('HSET', K.cart, sku, lines[sku])
         end
     end
     if new_counter then
@@ -296,7 +330,7 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
     end
     table.sort(skus, str_lt)
     local data = mp_map({'lines'}, {lines = mp_map(skus, lines)})
-    return commit(K.dedup, K.top, K.log, p, result_enc, data, conflict_enc)
+    return commit(K.dedup, K.top, K.log, p, result_enc, data, conflict_enc, topic)
 end
 
 -- The shared body of cart.add, cart.set and cart.remove (docs/cart-rules.md, in the reference's order):

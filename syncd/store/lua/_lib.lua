@@ -92,7 +92,7 @@ end
 -- record(true, nil, '', nil, nil), spelled out: a constant, not re-encoded by every call of every script.
 local PLAIN_OK = '\149\195\192\160\192\192'
 
--- The common ARGV of every op script; op-specific arguments follow from ARGV[13].
+-- The common ARGV of every op script; op-specific arguments follow from ARGV[14].
 -- nkeys: the op's own KEYS; a KEYS[nkeys + 1], when given, is the client's watermark hash (standalone Redis
 -- only: on a cluster it lives in another slot), raised in the same atomic step as the op's dedup record.
 local function op_params(nkeys)
@@ -109,6 +109,7 @@ local function op_params(nkeys)
         topic = ARGV[10],
         kind = ARGV[11],
         maxage_ms = tonumber(ARGV[12]),
+        maxbytes = tonumber(ARGV[13]),
         wkey = KEYS[nkeys + 1],
     }
     return p
@@ -116,9 +117,14 @@ end
 
 -- Dedup hash of (client, entity): 'max' = the client's highest seq settled here; 'r:<seq>' = the record of an
 -- outcome that is not a plain ok (a rejection, a conflict), kept as long as the hash; 'k:<seq % RING>' =
--- '<seq>|<record>' of a plain ok, a ring of the client's last RING outcomes here. RING must be at least the
--- hub's in-flight window: a client only replays ops it has no ack for, and it never has more than that many.
-local RING = 256  -- >= PIPELINE_MAX and the protocol's max_batch
+-- '<seq>|<record>' of a plain ok. A slot is overwritten only by a later op of the same client on the same
+-- entity whose seq is RING higher, so the result of a plain ok is kept while the client's seq is below
+-- seq + RING, and the ring bounds what one (client, entity) pair holds (PROTOCOL.md §7.3).
+-- Why RING = 1024, the protocol's largest max_batch (§7.6): a client that still waits for an op's result
+-- holds it in its in-flight window, at most max_batch ops, all sent within RING seqs of each other; an op
+-- replayed from further back is one whose sender lost its memory of it (a restart), for which only applied
+-- versus rejected matters, and that the hash keeps for its whole retention.
+local RING = 1024
 
 -- Step 1. A reply when (client, seq) was already settled for this entity, else nil.
 --
@@ -180,50 +186,90 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The topic's (epoch, offset, head_at), minting a new epoch (and dropping any stale stream) when the topic is
--- unknown: after a total loss every old cursor then names an epoch that no longer exists and gets a reset.
--- head_at: see trim_by_age; nil when not known.
-local function topic_meta(topkey, logkey, epoch_candidate)
-    local meta = redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at')
-    if meta[1] then
-        return meta[1], tonumber(meta[2]), tonumber(meta[3])
-    end
-    redis.call('DEL', logkey)
-    redis.call('HSET', topkey, 'epoch', epoch_candidate, 'offset', '0')
-    return epoch_candidate, 0, nil
+-- The epoch of a topic without state or history, for which nothing is stored (protocol.frames.EMPTY_EPOCH):
+-- a snapshot of it answers the cursor {EMPTY_EPOCH, 0}, and minted epochs never equal it.
+local EMPTY_EPOCH = '-'
+
+-- The topic's metadata, read before the op writes anything: {epoch, offset, head_at, log_bytes, head_b,
+-- state_bytes}; epoch is nil when the topic is unknown (never written, or lost with its data). See trim_head
+-- for head_at, log_bytes and head_b. state_bytes: the encoded size of the topic's state, kept by the scripts
+-- of a type that bounds it (carts); here because the op reads and writes this hash anyway.
+local function topic_read(topkey)
+    return redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at', 'log_bytes', 'head_b', 'state_bytes')
 end
 
--- Retention by age: drop entries committed before cutoff_ms from the head of the stream, at most AGE_TRIM per
--- write. Each write adds one entry and may drop several, so trimming keeps up with any write rate; a topic that
--- is no longer written keeps its tail until MAXLEN or its next write (a resume from it still works or resets).
+-- Creates an unknown topic under a new epoch at offset 0, dropping any stale stream: after a total loss every
+-- old cursor then names an epoch that no longer exists and gets a reset. fresh: the topic's state is empty at
+-- offset 0, so a cursor of the empty epoch (a device that saw the topic without state) continues into this
+-- history from offset 1 instead of needing a reset.
+local function topic_mint(topkey, logkey, epoch, fresh)
+    redis.call('DEL', logkey)
+    if fresh then
+        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0', 'fresh', '1')
+    else
+        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0')
+    end
+end
+
+-- Retention of a topic's history, by age and by bytes: drop entries from the head of the stream while the
+-- first one was committed before cutoff_ms, or while the stream holds more than maxbytes of events (MAXLEN,
+-- in XADD, bounds their number). Bytes, because events carry whole line states: without it a topic keeps
+-- MAXLEN events of up to a line's size each, far more than the cart itself. Once the missed events outweigh
+-- a snapshot, a reset is the cheaper resume anyway.
 --
--- head_at is the commit time of the stream's first entry as last read, kept in the topic hash so that a write
--- reads the stream only when that entry may have expired: entries leave a stream only at its head (MAXLEN,
--- this trim), so the first entry is never older than head_at. Returns the head_at to keep (the first
--- remaining entry's commit time, or cutoff_ms when it has none, so the next write looks again).
-local AGE_TRIM = 8
-local function trim_by_age(logkey, cutoff_ms, head_at)
-    if head_at ~= nil and head_at >= cutoff_ms then
-        return head_at
-    end
-    local head = redis.call('XRANGE', logkey, '-', '+', 'COUNT', AGE_TRIM + 1)
-    for i, entry in ipairs(head) do
-        local fields, at = entry[2], nil
+-- At most TRIM entries go per write; each write adds one, so trimming keeps up with any write rate. A topic
+-- that is no longer written keeps its tail until its next write (a resume from it still works or resets).
+--
+-- Bookkeeping, so that a write reads the stream only when something may be due: every entry has 'b', the
+-- bytes of the topic's events before it in this epoch; the topic hash has 'log_bytes' (the same after the
+-- last event), and head_at / head_b, the commit time and 'b' of the stream's first entry as last known. Entries
+-- leave a stream only at its head, so the true first entry is never older nor smaller in 'b' than those:
+-- the stream holds at most total - head_b bytes and nothing is older than head_at. An entry without 'at'
+-- (written before commit times were kept) is kept by age; one without 'b' counts from 0 (dropped first).
+-- Returns the head_at and head_b to keep (cutoff_ms as head_at when the head has no commit time, so the
+-- next write looks again).
+local TRIM = 8
+local function trim_head(logkey, cutoff_ms, maxbytes, total, head_at, head_b)
+    for _ = 1, TRIM do
+        if (head_at ~= nil and head_at >= cutoff_ms) and total - (head_b or 0) <= maxbytes then
+            break
+        end
+        local head = redis.call('XRANGE', logkey, '-', '+', 'COUNT', 1)[1]
+        if head == nil then
+            return cutoff_ms, total
+        end
+        local fields, at, b, body = head[2], nil, 0, ''
         for j = 1, #fields, 2 do
-            if fields[j] == 'at' then at = tonumber(fields[j + 1]) end
+            local name = fields[j]
+            if name == 'at' then
+                at = tonumber(fields[j + 1])
+            elseif name == 'b' then
+                b = tonumber(fields[j + 1])
+            elseif name == 'ev' then
+                body = fields[j + 1]
+            end
         end
-        if at == nil or at >= cutoff_ms or i > AGE_TRIM then
-            return at or cutoff_ms
+        if (at == nil or at >= cutoff_ms) and total - b <= maxbytes then
+            return at or cutoff_ms, b
         end
-        redis.call('XDEL', logkey, entry[1])
+        redis.call('XDEL', logkey, head[1])
+        head_at, head_b = at or cutoff_ms, b + #body -- bounds for the next entry: no older, 'b' exactly
     end
-    return cutoff_ms
+    return head_at or cutoff_ms, head_b or 0
 end
 
 -- Steps 4 and 5: next offset, stream entry '<offset>-0' (so a cursor maps to an entry id), trim, publish.
 -- The body is the complete 'ev' frame, so hubs forward the published bytes to websockets unchanged.
-local function append_event(topkey, logkey, p, data_enc, conflict_enc)
-    local epoch, offset, head_at = topic_meta(topkey, logkey, p.epoch)
+-- topic: what topic_read gave before the op's writes ('meta'), whether the state was empty then ('empty', see
+-- topic_mint) and the state's new size if it changed ('state_bytes').
+local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
+    local meta = topic.meta
+    local epoch, offset, head_at = meta[1], tonumber(meta[2]), tonumber(meta[3])
+    local before, head_b = tonumber(meta[4]) or 0, tonumber(meta[5])
+    if not epoch then
+        epoch, offset, before, head_b = p.epoch, 0, 0, 0
+        topic_mint(topkey, logkey, epoch, topic.empty)
+    end
     offset = offset + 1
     local at = now_ms()
     local keys = {'t', 'topic', 'cursor', 'kind', 'data', 'at', 'origin'}
@@ -241,17 +287,29 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc)
         enc.conflict = conflict_enc
     end
     local body = mp_map(keys, enc)
-    redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body, 'at', fmt(at))
-    head_at = trim_by_age(logkey, at - p.maxage_ms, head_at)
-    redis.call('HSET', topkey, 'offset', fmt(offset), 'head_at', fmt(head_at))
+    redis.call('XADD', logkey, 'MAXLEN', '=', fmt(p.maxlen), fmt(offset) .. '-0', 'ev', body, 'at', fmt(at),
+        'b', fmt(before))
+    local total = before + #body
+    local new_at, new_b = trim_head(logkey, at - p.maxage_ms, p.maxbytes, total, head_at, head_b)
+    local fields = {'offset', fmt(offset), 'log_bytes', fmt(total)} -- and what else changed
+    if new_at ~= head_at then
+        fields[#fields + 1], fields[#fields + 2] = 'head_at', fmt(new_at)
+    end
+    if new_b ~= head_b then
+        fields[#fields + 1], fields[#fields + 2] = 'head_b', fmt(new_b)
+    end
+    if topic.state_bytes then
+        fields[#fields + 1], fields[#fields + 2] = 'state_bytes', fmt(topic.state_bytes)
+    end
+    redis.call('HSET', topkey, unpack(fields))
     redis.call('PUBLISH', p.channel, body)
     return offset, body
 end
 
 -- Steps 4-5 for an applied op, and the reply: {record, dup, offset, event}.
-local function commit(dkey, topkey, logkey, p, result_enc, data_enc, conflict_enc)
+local function commit(dkey, topkey, logkey, p, result_enc, data_enc, conflict_enc, topic)
     local rec = record(true, nil, '', result_enc, conflict_enc)
     dedup_record(dkey, p, rec, conflict_enc == nil)
-    local offset, body = append_event(topkey, logkey, p, data_enc, conflict_enc)
+    local offset, body = append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
     return {rec, 0, offset, body}
 end

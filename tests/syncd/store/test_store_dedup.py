@@ -161,7 +161,8 @@ async def test_script_refuses_arguments_that_bypassed_python_validation_as_a_rec
     # as bad_args, so it can never block the ops behind it, and nothing is written but its dedup record.
     slot = member_slot("m1")
     keys = [f"{slot}:d:a", f"{slot}:cart", f"{slot}:cart:meta", f"{slot}:top:cart", f"{slot}:log:cart"]
-    argv = ["a", 1, 0, 0, b"\x80", 60_000, 100, "e1", "ev:cart:m1", "cart:m1", "cart.add", "tea", 0, b""]
+    argv = ["a", 1, 0, 0, b"\x80", 60_000, 100, "e1", "ev:cart:m1", "cart:m1", "cart.add", 10**9, 2**20]
+    argv += ["tea", 0, b""]
     record, dup, offset, event = await store._eval("cart_add", keys, argv, wait=False)
     assert (dup, offset, event) == (0, 0, b"")
     assert msgspec.msgpack.decode(record)[:2] == [False, "bad_args"]
@@ -170,7 +171,7 @@ async def test_script_refuses_arguments_that_bypassed_python_validation_as_a_rec
     assert (again[0], again[1]) == (record, 1)
 
 
-@pytest.mark.parametrize("setting", ["dedup_retention_s", "log_maxlen", "fsync_timeout_ms"])
+@pytest.mark.parametrize("setting", ["dedup_retention_s", "log_maxlen", "log_max_bytes", "fsync_timeout_ms"])
 def test_store_settings_must_be_positive(redis_client: Redis | RedisCluster, setting: str) -> None:
     with pytest.raises(ValueError, match=setting):
         RedisStore(redis_client, **{setting: 0})
@@ -205,3 +206,43 @@ async def test_a_pipeline_mixing_scripts_on_a_cold_script_cache_applies_every_op
     assert [(o.seq, o.ok, o.dup) for o in outcomes] == [(3, True, False), (4, True, False), (5, True, False)]
     cart = await store.load_cart("m1")
     assert {sku: line["qty"] for sku, line in cart["lines"].items()} == {"A": 3, "B": 5, "C": 1}
+
+
+async def test_replay_of_seq_1_after_299_later_ops_on_the_same_cart_answers_its_original_result(
+    store: RedisStore,
+) -> None:
+    # The replay a device makes after reconnecting: its first op's ack was lost while 299 more went out.
+    ops = [
+        frames.Op(seq=s, kind="cart.add", args={"member": "m1", "sku": f"S{s % 7}", "qty": 1}, hlc=s)
+        for s in range(1, 301)
+    ]
+    batch = await store.apply_ops("a", ops, known_last=0)
+    assert batch.error is None and len(batch.outcomes) == 300
+    again = await store.apply_op("a", ops[0])
+    assert (again.ok, again.dup, again.result) == (True, True, {"qty": 1})
+    assert (again.ok, again.dup, again.result) == (True, True, batch.outcomes[0].result)
+
+
+async def test_results_are_kept_for_the_last_1024_seqs_and_the_outcome_kind_for_the_retention(
+    store: RedisStore,
+) -> None:
+    # Past the ring only the result of a plain success is forgotten: a replay is still answered as applied,
+    # and a rejection is still answered as that rejection (PROTOCOL.md §7.3).
+    add = frames.Op(seq=1, kind="cart.add", args={"member": "m1", "sku": "juice", "qty": 1}, hlc=1)
+    bad = frames.Op(seq=2, kind="cart.set", args={"member": "m1", "sku": "tea", "qty": 1}, ctx={}, hlc=2)
+    later = [
+        frames.Op(seq=s, kind="cart.add", args={"member": "m1", "sku": "cake", "qty": 1}, hlc=s)
+        for s in range(3, 1025)
+    ]
+    for d in range(16):  # 16 concurrent sets fill the set-dot bound, so `bad` is rejected
+        await store.apply_op(f"d{d}", frames.Op(seq=1, kind="cart.set", args=bad.args, ctx={}, hlc=2))
+    batch = await store.apply_ops("a", [add, bad, *later], known_last=0)
+    assert batch.error is None and batch.outcomes[1].code == "limit_exceeded"
+    kept = await store.apply_op("a", add)  # seqs 1..1024: the last 1,024 of the client
+    assert (kept.ok, kept.dup, kept.result) == (True, True, {"qty": 1})
+    beyond = frames.Op(seq=1025, kind="cart.add", args={"member": "m1", "sku": "cake", "qty": 1}, hlc=9)
+    assert (await store.apply_op("a", beyond)).ok
+    forgotten = await store.apply_op("a", add)
+    assert (forgotten.ok, forgotten.dup, forgotten.result) == (True, True, None)
+    rejected = await store.apply_op("a", bad)
+    assert (rejected.ok, rejected.dup, rejected.code) == (False, True, "limit_exceeded")

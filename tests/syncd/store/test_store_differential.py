@@ -167,6 +167,8 @@ async def run_history(store: RedisStore, history: list[Action]) -> None:
         else:
             assert got.event is None
         assert await store.load_cart(member) == ref, op
+        kept = await store._client.hget(f"{{m:{member}}}:top:cart", "state_bytes")
+        assert int(kept or 0) == cart.cart_bytes(ref), "the size the hub keeps is the reference's measure"
 
 
 SETTINGS = settings(

@@ -15,7 +15,7 @@ from protocol import frames
 from protocol.errors import ProtocolError
 from syncd.store import RedisStore
 from syncd.store.redis_store import channel, member_slot
-from tests.syncd.store.conftest import Device
+from tests.syncd.store.conftest import Device, flush
 
 Devices = Callable[..., Any]
 
@@ -32,12 +32,53 @@ def replay(lines: dict[str, Any], events: list[frames.Event]) -> dict[str, Any]:
     return out
 
 
-async def test_snapshot_of_a_new_topic_mints_an_epoch_at_offset_zero(store: RedisStore) -> None:
-    cursor, state = await store.snapshot("cart:m1")
-    assert cursor.offset == 0 and cursor.epoch and state == {"lines": {}}
-    again, _ = await store.snapshot("cart:m1")
-    assert again == cursor
-    assert await store.events_after("cart:m1", cursor) == []
+async def test_snapshot_of_a_never_written_topic_creates_nothing(
+    store: RedisStore, redis_client: Redis | RedisCluster
+) -> None:
+    for member in range(50):
+        cursor, state = await store.snapshot(f"cart:never{member}")
+        assert cursor == frames.Cursor(frames.EMPTY_EPOCH, 0) and state == {"lines": {}}
+        assert await store.events_after(f"cart:never{member}", cursor) == []  # honoured: nothing missed
+    assert await redis_client.dbsize() == 0
+
+
+async def test_a_cursor_of_the_empty_history_resumes_from_the_first_write(
+    device: Devices, store: RedisStore
+) -> None:
+    empty, _ = await store.snapshot("cart:m1")
+    sent = [await device("a").add("tea", 1), await device("b").add("cake", 2)]
+    events = await store.events_after("cart:m1", empty)
+    assert events == [o.event for o in sent] and [e.cursor.offset for e in events] == [1, 2]
+    assert replay({}, events) == (await store.snapshot("cart:m1"))[1]["lines"]
+    assert await store.events_after("cart:m1", frames.Cursor(frames.EMPTY_EPOCH, 1)) is None  # no such state
+
+
+async def test_a_cursor_of_the_empty_history_is_reset_when_the_history_did_not_start_empty(
+    device: Devices, store: RedisStore, redis_client: Redis | RedisCluster
+) -> None:
+    # The topic's metadata lost while its lines survived (evicted, deleted by hand): the epoch minted next
+    # starts from those lines, not from the empty cart the cursor names, so replaying it would miss them.
+    a = device("a")
+    empty, _ = await store.snapshot("cart:m1")
+    await a.add("tea", 1)
+    await redis_client.delete(f"{member_slot('m1')}:top:cart")
+    assert await store.events_after("cart:m1", empty) is None  # lines and no history: not the empty state
+    await a.add("cake", 1)  # mints a new epoch over a cart that holds a line
+    assert await store.events_after("cart:m1", empty) is None
+    await redis_client.delete(f"{member_slot('m1')}:top:cart")
+    cursor, state = await store.snapshot("cart:m1")  # a snapshot of lines needs a real epoch
+    assert cursor.epoch != frames.EMPTY_EPOCH and set(state["lines"]) == {"tea", "cake"}
+    assert await store.events_after("cart:m1", empty) is None
+
+
+async def test_after_a_total_loss_a_cursor_of_the_empty_history_resumes_from_the_new_history(
+    device: Devices, store: RedisStore, redis_client: Redis | RedisCluster
+) -> None:
+    empty, _ = await store.snapshot("cart:m1")
+    await device("a").add("tea", 1)
+    await flush(redis_client)
+    again = await device("b").add("cake", 1)  # a new epoch, over an empty cart again
+    assert await store.events_after("cart:m1", empty) == [again.event]
 
 
 async def test_events_after_returns_exactly_the_missed_events_in_order(
