@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients import SyncClient
+from clients import Cart, SyncClient
 from clients.store import SQLiteOutbox
 from protocol import cart as rules
 from protocol import frames
@@ -51,6 +51,20 @@ async def outbox_ops(client: SyncClient) -> list[frames.Op]:
     return await store.load_pending(0, 10_000)
 
 
+async def shows(cart: Cart, qty: dict[str, int], timeout: float = 20) -> None:
+    """Wait until ``cart`` shows these quantities. ``wait_synced`` says a device's own ops are applied and its
+    subscriptions caught up, not that another device's latest events have crossed the hub to it yet."""
+    changes = cart.changes()  # registered before the check: no change can fall between the two
+    try:
+        async with asyncio.timeout(timeout):
+            while {sku: line.qty for sku, line in cart.lines.items()} != qty:
+                await anext(changes)
+    except TimeoutError:
+        raise AssertionError(f"{cart} shows {cart.lines}, not {qty}") from None
+    finally:
+        await changes.aclose()
+
+
 def replay(base: dict[str, Any], *batches: tuple[str, list[frames.Op]]) -> dict[str, Any]:
     """The reference rules applied to ``base`` then to each client's ops, in order: the expected cart."""
     cart: rules.Cart = {"lines": dict(base), "folds": 0}
@@ -78,7 +92,7 @@ async def test_offline_edits_on_app_and_pos_converge_to_the_rules_result_in_eith
         await app_cart.add("SKU-1", 2)
         await app_cart.add("SKU-2", 1)
         await app.wait_synced(20)
-        await pos.wait_synced(20)
+        await shows(pos_cart, {"SKU-1": 2, "SKU-2": 1})
         assert pos_cart.lines == app_cart.lines
         base = await hub_cart(hub.url, member)
         await app.go_offline()
@@ -105,9 +119,7 @@ async def test_offline_edits_on_app_and_pos_converge_to_the_rules_result_in_eith
         assert expected == other_order  # the same cart, byte for byte, in either order
         assert await hub_cart(hub.url, member) == expected
         for cart in (app_cart, pos_cart):
-            assert {sku: line.qty for sku, line in cart.lines.items()} == {
-                sku: line["qty"] for sku, line in expected.items()
-            }
+            await shows(cart, {sku: line["qty"] for sku, line in expected.items()})
         assert expected["SKU-1"]["qty"] == 6 and expected["SKU-3"]["qty"] == 1
 
 
@@ -209,10 +221,7 @@ async def _schedule(url: str, root: Path, steps: list[tuple[str, int, Any]], n: 
                 await client.wait_synced(30)
         expected = await hub_cart(url, member)
         for client in f.clients:
-            view = client.cart(member).lines
-            assert {s: line.qty for s, line in view.items()} == {
-                s: line["qty"] for s, line in expected.items()
-            }
+            await shows(client.cart(member), {s: line["qty"] for s, line in expected.items()}, 30)
         history = await hub_history(url, member)
         origins = [(e.origin.client_id, e.origin.seq) for e in history if e.origin is not None]
         assert len(origins) == len(set(origins)), "an op was applied twice"
