@@ -14,7 +14,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -23,7 +25,7 @@ from protocol import frames
 from protocol.errors import CloseCode
 from syncd.embedded import EmbeddedRedis
 from tests.e2e.conftest import HubFactory
-from tests.e2e.harness import HubProcess, WireClient, token
+from tests.e2e.harness import SECRET, HubProcess, WireClient, token
 
 pytestmark = [
     pytest.mark.e2e,
@@ -248,3 +250,26 @@ async def test_json_log_format_gives_one_json_object_per_line(
     assert any(
         entry["logger"] == "syncd.app" and "durability=script" in entry["message"] for entry in entries
     )
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"iss": "another-service"}, id="another-issuer"),
+        pytest.param({"iss": None}, id="no-issuer"),
+        pytest.param({"exp": "4102444800"}, id="exp-as-string"),
+    ],
+)
+async def test_a_hub_process_refuses_a_token_of_another_issuer_or_with_ill_typed_claims(
+    hub: HubProcess, claims: dict[str, Any]
+) -> None:
+    now = int(time.time())
+    payload = {"sub": "app-1", "iss": "syncd", "role": "app", "members": ["*"], "iat": now, "exp": now + 600}
+    payload.update(claims)
+    forged = jwt.encode({k: v for k, v in payload.items() if v is not None}, SECRET, algorithm="HS256")
+    client = await WireClient.open(hub.url, "app-1", hello=False)
+    await client.send(frames.Hello(versions=[1], token=forged, client_id="app-1", ts=now * 1000))
+    assert await client.closed() == CloseCode.UNAUTHORIZED
+    good = await WireClient.open(hub.url, "app-1")  # the same hub still takes a right token
+    assert good.welcome is not None
+    await good.close()
