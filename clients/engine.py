@@ -896,6 +896,7 @@ class SyncEngine:
         for name, samples in (("ack_ms", self._ack_ms), ("sync_ms", self._sync_ms)):
             if samples:
                 out[f"{name}_p50"] = samples.percentile(0.5)
+                out[f"{name}_p95"] = samples.percentile(0.95)
                 out[f"{name}_p99"] = samples.percentile(0.99)
         return out
 
