@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol.errors import BackendUnavailable
-from syncd import __version__
+from syncd import __version__, dashboard
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
 from syncd.hub import Hub
@@ -56,6 +56,7 @@ from syncd.redis_info import (
     probe,
 )
 from syncd.revocation import REVOKED_CHANNEL, Revocations
+from syncd.rollup import Publisher
 from syncd.settings import ConfigError, Settings
 from syncd.store.redis_store import RedisStore, channel
 
@@ -94,13 +95,21 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
+            publishing: asyncio.Task[None] | None = None
             if hub.metrics is not None:
                 hub.metrics.registry.register(
                     SessionCollector(hub.metrics, hub.sessions, hub.telemetry, hub.fanout.stats)
                 )
+                publisher = Publisher(hub, client)
+                publishing = asyncio.create_task(publisher.run(), name="syncd-dashboard-publisher")
             try:
                 yield
             finally:
+                if publishing is not None:
+                    publishing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await publishing
+                    await publisher.withdraw()
                 await hub.close()
                 await hub.fanout.close()
         finally:
@@ -113,6 +122,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *dashboard.routes(),
             *_websocket_routes(),
         ],
         lifespan=lifespan,
