@@ -545,6 +545,9 @@ class _Samples:
     def __len__(self) -> int:
         return len(self._values)
 
+    def clear(self) -> None:
+        self._values.clear()
+
     def percentile(self, q: float) -> float:
         ordered = sorted(self._values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -887,7 +890,9 @@ class SyncEngine:
         return self._open and all(v.synced for v in self._topics.values())
 
     def stats(self, now_ms: int) -> dict[str, float]:
-        """Figures for the hub (``ping.stats``): outbox backlog, ack and sync latency percentiles."""
+        """Figures for the hub (``ping.stats``): outbox backlog, and the ack and sync latency percentiles of
+        the samples since the last report (which it empties): a report tells how sync is going *now*, so a
+        recovery shows in the next one instead of after hundreds of fresh samples."""
         oldest = self.oldest_pending_ms
         out: dict[str, float] = {
             "outbox": float(self._pending),
@@ -896,7 +901,9 @@ class SyncEngine:
         for name, samples in (("ack_ms", self._ack_ms), ("sync_ms", self._sync_ms)):
             if samples:
                 out[f"{name}_p50"] = samples.percentile(0.5)
+                out[f"{name}_p95"] = samples.percentile(0.95)
                 out[f"{name}_p99"] = samples.percentile(0.99)
+                samples.clear()
         return out
 
     # -- internals: sending -------------------------------------------------------------------------------

@@ -31,18 +31,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol.errors import BackendUnavailable
-from syncd import __version__
+from syncd import __version__, dashboard
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
 from syncd.hub import Hub
+from syncd.metrics import SessionCollector
 from syncd.redis_info import (
     IdleReaper,
     RedisStatus,
@@ -54,6 +56,7 @@ from syncd.redis_info import (
     probe,
 )
 from syncd.revocation import REVOKED_CHANNEL, Revocations
+from syncd.rollup import Publisher
 from syncd.settings import ConfigError, Settings
 from syncd.store.redis_store import RedisStore, channel
 
@@ -92,9 +95,21 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
+            publishing: asyncio.Task[None] | None = None
+            if hub.metrics is not None:
+                hub.metrics.registry.register(
+                    SessionCollector(hub.metrics, hub.sessions, hub.telemetry, hub.fanout.stats)
+                )
+                publisher = Publisher(hub, client)
+                publishing = asyncio.create_task(publisher.run(), name="syncd-dashboard-publisher")
             try:
                 yield
             finally:
+                if publishing is not None:
+                    publishing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await publishing
+                    await publisher.withdraw()
                 await hub.close()
                 await hub.fanout.close()
         finally:
@@ -104,7 +119,13 @@ def create_app(settings: Settings) -> Starlette:
             await close_client(client)
 
     app = Starlette(
-        routes=[Route("/healthz", healthz, methods=["GET"]), *_websocket_routes()], lifespan=lifespan
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            *dashboard.routes(),
+            *_websocket_routes(),
+        ],
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.add_middleware(RefuseCredentialsInUrl)
@@ -202,6 +223,18 @@ async def healthz(request: Request) -> JSONResponse:
         body["fanout"] = hub.fanout.stats.as_dict()
         body["redis_pool"] = {"idle_closed": reaper.closed, "idle_s": reaper.idle_s}
     return JSONResponse(body, status_code=200 if serving else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """This process's figures in the Prometheus text format (``syncd.metrics``); 404 with ``metrics = false``.
+
+    Unauthenticated, like ``/healthz``: it carries counts only, no id, and is meant for the scraper on the
+    private network. Scrape every hub process: each counts what it served.
+    """
+    hub: Hub | None = getattr(request.app.state, "hub", None)
+    if hub is None or hub.metrics is None:
+        return PlainTextResponse("metrics are off\n", status_code=404)
+    return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def describe(status: RedisStatus) -> str:

@@ -56,6 +56,7 @@ from syncd.auth import (
     token_verifier,
 )
 from syncd.embedded import EmbeddedRedis, bundled_binary, running_url
+from syncd.masking import mask
 from syncd.redis_info import check_durability, close_client, make_client, probe
 from syncd.revocation import revoke
 from syncd.settings import CONFIG_ENV, ConfigError, Settings, env_var, field_help, field_kind
@@ -408,8 +409,9 @@ _CREDENTIAL_PARAM = re.compile(r"(?i)\b(token|access_token|jwt|password)=[^&\s\"
 
 
 def redact(text: str) -> str:
-    """``text`` without tokens: anything shaped like a JWT, and the value of ``token=``-like parameters."""
-    return _CREDENTIAL_PARAM.sub(r"\1=<redacted>", _JWT.sub("<redacted-token>", text))
+    """``text`` without tokens (anything shaped like a JWT, the value of ``token=``-like parameters) and
+    with mobile numbers masked (:mod:`syncd.masking`)."""
+    return mask(_CREDENTIAL_PARAM.sub(r"\1=<redacted>", _JWT.sub("<redacted-token>", text)))
 
 
 class RedactingFilter(logging.Filter):
@@ -451,6 +453,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)  # structured lines (syncd.telemetry): one key per field
+        if isinstance(fields, dict):
+            entry.update((key, value) for key, value in fields.items() if key not in entry)
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)

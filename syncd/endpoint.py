@@ -17,7 +17,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import codec, frames
 from protocol.codec import Limits
-from protocol.connection import CloseRequested, FrameReceived, HelloReceived, Refused, ServerProtocol
+from protocol.connection import (
+    CloseRequested,
+    FrameReceived,
+    HelloReceived,
+    Refused,
+    ServerProtocol,
+    StatsReceived,
+)
 from protocol.errors import CloseCode
 from syncd.auth import AuthError
 from syncd.hub import Hub, now_ms
@@ -48,6 +55,8 @@ async def endpoint(websocket: WebSocket) -> None:
 
 MAX_WAITING = 64
 """Request frames queued on one connection before the reader stops reading (back-pressure on the client)."""
+ABNORMAL_CLOSE = 1006
+"""What a connection that ended without a close frame is logged and counted as (RFC 6455 §7.1.5)."""
 COALESCE_MAX = 1024
 """Ops from consecutive waiting frames applied as one store batch."""
 
@@ -67,6 +76,8 @@ class _Connection:
         self._room: asyncio.Event | None = None  # made when the reader first has to wait
         self._worker: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._peer_code = ABNORMAL_CLOSE
+        """The close code the client sent, when it closed first (for the log and metrics)."""
 
     async def run(self) -> None:
         self.hub.ticker.add(self)
@@ -79,7 +90,8 @@ class _Connection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._worker
             if self.session is not None:
-                self.hub.close_session(self.session)
+                code = self.session.close_code or (self.closing[0] if self.closing else self._peer_code)
+                self.hub.close_session(self.session, code)
 
     # -- reader -----------------------------------------------------------------------------------------
 
@@ -88,6 +100,7 @@ class _Connection:
             while self.closing is None:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    self._peer_code = message.get("code", ABNORMAL_CLOSE)
                     return
                 data = message.get("bytes")
                 if data is None:
@@ -107,7 +120,8 @@ class _Connection:
             # Closing: before a session exists there is no writer; flush directly.
             if self.session is None:
                 await self._flush_and_close(self._pre_session)
-        except WebSocketDisconnect:
+        except WebSocketDisconnect as exc:
+            self._peer_code = exc.code
             return
         finally:
             if self.session is not None and self.closing is not None:
@@ -136,7 +150,8 @@ class _Connection:
                     self._emit()
                     self._close(event.code, event.reason)
                     return
-                # StatsReceived: reported to metrics by a later release
+                elif isinstance(event, StatsReceived) and self.session is not None:
+                    self.hub.telemetry.received(self.session.principal, event.stats)
         self._emit()
 
     # -- worker: requests in arrival order, waiting ops coalesced ------------------------------------------
@@ -179,6 +194,8 @@ class _Connection:
                 elif isinstance(frame, frames.Unsubscribe):
                     self.hub.unsubscribe(session, frame)
                 elif isinstance(frame, Refused):  # after the replies to the requests before it (§7.2)
+                    if frame.error.about == frames.ABOUT_OP:
+                        self.hub.refused(session.principal, frame.error.code, frame.error.ref or 0)
                     session.send(codec.encode(frame.error))
                 self._made_room()
         finally:
@@ -198,7 +215,7 @@ class _Connection:
             self.proto.refuse(CloseCode.BACKEND_UNAVAILABLE, "hub cannot reach its store")
             return
         raw_send = self.ws.scope.get("extensions", {}).get(RAW_SEND)
-        self.session = self.hub.open_session(principal, last_seq, raw_send)
+        self.session = self.hub.open_session(principal, last_seq, raw_send, hello)
         self.session.on_ready = self._start_writer
         for data in self._pre_session:  # anything refused before the hello goes first
             self.session.send(data)

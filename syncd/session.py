@@ -97,6 +97,8 @@ class Session:
         """The transport's fast path (:data:`syncd.transport.RAW_SEND`), when the server offers it."""
         self.close_code: int | None = None
         self.close_reason = ""
+        self.clock_offset_ms = 0
+        """The hub's clock minus the client's, as its hello showed (dates the client's ops for the log)."""
 
     # -- the send queue --------------------------------------------------------------------------------
 

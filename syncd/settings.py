@@ -137,6 +137,14 @@ class Settings:
     """Events kept per topic for resume; a client further behind gets a reset snapshot."""
     history_max_age_s: int = 7 * 24 * 3600
     """Seconds events are kept per topic at most (trimmed as the topic is written)."""
+    metrics: bool = True
+    """Serve Prometheus metrics at /metrics and publish this hub's figures to the dashboard."""
+    alert_sync_p99_ms: int = 500
+    """Dashboard alert: a channel's p99 sync latency (devices' reports) above this many milliseconds."""
+    alert_failure_rate: float = 0.01
+    """Dashboard alert: ops rejected or refused, as a fraction of all ops, above this (0.01 = 1 %)."""
+    alert_window_s: int = 60
+    """Seconds of recent figures the alerts and device latency reports are judged over."""
 
     def __post_init__(self) -> None:
         _require(
@@ -226,6 +234,15 @@ class Settings:
         _check_int("dedup_retention_s", self.dedup_retention_s, 60, 366 * 24 * 3600)
         _check_int("history_maxlen", self.history_maxlen, 10, 100_000_000)
         _check_int("history_max_age_s", self.history_max_age_s, 1, 366 * 24 * 3600)
+        _require(isinstance(self.metrics, bool), "metrics", "a boolean", self.metrics)
+        _check_int("alert_sync_p99_ms", self.alert_sync_p99_ms, 1, 3_600_000)
+        _require(
+            isinstance(self.alert_failure_rate, float) and 0 < self.alert_failure_rate <= 1,
+            "alert_failure_rate",
+            "a fraction above 0 and at most 1 (0.01 = 1 %)",
+            self.alert_failure_rate,
+        )
+        _check_int("alert_window_s", self.alert_window_s, 5, 24 * 3600)
 
     @property
     def embedded(self) -> bool:
