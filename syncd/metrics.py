@@ -111,7 +111,8 @@ class Metrics:
             ["channel"],
             registry=r,
         )
-        self._accepted: dict[str, Counter] = {}
+        self._hot: dict[str, tuple[Counter, Histogram]] = {}
+        """Per channel: the ``accepted`` and ``apply_latency`` children every batch updates."""
 
     def settled(self, channel: str, outcomes: Sequence[OpOutcome], seconds: float) -> None:
         """A batch of one connection's ops was settled in ``seconds``."""
@@ -126,12 +127,12 @@ class Metrics:
                 accepted += 1
                 if outcome.conflict:
                     self.conflicts.labels(label).inc()
+        children = self._hot.get(label)
+        if children is None:  # labels() takes a lock and builds a key: once per channel, not per batch
+            children = self._hot[label] = (self.accepted.labels(label), self.apply_latency.labels(label))
         if accepted:
-            child = self._accepted.get(label)
-            if child is None:
-                child = self._accepted[label] = self.accepted.labels(label)
-            child.inc(accepted)
-        self.apply_latency.labels(label).observe(seconds)
+            children[0].inc(accepted)
+        children[1].observe(seconds)
 
     def refused_op(self, channel: str, code: str) -> None:
         self.refused.labels(self.channel(channel), error_code(code)).inc()
