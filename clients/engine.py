@@ -66,6 +66,7 @@ from clients.errors import OutboxStalled, SubscriptionRefused, UnexpectedEvent
 from protocol import cart as rules
 from protocol import codec, frames
 from protocol import hlc as hlcs
+from protocol import stats as report
 from protocol import vv as vvs
 from protocol.errors import ErrorCode, ProtocolError, SyncError
 from protocol.ops import parse_args
@@ -532,21 +533,31 @@ class CartView:
 
 
 class _Samples:
-    """The last few latency samples, for percentiles reported in pings."""
+    """Latency samples since the last report: the last few kept for percentiles, every one counted in the
+    histogram of :mod:`protocol.stats` (which the hub adds up across devices)."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_counts", "_sum", "_values")
 
     def __init__(self) -> None:
         self._values: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
+        self._counts = [0] * (len(report.BOUNDS_MS) + 1)
+        self._sum = 0.0
 
     def add(self, value: float) -> None:
         self._values.append(value)
+        self._counts[report.bucket(value)] += 1
+        self._sum += value
 
     def __len__(self) -> int:
         return len(self._values)
 
+    def histogram(self, kind: str) -> dict[str, float]:
+        return report.encode(kind, self._counts, self._sum)
+
     def clear(self) -> None:
         self._values.clear()
+        self._counts = [0] * (len(report.BOUNDS_MS) + 1)
+        self._sum = 0.0
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self._values)
@@ -890,16 +901,18 @@ class SyncEngine:
         return self._open and all(v.synced for v in self._topics.values())
 
     def stats(self, now_ms: int) -> dict[str, float]:
-        """Figures for the hub (``ping.stats``): outbox backlog, and the ack and sync latency percentiles of
-        the samples since the last report (which it empties): a report tells how sync is going *now*, so a
-        recovery shows in the next one instead of after hundreds of fresh samples."""
+        """Figures for the hub (``ping.stats``): outbox backlog, and the ack and sync latency of the samples
+        since the last report (which it empties) as a histogram and percentiles: a report tells how sync is
+        going *now*, so a recovery shows in the next one instead of after hundreds of fresh samples."""
         oldest = self.oldest_pending_ms
         out: dict[str, float] = {
             "outbox": float(self._pending),
             "outbox_age_ms": float(max(0, now_ms - oldest)) if oldest is not None else 0.0,
         }
-        for name, samples in (("ack_ms", self._ack_ms), ("sync_ms", self._sync_ms)):
+        for kind, samples in (("ack", self._ack_ms), ("sync", self._sync_ms)):
             if samples:
+                name = f"{kind}_ms"
+                out.update(samples.histogram(kind))
                 out[f"{name}_p50"] = samples.percentile(0.5)
                 out[f"{name}_p95"] = samples.percentile(0.95)
                 out[f"{name}_p99"] = samples.percentile(0.99)

@@ -120,6 +120,26 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
         "client",
         {"t": "ping", "ts": T0 + 30_000, "stats": {"outbox": 3.0, "outbox_age_ms": 1250.5}},
     ),
+    (
+        "ping from a client, with a latency report",
+        "client",
+        {
+            "t": "ping",
+            "ts": T0 + 31_000,
+            "stats": {
+                "outbox": 0.0,
+                "outbox_age_ms": 0.0,
+                "sync_ms_le_25": 7.0,
+                "sync_ms_le_50": 2.0,
+                "sync_ms_le_inf": 1.0,
+                "sync_ms_count": 10.0,
+                "sync_ms_sum": 12_345.5,
+                "sync_ms_p50": 21.0,
+                "sync_ms_p95": 48.0,
+                "sync_ms_p99": 12_000.0,
+            },
+        },
+    ),
     ("pong from a client", "client", {"t": "pong", "echo_ts": T0 + 45_000, "ts": T0 + 45_012}),
     (
         "err from a client",

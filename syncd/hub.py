@@ -56,7 +56,9 @@ class Hub:
         """Connections whose deadlines one shared task checks, instead of a timer task per connection."""
         self.metrics: Metrics | None = Metrics() if settings.metrics else None
         """Prometheus counters (``None`` with ``metrics = false``: the hot path then skips them)."""
-        self.telemetry = Telemetry(settings.alert_window_s)
+        self.telemetry = Telemetry(
+            settings.alert_window_s, channel=self.metrics.channel if self.metrics is not None else None
+        )
 
     # -- handshake ------------------------------------------------------------------------------------
 
@@ -82,10 +84,10 @@ class Hub:
         self.sessions.add(session)
         agent = hello.agent if hello is not None else ""
         session.clock_offset_ms = now_ms() - hello.ts if hello is not None and hello.ts else 0
-        self.telemetry.connected(principal, agent)
+        again = self.telemetry.connected(principal, agent)
         self.telemetry.event("connect", principal, role=principal.role.value, agent=agent, last_seq=last_seq)
         if self.metrics is not None:
-            self.metrics.opened(principal.channel, principal.role.value)
+            self.metrics.opened(principal.channel, principal.role.value, again)
         return session
 
     def close_session(self, session: Session, code: int = CloseCode.GOING_AWAY) -> None:

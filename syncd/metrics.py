@@ -19,14 +19,16 @@ or SKU is ever a label.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from protocol.errors import CloseCode, ErrorCode
+from protocol.stats import BOUNDS_MS
 
 if TYPE_CHECKING:
     from syncd.fanout import FanoutStats
@@ -102,7 +104,15 @@ class Metrics:
             "syncd_sessions_opened", "Sessions opened (handshakes accepted)", ["channel", "role"], registry=r
         )
         self.closes = Counter("syncd_closes", "Connections closed, by close code", ["code"], registry=r)
-        self._accepted: dict[str, Counter] = {}
+        self.reconnects = Counter(
+            "syncd_reconnects",
+            "Sessions opened by a client this process had served before (a reconnect to another process "
+            "counts as a first session there)",
+            ["channel"],
+            registry=r,
+        )
+        self._hot: dict[str, tuple[Counter, Histogram]] = {}
+        """Per channel: the ``accepted`` and ``apply_latency`` children every batch updates."""
 
     def settled(self, channel: str, outcomes: Sequence[OpOutcome], seconds: float) -> None:
         """A batch of one connection's ops was settled in ``seconds``."""
@@ -117,18 +127,21 @@ class Metrics:
                 accepted += 1
                 if outcome.conflict:
                     self.conflicts.labels(label).inc()
+        children = self._hot.get(label)
+        if children is None:  # labels() takes a lock and builds a key: once per channel, not per batch
+            children = self._hot[label] = (self.accepted.labels(label), self.apply_latency.labels(label))
         if accepted:
-            child = self._accepted.get(label)
-            if child is None:
-                child = self._accepted[label] = self.accepted.labels(label)
-            child.inc(accepted)
-        self.apply_latency.labels(label).observe(seconds)
+            children[0].inc(accepted)
+        children[1].observe(seconds)
 
     def refused_op(self, channel: str, code: str) -> None:
         self.refused.labels(self.channel(channel), error_code(code)).inc()
 
-    def opened(self, channel: str, role: str) -> None:
-        self.sessions.labels(self.channel(channel), role).inc()
+    def opened(self, channel: str, role: str, reconnect: bool) -> None:
+        label = self.channel(channel)
+        self.sessions.labels(label, role).inc()
+        if reconnect:
+            self.reconnects.labels(label).inc()
 
     def closed(self, code: int) -> None:
         self.closes.labels(str(code) if code in _CLOSE_CODES else OTHER).inc()
@@ -180,16 +193,30 @@ class SessionCollector(Collector):
         )
 
     def _reports(self) -> Iterator[Metric]:
+        for kind, what in (
+            ("sync", "Commit on the hub to event at another device (clock offset applied)"),
+            ("ack", "Op sent to its ack received"),
+        ):
+            histogram = HistogramMetricFamily(
+                f"syncd_{kind}_latency_seconds",
+                f"{what}, every sample devices reported (protocol.stats)",
+                labels=["channel"],
+            )
+            for chan, (counts, total_ms) in sorted(self._telemetry.histograms[kind].items()):
+                bounds = [f"{bound / 1000:g}" for bound in BOUNDS_MS] + ["+Inf"]
+                histogram.add_metric(
+                    [chan], list(zip(bounds, itertools.accumulate(counts), strict=True)), total_ms / 1000
+                )
+            yield histogram
         view = self._telemetry.view(self._metrics.channel, self._metrics.store)
         sync = GaugeMetricFamily(
-            "syncd_sync_latency_seconds",
-            "Commit on the hub to event at a device, as devices report it (clock offset applied): "
-            "the worst report among the channel's live devices",
+            "syncd_sync_latency_worst_seconds",
+            "Sync latency percentiles of the channel's worst live device in its last report (for alerts)",
             labels=["channel", "quantile"],
         )
         ack = GaugeMetricFamily(
-            "syncd_ack_latency_seconds",
-            "Op sent to ack received, as devices report it: the worst among the channel's live devices",
+            "syncd_ack_latency_worst_seconds",
+            "Ack latency percentiles of the channel's worst live device in its last report",
             labels=["channel", "quantile"],
         )
         for chan, figures in sorted(view.latency.items()):

@@ -67,7 +67,7 @@ def snapshot(hub: Hub, hub_id: str) -> dict[str, Any]:
                     counters[f"{kind}:{sample.labels['code']}"] += sample.value
             elif sample.name == "syncd_connections":
                 connections[sample.labels["channel"]] += sample.value
-            elif sample.name == "syncd_sync_latency_seconds":
+            elif sample.name == "syncd_sync_latency_worst_seconds":
                 quantile = {"0.5": "p50", "0.95": "p95", "0.99": "p99"}[sample.labels["quantile"]]
                 latency.setdefault(sample.labels["channel"], {})[quantile] = sample.value * 1000
     return {

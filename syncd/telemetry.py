@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from protocol import stats as report_stats
 from syncd.auth import Principal
 from syncd.masking import mask
 
@@ -70,18 +71,29 @@ class View:
 class Telemetry:
     """Clients' last reports and the recent session log of one hub process."""
 
-    def __init__(self, window_s: int, clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        window_s: int,
+        clock: Callable[[], int] | None = None,
+        channel: Callable[[str], str] | None = None,
+    ) -> None:
         self.window_ms = window_s * 1000
         self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._channel = channel or (lambda name: name)
         self.reports: collections.OrderedDict[str, Report] = collections.OrderedDict()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_KEPT)
+        self.histograms: dict[str, dict[str, tuple[list[int], float]]] = {k: {} for k in report_stats.KINDS}
+        """``kind → channel → (cumulative bucket counts, sum in ms)``: every device's samples added up."""
 
     # -- reports --------------------------------------------------------------------------------------
 
-    def connected(self, principal: Principal, agent: str) -> None:
+    def connected(self, principal: Principal, agent: str) -> bool:
+        """Record a session opened; whether this process had seen the client before (a reconnect)."""
+        known = principal.client_id in self.reports
         report = self._report(principal, agent)
         report.connected = True
         report.seen_ms = self._clock()
+        return known
 
     def disconnected(self, principal: Principal) -> None:
         report = self.reports.get(principal.client_id)
@@ -101,6 +113,13 @@ class Telemetry:
             for name in LATENCY_NAMES
             if (key := f"{kind}_ms_{name}") in stats
         }
+        for kind, by_channel in self.histograms.items():
+            decoded = report_stats.decode(kind, stats)
+            if decoded is not None:
+                counts, total = decoded
+                label = self._channel(principal.channel)
+                known, known_total = by_channel.get(label) or ([0] * len(counts), 0.0)
+                by_channel[label] = ([a + b for a, b in zip(known, counts, strict=True)], known_total + total)
 
     def _report(self, principal: Principal, agent: str | None) -> Report:
         report = self.reports.get(principal.client_id)

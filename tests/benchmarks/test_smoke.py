@@ -80,7 +80,10 @@ def test_metrics_smoke_compares_the_hub_with_metrics_on_and_off_in_one_run() -> 
         "cpu_per_op_on_vs_off",
         "sync_p50_on_vs_off",
         "sync_p99_on_vs_off",
+        "metrics_share_of_cpu_per_op",
     }
+    assert 0 < result["syncd_metrics_on"]["metrics_us_per_batch"] < 1000
+    assert 0 < result["syncd_metrics_on"]["report_us_per_ping"] < 1000
     for variant in ("syncd_metrics_on", "syncd_metrics_off"):
         figures = result[variant]
         assert figures["write"]["ops_per_s"] > 0

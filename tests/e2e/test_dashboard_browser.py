@@ -4,7 +4,7 @@ One hub process, real devices: a writer making ops, an SDK client on the ``pos``
 through a proxy that can delay its traffic, a till that goes offline with unsynced ops. The page must load
 only with an ops token, move while the load runs, raise the latency alert within 10 s of a delay and clear
 it on recovery, show the offline till's backlog ageing then drained, and never show a phone number or a token.
-The screenshot is kept under ``test-artifacts/`` (and the test's tmp dir).
+Two screenshots are kept under ``test-artifacts/``: the alert raised, and the offline till in the fleet.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ async def test_the_dashboard_shows_load_alerts_and_the_pos_fleet_to_ops_only(
             proxy.delay = 0.7
             await page.wait_for_selector("#alerts.firing [data-kind=sync]", timeout=10_000)
             assert "pos" in await text_of(page, "#alerts")
-            await page.screenshot(path=str(tmp_path / "dashboard-alert.png"), full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-alert.png"), full_page=True)
             proxy.delay = 0.0
             await page.wait_for_selector("#alerts:not(.firing)", state="attached", timeout=15_000)
 
@@ -195,7 +196,6 @@ async def test_the_dashboard_shows_load_alerts_and_the_pos_fleet_to_ops_only(
                 f"document.querySelector('{row} .oldest').innerText !== {first_age!r}", timeout=10_000
             )
             page_text = await page.content()
-            ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             back = await WireClient.open(hub.url, "till-9", tok=token("till-9", role="pos", store="s7"))
             reporting = asyncio.create_task(report(back, {"outbox": 0.0, "outbox_age_ms": 0.0}))

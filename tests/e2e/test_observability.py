@@ -84,6 +84,10 @@ async def test_counters_agree_exactly_with_what_clients_did_across_two_hub_proce
     await till.close()
     await until(lambda: total([scrape(first), scrape(second)], "syncd_closes_total", code="1000") == 2)
     assert total([scrape(first), scrape(second)], "syncd_connections") == 0
+    assert total([scrape(first), scrape(second)], "syncd_reconnects_total") == 0
+    again = await WireClient.open(second.url, "till-1", tok=token("till-1", role="pos", store="s1"))
+    assert total([scrape(second)], "syncd_reconnects_total", channel="pos") == 1
+    await again.close()
 
 
 async def test_device_reports_become_latency_and_backlog_gauges_and_the_offline_backlog_ages(
@@ -91,11 +95,23 @@ async def test_device_reports_become_latency_and_backlog_gauges_and_the_offline_
 ) -> None:
     till = await WireClient.open(hub.url, "till-2", tok=token("till-2", role="pos", store="s9"))
     stats = {"outbox": 4.0, "outbox_age_ms": 9000.0, "sync_ms_p50": 40.0, "sync_ms_p99": 700.0, "junk": 1.0}
-    await till.send(frames.Ping(ts=int(time.time() * 1000), stats=stats))
-    await till.recv_type(frames.Pong)
+    histogram = {"sync_ms_le_50": 3.0, "sync_ms_le_1000": 1.0, "sync_ms_count": 4.0, "sync_ms_sum": 760.0}
+    for _ in range(2):  # two reports: the histogram adds them up
+        await till.send(frames.Ping(ts=int(time.time() * 1000), stats=stats | histogram))
+        await till.recv_type(frames.Pong)
     samples = [scrape(hub)]
-    assert total(samples, "syncd_sync_latency_seconds", channel="pos", quantile="0.99") == pytest.approx(0.7)
-    assert total(samples, "syncd_sync_latency_seconds", channel="pos", quantile="0.5") == pytest.approx(0.04)
+    assert total(samples, "syncd_sync_latency_seconds_bucket", channel="pos", le="0.05") == 6
+    assert total(samples, "syncd_sync_latency_seconds_bucket", channel="pos", le="0.5") == 6
+    assert total(samples, "syncd_sync_latency_seconds_bucket", channel="pos", le="+Inf") == 8
+    assert total(samples, "syncd_sync_latency_seconds_count", channel="pos") == 8
+    assert total(samples, "syncd_sync_latency_seconds_sum", channel="pos") == pytest.approx(1.52)
+    assert total(samples, "syncd_ack_latency_seconds_count") == 0
+    assert total(
+        samples, "syncd_sync_latency_worst_seconds", channel="pos", quantile="0.99"
+    ) == pytest.approx(0.7)
+    assert total(samples, "syncd_sync_latency_worst_seconds", channel="pos", quantile="0.5") == pytest.approx(
+        0.04
+    )
     assert total(samples, "syncd_backlog_ops", store="s9") == 4
     assert total(samples, "syncd_backlog_oldest_seconds", store="s9") >= 9
 
@@ -104,7 +120,9 @@ async def test_device_reports_become_latency_and_backlog_gauges_and_the_offline_
     samples = [scrape(hub)]
     assert total(samples, "syncd_backlog_ops", store="s9") == 4
     assert total(samples, "syncd_backlog_oldest_seconds", store="s9") >= 10
-    assert total(samples, "syncd_sync_latency_seconds") == 0  # only live devices speak for a channel now
+    assert (
+        total(samples, "syncd_sync_latency_worst_seconds") == 0
+    )  # only live devices speak for a channel now
 
 
 async def test_label_values_stay_bounded_whatever_channels_tokens_name(hub: HubProcess) -> None:

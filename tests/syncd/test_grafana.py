@@ -21,9 +21,8 @@ def exported() -> dict[str, set[str]]:
     """Every sample name a hub exports once each kind of event happened, with its label names."""
     metrics, telemetry = Metrics(), Telemetry(60)
     till = Principal("till-1", "pos", Role.POS, frozenset({"*"}), "s1", 2e9)
-    telemetry.received(
-        till, {"outbox": 1, "outbox_age_ms": 5, "sync_ms_p50": 1, "sync_ms_p95": 2, "sync_ms_p99": 3}
-    )
+    report = {"outbox": 1.0, "outbox_age_ms": 5.0, "sync_ms_p50": 1.0, "sync_ms_p95": 2.0, "sync_ms_p99": 3.0}
+    telemetry.received(till, report | {"sync_ms_le_5": 1.0, "ack_ms_le_5": 1.0})
     outcomes = [
         OpOutcome(seq=1, ok=True, conflict={"sku": "A"}),
         OpOutcome(seq=2, ok=False, code=ErrorCode.BAD_ARGS),
@@ -31,7 +30,7 @@ def exported() -> dict[str, set[str]]:
     ]
     metrics.settled("pos", outcomes, 0.01)
     metrics.refused_op("pos", ErrorCode.RATE_LIMITED)
-    metrics.opened("pos", "pos")
+    metrics.opened("pos", "pos", True)
     metrics.closed(1000)
     session = Session(till, max_queue=16, rate=RateLimit(rate=1, burst=1), on_gap=lambda *_: None)
     metrics.registry.register(SessionCollector(metrics, [session], telemetry, FanoutStats()))
