@@ -13,10 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.isolation import isolation
 from benchmarks.profiles import FULL, PROFILES
 from benchmarks.systems import scratch_dir
-from benchmarks.workloads import WORKLOADS, Result, log
+from benchmarks.workloads import WORKLOADS as MEASURED
+from benchmarks.workloads import Result, log
 from syncd.embedded import find_server_binary, server_version
+
+WORKLOADS = {**MEASURED, "isolation": isolation}
 
 
 def machine() -> dict[str, Any]:

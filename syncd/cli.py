@@ -377,7 +377,7 @@ async def _preflight(settings: Settings) -> None:
 def _run_uvicorn(settings: Settings) -> int:
     import uvicorn
 
-    from syncd.transport import HubWebSocketProtocol
+    from syncd.transport import HubHttpProtocol, HubWebSocketProtocol
 
     config = uvicorn.Config(
         create_app(settings),
@@ -391,11 +391,14 @@ def _run_uvicorn(settings: Settings) -> int:
         # No compression: it multiplies the memory a hostile peer can cost (docs/traps.md §12), and it would
         # make every connection's frame of one event different.
         ws=HubWebSocketProtocol,
+        # uvicorn's h11 protocol with a deadline for the request's headers (slowloris, syncd.transport).
+        http=HubHttpProtocol,
         ws_max_size=settings.max_frame,
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         server_header=False,
     )
+    config.syncd_handshake_timeout_s = settings.handshake_timeout_ms / 1000  # type: ignore[attr-defined]
     config.load()
     server = uvicorn.Server(config)
     # uvicorn handles SIGTERM/SIGINT while it runs (graceful drain), restores our handlers, then re-raises the

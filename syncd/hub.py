@@ -22,6 +22,7 @@ from protocol.errors import BackendUnavailable, CloseCode, ErrorCode, OpRejected
 from protocol.ops import OpArgs
 from protocol.snapshots import encode_snapshot
 from protocol.topics import SERVED_KINDS, parse_topic
+from syncd.admission import Admission
 from syncd.auth import Principal, TokenVerifier
 from syncd.fanout import Fanout
 from syncd.metrics import Metrics
@@ -51,6 +52,7 @@ class Hub:
         self.fanout = fanout
         self.verifier = verifier
         self.sessions: set[Session] = set()
+        self.admission = Admission(settings.max_pending_per_address, settings.max_connections_per_client)
         self._tasks: set[asyncio.Task[None]] = set()
         self.ticker = Ticker()
         """Connections whose deadlines one shared task checks, instead of a timer task per connection."""
@@ -75,7 +77,7 @@ class Hub:
     ) -> Session:
         session = Session(
             principal,
-            max_queue=self.settings.send_queue,
+            max_queue_bytes=self.settings.send_queue_bytes,
             rate=RateLimit(rate=self.settings.op_rate, burst=self.settings.op_burst),
             on_gap=self._resync_later,
         )

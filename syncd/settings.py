@@ -129,8 +129,17 @@ class Settings:
     """Ops per second one connection may sustain (a token bucket)."""
     op_burst: int = 20_000
     """Ops one connection may send at once (a till replaying a day offline fits in one burst)."""
-    send_queue: int = 4_096
-    """Frames queued for one client before it is disconnected as a slow consumer (close 4001)."""
+    send_queue_bytes: int = 4 * 1024 * 1024
+    """Bytes queued for one client before it is disconnected as a slow consumer (close 4001).
+
+    A client that reads nothing for a heartbeat interval is disconnected the same way, whichever comes first.
+    Bytes, not frames: a queue of a few thousand snapshot pages would be gigabytes."""
+    handshake_timeout_ms: int = 10_000
+    """Milliseconds a new connection has for its HTTP request, then again for its hello."""
+    max_pending_per_address: int = 256
+    """Connections from one IP address that have not sent hello yet; more are closed with 4000."""
+    max_connections_per_client: int = 8
+    """Open connections of one client_id; a hello beyond it is closed with 4000."""
     dedup_retention_s: int = 7 * 24 * 3600
     """Seconds the hub remembers op outcomes: at least the longest time a device stays offline."""
     history_maxlen: int = 10_000
@@ -230,7 +239,10 @@ class Settings:
         _check_int("max_subscriptions", self.max_subscriptions, 1, 100_000)
         _check_int("op_rate", self.op_rate, 1, 1_000_000)
         _check_int("op_burst", self.op_burst, 1, 10_000_000)
-        _check_int("send_queue", self.send_queue, 16, 1_000_000)
+        _check_int("send_queue_bytes", self.send_queue_bytes, 64 * 1024, 1024 * 1024 * 1024)
+        _check_int("handshake_timeout_ms", self.handshake_timeout_ms, 100, 600_000)
+        _check_int("max_pending_per_address", self.max_pending_per_address, 1, 1_000_000)
+        _check_int("max_connections_per_client", self.max_connections_per_client, 1, 10_000)
         _check_int("dedup_retention_s", self.dedup_retention_s, 60, 366 * 24 * 3600)
         _check_int("history_maxlen", self.history_maxlen, 10, 100_000_000)
         _check_int("history_max_age_s", self.history_max_age_s, 1, 366 * 24 * 3600)

@@ -93,3 +93,20 @@ def test_metrics_smoke_compares_the_hub_with_metrics_on_and_off_in_one_run() -> 
         "write ops/s with metrics >= 0.95x without",
         "sync p50 with metrics <= 1.05x without",
     ]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_isolation_smoke_reports_the_victim_quiet_and_under_every_attack_with_ratios() -> None:
+    result = json.loads(run_smoke("isolation")[-1])
+    assert result["workload"] == "isolation"
+    attacks = result["params"]["attacks"]
+    assert set(attacks) == {"ping_flood", "expensive_frames", "op_flood", "churn", "slow_reader"}
+    victim = result["syncd"]["victim"]
+    for scenario in ("quiet", *attacks):
+        assert victim[scenario]["count"] == result["params"]["victim_ops"]
+        assert set(victim[scenario]) >= {"p50_ms", "p99_ms", "max_ms", "hub_cores"}
+    assert set(result["ratios"]) == set(attacks)
+    assert [target["pass"] for target in result["targets"]] == [
+        result["ratios"][attack] <= 3.0 for attack in attacks
+    ]

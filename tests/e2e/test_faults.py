@@ -381,8 +381,8 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_with_4001_while_others
     redis_server_factory: RedisServerFactory, hub_factory: HubFactory
 ) -> None:
     server = redis_server_factory(appendonly=False)
-    queue = 64  # small, but roomy enough that the normal subscriber never comes near it
-    hub = hub_factory(server.url, SYNCD_SEND_QUEUE=str(queue))
+    queue = 64 * 1024  # bytes: small, but roomy enough that the normal subscriber never comes near it
+    hub = hub_factory(server.url, SYNCD_SEND_QUEUE_BYTES=str(queue))
     topic, member = "cart:busy", "busy"
     # Each event carries the line's attrs (over 4.3 KB), so the hub's socket buffers fill after a few hundred.
     attrs = {f"k{i:02d}": chr(ord("a") + i) * 256 for i in range(16)}
@@ -391,7 +391,7 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_with_4001_while_others
     # 512 KiB for our tiny receive buffer, the client library's read chunk and the transport's high-water
     # mark (64 KiB), plus the send queue. Past that, the hub must have dropped the slow client, whatever the
     # timing.
-    assert events * 4300 > tcp_send_buffer_max() + 2**19 + queue * 4700
+    assert events * 4300 > tcp_send_buffer_max() + 2**19 + queue
 
     # The slow one: a tiny receive buffer, at most one message queued in the library, and no recv() calls.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
