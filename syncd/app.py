@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> Starlette:
             cluster=settings.redis_cluster,
             max_connections=settings.redis_max_connections,
             pool_wait_s=settings.redis_pool_wait_ms / 1000,
+            timeout_s=settings.redis_timeout_ms / 1000,
         )
         reaper = IdleReaper(client, settings.redis_idle_s)
         app.state.reaper = reaper
@@ -85,12 +86,14 @@ def create_app(settings: Settings) -> Starlette:
         try:
             status = await probe(client)
             # Raises ConfigError (refusing to start) when durability=fsync cannot be honoured.
-            warnings = check_durability(settings.durability, status)
+            warnings = check_durability(settings.ack_durability, status)
             log.info("redis at %s: %s", redact_url(redis_url), describe(status))
             for warning in warnings:
                 log.warning("%s", warning)
             log.info(
-                "durability=%s: %s", settings.durability, durability_guarantee(settings.durability, status)
+                "durability=%s: %s",
+                settings.ack_durability,
+                durability_guarantee(settings.ack_durability, status),
             )
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
@@ -168,7 +171,8 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
     """The service layer over the store, with its own pub/sub connection for fan-out."""
     store = RedisStore(
         client,
-        durability=settings.durability,
+        durability=settings.ack_durability,
+        wait_replicas=settings.wait_replicas,
         dedup_retention_s=settings.dedup_retention_s,
         log_maxlen=settings.history_maxlen,
         log_max_age_s=settings.history_max_age_s,
@@ -201,7 +205,7 @@ async def healthz(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     status = await probe(request.app.state.redis)
     try:
-        warnings = check_durability(settings.durability, status)
+        warnings = check_durability(settings.ack_durability, status)
     except ConfigError as exc:  # e.g. a failover to a server without WAITAOF since startup
         warnings = [str(exc)]
     serving = status.reachable and status.persistence is not None and not status.persistence.loading
@@ -212,8 +216,8 @@ async def healthz(request: Request) -> JSONResponse:
         "version": __version__,
         "redis": status.as_dict(),
         "durability": {
-            "mode": settings.durability,
-            "guarantee": durability_guarantee(settings.durability, status),
+            "mode": settings.ack_durability,
+            "guarantee": durability_guarantee(settings.ack_durability, status),
         },
         "warnings": warnings,
     }

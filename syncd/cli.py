@@ -283,7 +283,7 @@ def serve(settings: Settings) -> int:
             check_startup(settings)
             if settings.redis_url is None:
                 # fsync durability needs WAITAOF: the bundled Valkey has it, Debian's Redis 7.0 does not.
-                binary = bundled_binary() if settings.durability == "fsync" else None
+                binary = bundled_binary() if settings.ack_durability == "fsync" else None
                 embedded = EmbeddedRedis(settings.data_dir, binary=binary, secure=True)
                 log.info(
                     "starting embedded %s %s (%s) in %s", embedded.name, embedded.version, embedded.binary,
@@ -371,7 +371,7 @@ async def _preflight(settings: Settings) -> None:
         log.warning(
             "redis at %s is unreachable (%s); starting anyway", redact_url(settings.redis_url), status.error
         )
-    check_durability(settings.durability, status)  # raises ConfigError; the app logs the warnings
+    check_durability(settings.ack_durability, status)  # raises ConfigError; the app logs the warnings
 
 
 def _run_uvicorn(settings: Settings) -> int:

@@ -229,6 +229,13 @@ class _Connection:
                         self.hub.refused(session.principal, frame.error.code, frame.error.ref or 0)
                     session.send(codec.encode(frame.error))
                 self._made_room()
+        except Exception:
+            # A bug or a failure nobody mapped: the session's state is unknown (a subscription half set up,
+            # ops neither acked nor refused). Left open, the connection would keep answering heartbeats and
+            # serve nothing; closed with 1011, its client reconnects, resumes from its cursors and resends
+            # its outbox (same seqs: safe).
+            log.exception("serving client %s failed; closing its connection", session.principal.client_id)
+            session.close(CloseCode.INTERNAL_ERROR, "internal error; reconnect")
         finally:
             self._worker = None
             self._made_room()

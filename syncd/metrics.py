@@ -173,16 +173,16 @@ class SessionCollector(Collector):
             key = (channel(session.principal.channel), session.principal.role.value)
             connections[key] = connections.get(key, 0) + 1
             subscriptions += len(session.subscriptions)
-            queued += session.queued
-            deepest = max(deepest, session.queued)
+            queued += session.queued_bytes
+            deepest = max(deepest, session.queued_bytes)
         gauge = GaugeMetricFamily("syncd_connections", "Open sessions", labels=["channel", "role"])
         for (chan, role), count in sorted(connections.items()):
             gauge.add_metric([chan, role], count)
         yield gauge
         yield GaugeMetricFamily("syncd_subscriptions", "Subscriptions held by open sessions", subscriptions)
-        yield GaugeMetricFamily("syncd_send_queue_frames", "Frames waiting in all send queues", queued)
+        yield GaugeMetricFamily("syncd_send_queue_bytes", "Bytes waiting in all send queues", queued)
         yield GaugeMetricFamily(
-            "syncd_send_queue_max_frames", "Frames waiting in the longest send queue", deepest
+            "syncd_send_queue_max_bytes", "Bytes waiting in the longest send queue", deepest
         )
         yield from self._reports()
         yield GaugeMetricFamily(

@@ -103,7 +103,7 @@ from protocol import frames
 from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import CartAdd, CartSet, OpArgs, parse_args
 from protocol.topics import TopicKind, TopicName, parse_topic
-from syncd.settings import Durability
+from syncd.settings import DURABILITY_MODES, Durability
 from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
 
@@ -123,6 +123,8 @@ the missed events; and what keeps the history from growing with the size of each
 HISTORY_LIMIT: Final = 500
 """Default number of events one :meth:`RedisStore.events_after` call returns."""
 FSYNC_TIMEOUT_MS: Final = 2000
+"""How long an ack waits for WAITAOF (``fsync``) or WAIT (``replicas``) before the op is reported unavailable
+(its outcome unknown: the client retries it with the same seq)."""
 
 _UNAVAILABLE: Final = (
     rexc.ConnectionError,  # includes BusyLoadingError (server replaying its AOF) and MaxConnectionsError
@@ -335,10 +337,11 @@ class RedisStore:
         log_max_age_s: int = LOG_MAX_AGE_S,
         log_max_bytes: int = LOG_MAX_BYTES,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
+        wait_replicas: int = 1,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
-        if durability not in ("script", "fsync"):
+        if durability not in DURABILITY_MODES:
             raise ValueError(f"unknown durability {durability!r}")
         # fsync_timeout_ms 0 would make WAITAOF block forever; a MAXLEN of 0 would keep no history at all.
         for name, value in (
@@ -347,6 +350,7 @@ class RedisStore:
             ("log_max_age_s", log_max_age_s),
             ("log_max_bytes", log_max_bytes),
             ("fsync_timeout_ms", fsync_timeout_ms),
+            ("wait_replicas", wait_replicas),
         ):
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -358,6 +362,8 @@ class RedisStore:
         self.log_max_age_s = log_max_age_s
         self.log_max_bytes = log_max_bytes
         self.fsync_timeout_ms = fsync_timeout_ms
+        self.wait_replicas = wait_replicas
+        self._waits = durability != "script"
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
         self._pipeliner = Pipeliner(client)
@@ -416,30 +422,52 @@ class RedisStore:
         command = (*head, len(keys), *keys, *argv)
         if not wait:
             return await self._client.execute_command(*command)
-        # WAITAOF waits for the writes of *its own connection*: a pipeline keeps both on one connection.
+        # WAIT/WAITAOF wait for the writes of *their own connection*: a pipeline keeps both on one connection.
         pipe: Any = self._client.pipeline(transaction=False)
         pipe.execute_command(*command)
-        waitaof = ("WAITAOF", 1, 0, self.fsync_timeout_ms)
         node = None
         if isinstance(self._client, RedisCluster):
             node = self._client.get_node_from_key(keys[0])
-            pipe.execute_command(*waitaof, target_nodes=node)
+            pipe.execute_command(*self._wait_command(), target_nodes=node)
         else:
-            pipe.execute_command(*waitaof)
-        reply, fsynced = await pipe.execute(raise_on_error=False)
+            pipe.execute_command(*self._wait_command())
+        reply, confirmed = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
         if isinstance(self._client, RedisCluster) and self._client.get_node_from_key(keys[0]) != node:
-            # The slot moved during the call (MOVED/ASK): the script ran elsewhere, out of this WAITAOF's
+            # The slot moved during the call (MOVED/ASK): the script ran elsewhere, out of this wait's
             # reach. Unknown durability is unknown outcome: the retry answers from dedup on the new node.
             raise BackendUnavailable(f"{script.name}: slot moved during the write; retry the op")
-        if isinstance(fsynced, Exception):
-            raise BackendUnavailable(f"WAITAOF failed after {script.name}: {fsynced}")
-        if int(fsynced[0]) < 1:
-            raise BackendUnavailable(
-                f"{script.name}: not fsynced to the AOF within {self.fsync_timeout_ms} ms; outcome unknown"
-            )
+        self._check_confirmed(confirmed, script.name)
         return reply
+
+    def _wait_command(self) -> tuple[EncodableArg, ...]:
+        """What follows a write step on its connection before the ack: WAITAOF (``fsync``) or WAIT
+        (``replicas``: the write reached ``wait_replicas`` replicas, so a failover that promotes one of them
+        keeps it)."""
+        if self.durability == "fsync":
+            return ("WAITAOF", 1, 0, self.fsync_timeout_ms)
+        return ("WAIT", self.wait_replicas, self.fsync_timeout_ms)
+
+    def _check_confirmed(self, reply: Any, after: str) -> None:
+        """Raise :class:`BackendUnavailable` unless ``reply`` (of :meth:`_wait_command`) confirms the write.
+
+        A timeout is an unknown outcome, never an ack: the write may be applied on the primary and lost by
+        a failover. The client retries the op with the same seq; the dedup answers it if it survived, and it
+        is applied afresh if it did not.
+        """
+        if isinstance(reply, Exception):
+            raise BackendUnavailable(f"{self._wait_command()[0]!s} failed after {after}: {reply}")
+        if self.durability == "fsync":
+            if int(reply[0]) < 1:
+                raise BackendUnavailable(
+                    f"{after}: not fsynced to the AOF within {self.fsync_timeout_ms} ms; outcome unknown"
+                )
+        elif int(reply) < self.wait_replicas:
+            raise BackendUnavailable(
+                f"{after}: {int(reply)} of {self.wait_replicas} replicas confirmed within "
+                f"{self.fsync_timeout_ms} ms; outcome unknown"
+            )
 
     # -- ops ------------------------------------------------------------------------------------------
 
@@ -517,8 +545,8 @@ class RedisStore:
         self, ops: Sequence[frames.Op], start: int, check: Callable[[OpArgs], None] | None
     ) -> list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]]:
         """The longest run of consecutive, valid, permitted ops from ``start`` (at most one pipeline)."""
-        if self._cluster and self.durability == "fsync":
-            return []  # each member script needs its own WAITAOF on its node: the careful path does that
+        if self._cluster and self._waits:
+            return []  # each member script needs its own WAIT(AOF) on its node: the careful path does that
         run: list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]] = []
         for op in ops[start : start + PIPELINE_MAX]:
             if run and op.seq != run[-1][0].seq + 1:
@@ -558,14 +586,13 @@ class RedisStore:
                 keys.append(watermark)
             argv = self._op_argv(client_id, op, spec, args, fields, settled=False)
             commands.append(("EVALSHA", script.sha, len(keys), *keys, *argv))
-        if inline and self.durability == "fsync":
-            commands.append(("WAITAOF", 1, 0, self.fsync_timeout_ms))
+        if inline and self._waits:
+            commands.append(self._wait_command())
         with _unavailable("applying ops"):
             replies = await self._pipeliner.execute(commands)
-        if inline and self.durability == "fsync":
-            fsynced, replies = replies[-1], replies[:-1]
-            if isinstance(fsynced, Exception) or int(fsynced[0]) < 1:
-                raise BackendUnavailable(f"ops not fsynced to the AOF within {self.fsync_timeout_ms} ms")
+        if inline and self._waits:
+            confirmed, replies = replies[-1], replies[:-1]
+            self._check_confirmed(confirmed, "ops")
         outcomes: list[OpOutcome] = []
         failure: Exception | None = None
         for index, ((op, _, args, _), reply) in enumerate(zip(run, replies, strict=True)):
@@ -648,14 +675,14 @@ class RedisStore:
         self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
     ) -> OpOutcome:
         argv = self._op_argv(client_id, op, spec, args, fields, settled=settled)
-        # In a cluster the member's and the client's slots may be on different nodes: each needs a WAITAOF.
-        wait = self.durability == "fsync" and self._cluster
+        # In a cluster the member's and the client's slots may be on different nodes: each needs its wait.
+        wait = self._waits and self._cluster
         reply = await self._eval(spec.script, spec.keys(args, client_id), argv, wait=wait)
         return _outcome(op.seq, reply)
 
     async def _settle(self, ckeys: list[str], seq: int, record: bytes) -> None:
         ttl_ms = self.dedup_retention_s * 1000
-        await self._eval("client_settle", ckeys, [seq, record, ttl_ms], wait=self.durability == "fsync")
+        await self._eval("client_settle", ckeys, [seq, record, ttl_ms], wait=self._waits)
 
     async def last_seq(self, client_id: str) -> int:
         """The client's watermark: the highest seq settled (``welcome.last_seq``); 0 for a new client."""
@@ -793,11 +820,26 @@ def _pairs(flat: list[Any]) -> dict[Any, Any]:
 
 @contextlib.contextmanager
 def _unavailable(what: str) -> Any:
-    """Map Redis being unreachable, loading, down or read-only to :class:`BackendUnavailable`."""
+    """Map Redis being unreachable, loading, down or read-only to :class:`BackendUnavailable`, and so every
+    failure of the client library whatever its class.
+
+    Only a script's own error (``ResponseError``: a bug in a script, docs/traps.md §3) passes through. The
+    cluster client, during a failover, also raises what no documentation lists (an ``AttributeError`` from a
+    connection it closed under a pending command): the op's outcome is just as unknown, and the client's
+    retry with the same seq is just as safe, so it must be ``unavailable`` rather than kill the session
+    that called.
+    """
     try:
         yield
+    except (BackendUnavailable, ProtocolError, OpRejected):
+        raise
     except _UNAVAILABLE as exc:
         raise BackendUnavailable(f"redis unavailable ({what}): {exc}") from exc
+    except rexc.ResponseError:
+        raise
+    except Exception as exc:
+        log.warning("redis client failed (%s): %r", what, exc)
+        raise BackendUnavailable(f"redis client failed ({what}): {exc!r}") from exc
 
 
 def _as_unavailable(what: str, exc: Exception) -> BackendUnavailable:

@@ -14,7 +14,9 @@ def test_defaults_describe_a_local_hub_with_the_embedded_server() -> None:
     assert settings.embedded
     assert settings.data_dir == Path("var")
     assert settings.log_level == "info"
-    assert settings.durability == "script"
+    assert settings.durability == "auto" and settings.ack_durability == "script"
+    assert Settings(redis_url="redis://h:1", redis_cluster=True).ack_durability == "replicas"
+    assert (settings.wait_replicas, settings.redis_timeout_ms) == (1, 5_000)
     assert settings.allowed_origins == ()
     assert (settings.heartbeat_ms, settings.max_frame) == (15_000, 65_536)
 
@@ -54,6 +56,8 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         "SYNCD_ALERT_SYNC_P99_MS": "250",
         "SYNCD_ALERT_FAILURE_RATE": "0.005",
         "SYNCD_ALERT_WINDOW_S": "30",
+        "SYNCD_WAIT_REPLICAS": "2",
+        "SYNCD_REDIS_TIMEOUT_MS": "800",
     }
     assert {env_var(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -86,6 +90,8 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         token_issuer="https://id.example.com",
         redis_max_connections=32,
         redis_pool_wait_ms=250,
+        wait_replicas=2,
+        redis_timeout_ms=800,
         redis_idle_s=5,
         metrics=False,
         alert_sync_p99_ms=250,
