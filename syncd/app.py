@@ -58,7 +58,8 @@ from syncd.redis_info import (
 from syncd.revocation import REVOKED_CHANNEL, Revocations
 from syncd.rollup import Publisher
 from syncd.settings import ConfigError, Settings
-from syncd.store.redis_store import RedisStore, channel
+from syncd.store.keys import channel
+from syncd.store.redis_store import RedisStore
 
 log = logging.getLogger("syncd.app")
 

@@ -20,8 +20,9 @@ from typing import Any, Protocol
 from protocol import codec, frames
 from protocol.errors import BackendUnavailable, CloseCode, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import OpArgs
+from protocol.registry import SERVED_KINDS
 from protocol.snapshots import encode_snapshot
-from protocol.topics import SERVED_KINDS, parse_topic
+from protocol.topics import parse_topic
 from syncd.admission import Admission
 from syncd.auth import Principal, TokenVerifier
 from syncd.fanout import Fanout

@@ -101,14 +101,16 @@ from redis.asyncio.cluster import RedisCluster
 
 from protocol import frames
 from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolError
-from protocol.ops import CartAdd, CartSet, OpArgs, parse_args
-from protocol.topics import TopicKind, TopicName, parse_topic
+from protocol.ops import OpArgs, parse_args
+from protocol.topics import parse_topic
 from syncd.settings import DURABILITY_MODES, Durability
+from syncd.store.keys import channel, client_slot, member_slot, topic_keys
 from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
+from syncd.types import StoreType, for_op, for_topic
+from syncd.types.base import EncodableArg
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
-EncodableArg: TypeAlias = bytes | str | int
 
 DEDUP_RETENTION_S: Final = 7 * 24 * 3600
 """Default lifetime of a (client, member) dedup hash after its last write."""
@@ -142,55 +144,6 @@ log = logging.getLogger("syncd.store")
 _MAX_SEQ: Final = 2**53 - 1
 _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 """frames.ClientId, anchored at both ends: the id is part of Redis keys and hash tags."""
-
-
-# --- keys ------------------------------------------------------------------------------------------------
-
-
-def member_slot(member: str) -> str:
-    """The hash tag of everything that belongs to one member."""
-    return f"{{m:{member}}}"
-
-
-def client_slot(client_id: str) -> str:
-    """The hash tag of a client's watermark and pre-script rejections."""
-    return f"{{c:{client_id}}}"
-
-
-# Topic kind -> hash-tag prefix of the entity that owns the topic's offset and stream.
-_TOPIC_SLOTS: Final = {
-    TopicKind.CART: "m",
-    TopicKind.POINTS: "m",
-    TopicKind.MEMBER: "m",
-    TopicKind.STOCK: "sku",
-    TopicKind.STORE: "s",
-}
-
-
-def _topic_slot(topic: TopicName) -> str:
-    prefix = _TOPIC_SLOTS.get(topic.kind)
-    return "{catalog}" if prefix is None else f"{{{prefix}:{topic.key}}}"
-
-
-def topic_keys(topic: TopicName) -> tuple[str, str]:
-    """``(meta, stream)`` keys of a topic: ``{m:M}:top:cart`` and ``{m:M}:log:cart`` for ``cart:M``."""
-    slot = _topic_slot(topic)
-    return f"{slot}:top:{topic.kind.value}", f"{slot}:log:{topic.kind.value}"
-
-
-_TOPIC_STATE: Final = {TopicKind.CART: "cart"}
-"""Topic kind -> suffix of the key holding the topic's state (``{m:M}:cart``), for kinds that have one."""
-
-
-def state_key(topic: TopicName) -> str | None:
-    """The key holding the topic's state, if its kind keeps one (``{m:M}:cart`` for ``cart:M``)."""
-    suffix = _TOPIC_STATE.get(topic.kind)
-    return None if suffix is None else f"{_topic_slot(topic)}:{suffix}"
-
-
-def channel(topic: str) -> str:
-    """The pub/sub channel on which every event of ``topic`` is published (``ev:cart:m42``)."""
-    return f"ev:{topic}"
 
 
 # --- outcomes --------------------------------------------------------------------------------------------
@@ -272,41 +225,7 @@ def _from_record(
     )
 
 
-# --- op dispatch -----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _OpSpec:
-    """How one op kind reaches Redis: its script, the topic it appends to, its KEYS and its own ARGV."""
-
-    script: str
-    topic: Callable[[Any], str]
-    keys: Callable[[Any, str], list[str]]
-    """``(args, client_id) -> KEYS``: dedup hash first, then the entity's keys, then the topic's."""
-    argv: Callable[[Any], list[EncodableArg]]
-
-
-def _cart_keys(args: OpArgs, client_id: str) -> list[str]:
-    slot = member_slot(args.member)
-    top, log = topic_keys(TopicName(TopicKind.CART, args.member))
-    return [f"{slot}:d:{client_id}", f"{slot}:cart", f"{slot}:cart:meta", top, log]
-
-
-def _cart_topic(args: OpArgs) -> str:
-    return f"cart:{args.member}"
-
-
-def _line_argv(args: CartAdd | CartSet) -> list[EncodableArg]:
-    return [args.sku, args.qty, b"" if args.attrs is None else _encoder.encode(args.attrs)]
-
-
-_OPS: Final[dict[str, _OpSpec]] = {
-    "cart.add": _OpSpec("cart_add", _cart_topic, _cart_keys, _line_argv),
-    "cart.set": _OpSpec("cart_set", _cart_topic, _cart_keys, _line_argv),
-    "cart.remove": _OpSpec("cart_remove", _cart_topic, _cart_keys, lambda a: [a.sku]),
-    "cart.clear": _OpSpec("cart_clear", _cart_topic, _cart_keys, lambda a: []),
-}
-"""Op kind -> how to run it. Stock and points ops are added here with their scripts."""
+# --- op dispatch ---------------------------------------------------------------------------------------
 
 
 class _OpFields(msgspec.Struct, frozen=True):
@@ -543,11 +462,11 @@ class RedisStore:
 
     def _fresh_run(
         self, ops: Sequence[frames.Op], start: int, check: Callable[[OpArgs], None] | None
-    ) -> list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]]:
+    ) -> list[tuple[frames.Op, StoreType, OpArgs, _OpFields]]:
         """The longest run of consecutive, valid, permitted ops from ``start`` (at most one pipeline)."""
         if self._cluster and self._waits:
             return []  # each member script needs its own WAIT(AOF) on its node: the careful path does that
-        run: list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]] = []
+        run: list[tuple[frames.Op, StoreType, OpArgs, _OpFields]] = []
         for op in ops[start : start + PIPELINE_MAX]:
             if run and op.seq != run[-1][0].seq + 1:
                 break
@@ -561,7 +480,7 @@ class RedisStore:
         return run
 
     async def _run_fresh(
-        self, client_id: str, run: list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]]
+        self, client_id: str, run: list[tuple[frames.Op, StoreType, OpArgs, _OpFields]]
     ) -> list[OpOutcome]:
         """Pipeline the member scripts of a fresh run, then settle the prefix that succeeded.
 
@@ -580,7 +499,7 @@ class RedisStore:
         watermark = f"{client_slot(client_id)}:seq"
         commands: list[tuple[EncodableArg, ...]] = []
         for op, spec, args, fields in run:
-            script = self._scripts[spec.script]
+            script = self._scripts[spec.scripts[op.kind]]
             keys = spec.keys(args, client_id)
             if inline:
                 keys.append(watermark)
@@ -651,9 +570,16 @@ class RedisStore:
         return outcome
 
     def _op_argv(
-        self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
+        self,
+        client_id: str,
+        op: frames.Op,
+        spec: StoreType,
+        args: OpArgs,
+        fields: _OpFields,
+        *,
+        settled: bool,
     ) -> list[EncodableArg]:
-        topic = spec.topic(args)
+        topic = str(spec.topic(args))
         return [
             client_id,
             op.seq,
@@ -672,12 +598,19 @@ class RedisStore:
         ]
 
     async def _run_op(
-        self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
+        self,
+        client_id: str,
+        op: frames.Op,
+        spec: StoreType,
+        args: OpArgs,
+        fields: _OpFields,
+        *,
+        settled: bool,
     ) -> OpOutcome:
         argv = self._op_argv(client_id, op, spec, args, fields, settled=settled)
         # In a cluster the member's and the client's slots may be on different nodes: each needs its wait.
         wait = self._waits and self._cluster
-        reply = await self._eval(spec.script, spec.keys(args, client_id), argv, wait=wait)
+        reply = await self._eval(spec.scripts[op.kind], spec.keys(args, client_id), argv, wait=wait)
         return _outcome(op.seq, reply)
 
     async def _settle(self, ckeys: list[str], seq: int, record: bytes) -> None:
@@ -701,11 +634,13 @@ class RedisStore:
         loss of its metadata gets a new epoch.
         """
         name = parse_topic(topic)
-        if name.kind is not TopicKind.CART:
+        stype = for_topic(name.kind)
+        if stype is None:
             raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"no snapshot for {name.kind} topics yet")
-        assert name.key is not None  # keyed kind
-        cursor, stored = await self._cart_snapshot(name.key)
-        return cursor, {"lines": stored}  # stored lines are in the wire shape already (_cart.lua enc_line)
+        return await stype.snapshot(self._read_script, name, self._epochs.next())
+
+    async def _read_script(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
+        return await self._eval(name, keys, argv, wait=False)
 
     async def load_cart(self, member: str) -> dict[str, Any]:
         """The cart as stored, in :mod:`protocol.cart`'s shape: ``{"lines": {sku: line}, "folds": n}``.
@@ -723,15 +658,6 @@ class RedisStore:
             "lines": {_text(sku): msgspec.msgpack.decode(raw) for sku, raw in lines.items()},
             "folds": int(folds or 0),
         }
-
-    async def _cart_snapshot(self, member: str) -> tuple[frames.Cursor, dict[str, dict[str, Any]]]:
-        top, log = topic_keys(TopicName(TopicKind.CART, member))
-        reply = await self._eval(
-            "cart_snapshot", [top, log, f"{member_slot(member)}:cart"], [self._epochs.next()], wait=False
-        )
-        cursor = frames.Cursor(epoch=_text(reply[0]), offset=int(reply[1]))
-        lines = {_text(reply[i]): msgspec.msgpack.decode(reply[i + 1]) for i in range(2, len(reply), 2)}
-        return cursor, lines
 
     async def events_after(
         self, topic: str, cursor: frames.Cursor, *, limit: int = HISTORY_LIMIT
@@ -751,9 +677,9 @@ class RedisStore:
             raise ValueError("limit must be at least 1")
         name = parse_topic(topic)
         keys = [*topic_keys(name)]
-        state = state_key(name)
-        if state is not None:
-            keys.append(state)
+        stype = for_topic(name.kind)
+        if stype is not None:
+            keys.append(stype.state_key(name))
         reply = await self._eval("history", keys, [cursor.epoch, cursor.offset, limit], wait=False)
         if not int(reply[0]):
             return None
@@ -779,10 +705,10 @@ def _check_identity(client_id: str, seq: int) -> None:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"invalid seq {seq!r}")
 
 
-def _validate(op: frames.Op) -> tuple[_OpSpec, OpArgs, _OpFields]:
+def _validate(op: frames.Op) -> tuple[StoreType, OpArgs, _OpFields]:
     """The op's spec, typed args and fields, or :class:`OpRejected` (``unknown_op``/``bad_args``)."""
     args = parse_args(op.kind, op.args)
-    spec = _OPS[op.kind]
+    spec = for_op(op.kind)
     try:
         fields = msgspec.convert({"hlc": op.hlc, "ctx": op.ctx}, type=_OpFields, strict=True)
     except msgspec.ValidationError as exc:

@@ -1,0 +1,57 @@
+"""What the hub needs of one data type: its keys, its Lua scripts, its op arguments as ARGV, its snapshot.
+
+A store type adds nothing to the op protocol itself (dedup, settle, event, history: :mod:`syncd.store`); it
+says where the type's state lives and which script applies each op. Every op script is called with the
+same leading ARGV (:meth:`syncd.store.redis_store.RedisStore._op_argv`) followed by :meth:`StoreType.argv`,
+and with KEYS ``[dedup hash, the type's own keys…, topic meta, topic stream]`` (:meth:`StoreType.keys`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeAlias
+
+from protocol import frames
+from protocol.datatype import DataType, OpArgs
+from protocol.topics import TopicName
+from syncd.store.keys import dedup_key, topic_keys, topic_slot
+
+EncodableArg: TypeAlias = bytes | str | int
+ScriptRunner: TypeAlias = Callable[[str, Sequence[str], Sequence[EncodableArg]], Awaitable[Any]]
+"""``(script, KEYS, ARGV) -> reply``: runs one of the store's scripts (read-only use: snapshots)."""
+
+
+class StoreType(abc.ABC):
+    """One data type in Redis. Subclasses set :attr:`datatype` and :attr:`scripts`."""
+
+    datatype: ClassVar[DataType]
+    scripts: ClassVar[dict[str, str]]
+    """Op kind -> the Lua script (``lua/<type>/<script>.lua``) that applies it."""
+    state_keys: ClassVar[tuple[str, ...]]
+    """Suffixes, in the topic's slot, of the keys an op script takes between the dedup hash and the topic's
+    keys (``("cart", "cart:meta")`` -> ``{m:M}:cart``, ``{m:M}:cart:meta``); the first holds the state."""
+
+    def topic(self, args: OpArgs) -> TopicName:
+        return TopicName(self.datatype.kind, getattr(args, self.datatype.key_field))
+
+    def keys(self, args: OpArgs, client_id: str) -> list[str]:
+        """KEYS of an op script: dedup hash, the type's keys, then the topic's meta and stream."""
+        topic = self.topic(args)
+        slot = topic_slot(topic)
+        return [dedup_key(slot, client_id), *(f"{slot}:{s}" for s in self.state_keys), *topic_keys(topic)]
+
+    def state_key(self, topic: TopicName) -> str:
+        """The key holding a topic's state (``{m:M}:cart`` for ``cart:M``)."""
+        return f"{topic_slot(topic)}:{self.state_keys[0]}"
+
+    @abc.abstractmethod
+    def argv(self, args: OpArgs) -> list[EncodableArg]:
+        """The op's own ARGV, after the common ones."""
+
+    @abc.abstractmethod
+    async def snapshot(
+        self, run: ScriptRunner, topic: TopicName, epoch: str
+    ) -> tuple[frames.Cursor, dict[str, Any]]:
+        """The topic's state (wire shape) and cursor, read atomically; ``epoch`` is a new one, used if the
+        topic needs one."""
