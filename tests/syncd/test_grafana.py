@@ -32,7 +32,7 @@ def exported() -> dict[str, set[str]]:
     metrics.refused_op("pos", ErrorCode.RATE_LIMITED)
     metrics.opened("pos", "pos", True)
     metrics.closed(1000)
-    session = Session(till, max_queue=16, rate=RateLimit(rate=1, burst=1), on_gap=lambda *_: None)
+    session = Session(till, max_queue_bytes=1 << 20, rate=RateLimit(rate=1, burst=1), on_gap=lambda *_: None)
     metrics.registry.register(SessionCollector(metrics, [session], telemetry, FanoutStats()))
     names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
