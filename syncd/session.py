@@ -169,10 +169,6 @@ class Session:
             self._room.clear()
             await self._room.wait()
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     # -- subscriptions ------------------------------------------------------------------------------------
 
     def deliver(self, topic: str, cursor: frames.Cursor, frame: bytes, framed: bytes | None = None) -> None:
