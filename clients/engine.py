@@ -206,8 +206,6 @@ class SyncEngine:
         """Snapshots that come in pages (PROTOCOL §6.6), until their last page."""
         self._clock_offset_ms: int | None = None
         # reporting
-        self.last_ack_ms: int | None = None
-        self.last_event_ms: int | None = None
         self._ack_ms = _Samples()
         self._sync_ms = _Samples()
 
@@ -585,7 +583,6 @@ class SyncEngine:
         op, sent_at = taken
         self._pending -= 1
         self._retry_ms = RETRY_INITIAL_MS
-        self.last_ack_ms = now_ms
         if sent_at is not None:
             self._ack_ms.add(float(max(0, now_ms - sent_at)))
         if not self._pending:
@@ -690,7 +687,6 @@ class SyncEngine:
             check_shape(ev.data, dtype.event, f"event {ev.kind} on {ev.topic}")
         if ev.conflict is not None and dtype.conflict is not None:
             check_shape(ev.conflict, dtype.conflict, f"conflict of {ev.kind} on {ev.topic}")
-        self.last_event_ms = now_ms
         if self._clock_offset_ms is not None:
             self._sync_ms.add(float(max(0, now_ms + self._clock_offset_ms - ev.at)))
         self._observe(ev.at, now_ms)

@@ -34,6 +34,7 @@ import redis
 
 from syncd.embedded import EmbeddedRedis, bundled_binary
 from tests import profiles  # noqa: F401  (loads the Hypothesis profile before any test module)
+from tests.exit_guard import pytest_sessionfinish, pytest_unconfigure  # noqa: F401  (a stuck thread never hangs the run)
 
 RedisServerFactory = Callable[..., EmbeddedRedis]
 ClusterFactory = Callable[..., list[EmbeddedRedis]]

@@ -29,7 +29,7 @@ def instant() -> Iterator[float]:
 
 
 def run_child_until(data_dir: Path, client_id: str, member: str, count: int) -> int:
-    """Start the POS process, SIGKILL it once it has reported ``count`` committed ops; the last it reported."""
+    """Start the POS process and SIGKILL it once it has reported ``count`` committed ops; its last report."""
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.clients.crash_child", str(data_dir), client_id, member],
         cwd=ROOT,
