@@ -6,7 +6,7 @@ first on a quiet hub, then while an *attacker* process runs each attack in turn 
 - ``ping_flood``: 4 connections that upgrade, never say ``hello``, never read, and stream websocket pings
   (reconnecting whenever the hub closes them);
 - ``expensive_frames``: 2 authenticated connections sending valid 16 KB ``ping`` frames that carry 16,000
-  integers, as fast as the socket takes them (their replies are read);
+  integers (16 lists of 1,000), as fast as the socket takes them (their replies are read);
 - ``op_flood``: 3 authenticated clients sending 256-op batches to their own carts as fast as acks come back;
 - ``churn``: 4 loops of connect, upgrade, one undecodable frame, closed by the hub, again;
 - ``slow_reader``: 4 subscribers of a cart written 200 times a second, none of which reads.
@@ -105,7 +105,10 @@ async def _hello(port: int, client_id: str) -> tuple[asyncio.StreamReader, async
 
 
 async def _expensive_frames(port: int, stop: asyncio.Event, n: int) -> None:
-    frame = _masked(0x2, msgspec.msgpack.encode({"t": "ping", "ts": 1, "pad": [1] * 16_000}))
+    # 16 lists of 1,000: within every decoding limit (1,024 entries a container, 16,384 a frame), so the
+    # frame is valid and the hub answers it; one list of 16,000 would be refused at once (too_long).
+    pad = [[1] * 1000 for _ in range(16)]
+    frame = _masked(0x2, msgspec.msgpack.encode({"t": "ping", "ts": 1, "pad": pad}))
     while not stop.is_set():
         with contextlib.suppress(Exception):
             reader, writer = await _hello(port, f"spender-{n}")

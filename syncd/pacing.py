@@ -29,7 +29,7 @@ SHARE: Final = 0.1
 of turns to the rest, and a device syncing normally uses a hundredth of it."""
 BURST_S: Final = 0.02
 """Work a connection may have done for it at once before it is held to :data:`SHARE`."""
-OP_COST_S: Final = 0.00005
+OP_COST_S: Final = 0.00001
 """What applying one op costs the hub's loop, charged as an estimate: the time is spent between awaits on
 Redis (building the script call, parsing its reply, encoding the ack), not measurable as one span."""
 MIN_FRAME_COST_S: Final = 0.00002
