@@ -42,6 +42,7 @@ from protocol.errors import BackendUnavailable
 from syncd import __version__
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
+from syncd.generations import GenerationWatcher
 from syncd.hub import Hub
 from syncd.redis_info import (
     IdleReaper,
@@ -95,9 +96,15 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
+            watching = asyncio.create_task(
+                GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
+            )
             try:
                 yield
             finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
                 await hub.close()
                 await hub.fanout.close()
         finally:

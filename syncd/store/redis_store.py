@@ -692,6 +692,14 @@ class RedisStore:
 
     # -- topics ---------------------------------------------------------------------------------------
 
+    def node_of(self, topic: str) -> str | None:
+        """The ``host:port`` of the cluster node that holds ``topic``, as this hub last knew; ``None`` on a
+        single Redis (every topic is on it)."""
+        if not isinstance(self._client, RedisCluster):
+            return None
+        node = self._client.get_node_from_key(topic_keys(parse_topic(topic))[0])
+        return None if node is None else str(node.name)
+
     async def snapshot(self, topic: str) -> tuple[frames.Cursor, dict[str, Any]]:
         """The topic's state and its cursor, read atomically: events after the cursor are exactly the changes
         after the state.
