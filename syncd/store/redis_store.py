@@ -74,8 +74,15 @@ it; a timeout or error raises :class:`~protocol.errors.BackendUnavailable` (the 
 retries with the same seq and gets the dup answer). The last step always writes (even a dup refreshes the
 dedup TTL and rewrites ``last``), and the AOF is one sequence per node, so the final WAITAOF also covers an
 earlier attempt's writes. Refusing to start against a server without WAITAOF is :mod:`syncd.redis_info`'s job.
+``replicas``: the same with ``WAIT <wait_replicas> <timeout>`` instead (the replication stream is one sequence
+per node too), so an acked op is on a replica that a failover may promote; fewer replicas confirming in time
+is an unknown outcome (``BackendUnavailable``), never an ack.
 
-Errors: connection failures, timeouts, cluster-down and read-only replicas become ``BackendUnavailable``;
+Generations (docs/traps.md §4c): every script that continues a topic's history compares the generation it
+was written in with the node's (``_lib.lua`` ``shard_gen``); a failover or a restart starts a new epoch.
+
+Errors: connection failures, timeouts, cluster-down and read-only replicas become ``BackendUnavailable``, and
+so does any other failure of the client library (:func:`_unavailable`);
 an unknown topic is a :class:`~protocol.errors.ProtocolError` (``unknown_topic``); a seq gap a
 ``ProtocolError`` with ``seq_gap`` (reported, no close code). A script error (a bug: every expected failure
 is a recorded rejection) propagates as redis' ``ResponseError`` and the op's outcome is unknown
