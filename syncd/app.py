@@ -43,6 +43,7 @@ from protocol.errors import BackendUnavailable
 from syncd import __version__, dashboard
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
+from syncd.generations import GenerationWatcher
 from syncd.hub import Hub
 from syncd.metrics import SessionCollector
 from syncd.redis_info import (
@@ -99,6 +100,9 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
+            watching = asyncio.create_task(
+                GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
+            )
             publishing: asyncio.Task[None] | None = None
             if hub.metrics is not None:
                 hub.metrics.registry.register(
@@ -109,6 +113,9 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 yield
             finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
                 if publishing is not None:
                     publishing.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -207,6 +207,15 @@ class Hub:
                 return events
             cursor = page[-1].cursor
 
+    def generation_changed(self, nodes: set[str]) -> None:
+        """Shards with a new history (:mod:`syncd.generations`): resynchronise every subscription whose topic
+        lives on one of ``nodes``; each gets a reset snapshot, or nothing if its cursor still holds."""
+        for session in list(self.sessions):
+            for sub in list(session.subscriptions.values()):
+                node = self.store.node_of(sub.topic)
+                if node is None or node in nodes:
+                    session.resynchronise(sub)
+
     def _resync_later(self, session: Session, sub: Subscription) -> None:
         """A live event revealed a hole (or a new epoch): fill it from the stream, off the fan-out path."""
         self.spawn(self._resync(session, sub))

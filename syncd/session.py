@@ -209,6 +209,13 @@ class Session:
                 self.send_event(frame, framed)
         # else: an offset already delivered (snapshot or history covered it)
 
+    def resynchronise(self, sub: Subscription) -> None:
+        """Check ``sub`` against the stream now, as if a live event had shown a hole: its shard may have a new
+        history (syncd/generations.py). A subscription already synchronising is left to finish."""
+        if sub.buffer is None and sub.epoch:
+            sub.buffer = []
+            self._on_gap(self, sub)
+
     def synchronised(self, sub: Subscription, epoch: str, offset: int) -> None:
         """The snapshot/history up to ``(epoch, offset)`` is queued: replay the buffered live events."""
         buffered, sub.buffer = sub.buffer or [], None

@@ -74,8 +74,15 @@ it; a timeout or error raises :class:`~protocol.errors.BackendUnavailable` (the 
 retries with the same seq and gets the dup answer). The last step always writes (even a dup refreshes the
 dedup TTL and rewrites ``last``), and the AOF is one sequence per node, so the final WAITAOF also covers an
 earlier attempt's writes. Refusing to start against a server without WAITAOF is :mod:`syncd.redis_info`'s job.
+``replicas``: the same with ``WAIT <wait_replicas> <timeout>`` instead (the replication stream is one sequence
+per node too), so an acked op is on a replica that a failover may promote; fewer replicas confirming in time
+is an unknown outcome (``BackendUnavailable``), never an ack.
 
-Errors: connection failures, timeouts, cluster-down and read-only replicas become ``BackendUnavailable``;
+Generations (docs/traps.md §4c): every script that continues a topic's history compares the generation it
+was written in with the node's (``_lib.lua`` ``shard_gen``); a failover or a restart starts a new epoch.
+
+Errors: connection failures, timeouts, cluster-down and read-only replicas become ``BackendUnavailable``, and
+so does any other failure of the client library (:func:`_unavailable`);
 an unknown topic is a :class:`~protocol.errors.ProtocolError` (``unknown_topic``); a seq gap a
 ``ProtocolError`` with ``seq_gap`` (reported, no close code). A script error (a bug: every expected failure
 is a recorded rejection) propagates as redis' ``ResponseError`` and the op's outcome is unknown
@@ -624,6 +631,14 @@ class RedisStore:
         return 0 if raw is None else int(raw)
 
     # -- topics ---------------------------------------------------------------------------------------
+
+    def node_of(self, topic: str) -> str | None:
+        """The ``host:port`` of the cluster node that holds ``topic``, as this hub last knew; ``None`` on a
+        single Redis (every topic is on it)."""
+        if not isinstance(self._client, RedisCluster):
+            return None
+        node = self._client.get_node_from_key(topic_keys(parse_topic(topic))[0])
+        return None if node is None else str(node.name)
 
     async def snapshot(self, topic: str) -> tuple[frames.Cursor, dict[str, Any]]:
         """The topic's state and its cursor, read atomically: events after the cursor are exactly the changes

@@ -96,8 +96,20 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
         return hubs[next(turn) % len(hubs)].url
 
     victim = 0
-    placed = members_on(cluster.primaries, run.writers // len(cluster.primaries))
+    per_node = run.writers // len(cluster.primaries)
+    placed = members_on(cluster.primaries, per_node + 1)
+    idle_member = next(member for member, node in placed if node == victim)
+    placed = [(member, node) for member, node in placed if member != idle_member][: per_node * 3]
     ledgers = [Ledger(f"w{i}", member, run.ops) for i, (member, _) in enumerate(placed)]
+    # A cart on the victim written once, before the fault, and never again: no new event will tell its
+    # subscribers that the shard has a new history; the hubs' generation watcher must.
+    idle = Ledger("idler", idle_member, 1)
+    idler = await open_until_welcomed(next_hub, idle)
+    await idler.send(idle.op(1))
+    first = await reply(idler)
+    assert isinstance(first, frames.Ack), first
+    idle.record(first)
+    await idler.close()
     on_victim = sum(1 for _, node in placed if node == victim)
     assert on_victim > 0
     acked_total = 0
@@ -135,14 +147,19 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
         if client is not None:
             await client.close()
 
-    topics = {f"cart:{ledger.member}": ledger for ledger in ledgers}
+    topics = {f"cart:{ledger.member}": ledger for ledger in [*ledgers, idle]}
+    idle_topic = f"cart:{idle_member}"
     seen: dict[str, list[frames.Origin]] = {topic: [] for topic in topics}
     cursors: dict[str, frames.Cursor | None] = dict.fromkeys(topics)
     resets: collections.Counter[str] = collections.Counter()
     writing = asyncio.Event()
 
     def complete() -> bool:
-        return not writing.is_set() and all(len(seen[t]) >= ledger.n for t, ledger in topics.items())
+        return (
+            not writing.is_set()
+            and all(len(seen[t]) >= ledger.n for t, ledger in topics.items())
+            and resets[idle_topic] > 0
+        )
 
     async def watch() -> None:
         ids = dict(enumerate(topics, start=1))
