@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -29,6 +29,8 @@ class OpArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """Base of every op's arguments: the member the op acts for, checked against the token's scope."""
 
     member: Key
+    admin: ClassVar[bool] = False
+    """Only an ``ops`` token may make this op (restock, quotas, …)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

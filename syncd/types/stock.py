@@ -1,0 +1,61 @@
+"""One SKU's stock in Redis (docs/design.md §3, "Inventory"; scripts and key layout in ``lua/stock/``).
+
+Every key of a SKU is in its slot ``{sku:<sku>}`` (a member's purchase count too), so the scripts run
+unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from protocol import frames
+from protocol import stock as rules
+from protocol.datatype import DataType, OpArgs
+from protocol.topics import TopicName
+from protocol.types.stock import (
+    STOCK,
+    StockAllot,
+    StockCommit,
+    StockLimit,
+    StockQuota,
+    StockRelease,
+    StockReserve,
+    StockRestock,
+    StockSell,
+)
+from syncd.store.keys import topic_keys
+from syncd.types.base import EncodableArg, ScriptRunner, StoreType
+
+
+class StockStore(StoreType):
+    datatype: ClassVar[DataType] = STOCK
+    scripts: ClassVar[dict[str, str]] = {kind: kind.replace(".", "_") for kind in rules.KINDS}
+    state_keys: ClassVar[tuple[str, ...]] = ("stock", "holds", "bought", "exp")
+
+    def argv(self, args: OpArgs) -> list[EncodableArg]:
+        if isinstance(args, StockReserve):
+            return [args.channel, args.member, args.qty, args.ttl_ms]
+        if isinstance(args, StockCommit | StockRelease):
+            return [args.rid]
+        if isinstance(args, StockAllot | StockSell):
+            return [args.store, args.qty]
+        if isinstance(args, StockQuota):
+            return [args.channel, args.qty]
+        assert isinstance(args, StockRestock | StockLimit)
+        return [args.qty]
+
+    async def snapshot(
+        self, run: ScriptRunner, topic: TopicName, epoch: str
+    ) -> tuple[frames.Cursor, dict[str, Any]]:
+        top, log = topic_keys(topic)
+        reply = await run("stock_snapshot", [top, log, self.state_key(topic)], [epoch])
+        epoch_raw = reply[0]
+        cursor = frames.Cursor(
+            epoch=epoch_raw.decode() if isinstance(epoch_raw, bytes) else epoch_raw, offset=int(reply[1])
+        )
+        if len(reply) < 3:
+            return cursor, {"on_hand": 0, "pool": 0, "sold": 0, "atp": {"*": 0}, "allot": {}}
+        state: dict[str, Any] = msgspec.msgpack.decode(reply[2])
+        return cursor, state

@@ -1,0 +1,74 @@
+"""A flash sale through real hub processes over one Redis: 200 shoppers on 2 hubs reserve 1 unit each of a
+SKU with 50 units. Exactly 50 succeed, the rest get insufficient_stock, and no bucket goes below zero."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from protocol import frames
+from protocol import stock as rules
+from syncd.embedded import EmbeddedRedis
+from tests.e2e.conftest import HubFactory
+from tests.e2e.harness import HubProcess, WireClient, token
+
+pytestmark = pytest.mark.e2e
+SKU = "FLASH-1"
+SHOPPERS = 200
+UNITS = 50
+
+
+async def shop(url: str, i: int) -> frames.Ack:
+    client = await WireClient.open(url, f"shopper-{i}", tok=token(f"shopper-{i}", channel="web"))
+    await client.op(
+        rules.RESERVE, {"member": f"m{i}", "sku": SKU, "channel": "web", "qty": 1, "ttl_ms": 600_000}
+    )
+    ack = await client.recv_type(frames.Ack, timeout=60)
+    await client.close()
+    return ack
+
+
+async def test_a_flash_sale_on_two_hubs_sells_exactly_the_stock(
+    redis_server: EmbeddedRedis, hub_factory: HubFactory
+) -> None:
+    hubs = [hub_factory(redis_server.url), hub_factory(redis_server.url)]
+    ops = await WireClient.open(hubs[0].url, "ops-1", tok=token("ops-1", role="ops"))
+    await ops.op(rules.RESTOCK, {"member": "ops", "sku": SKU, "qty": UNITS})
+    assert (await ops.recv_type(frames.Ack)).ok
+    watcher = await WireClient.open(hubs[1].url, "watcher", tok=token("watcher", channel="web"))
+    await watcher.send(frames.Subscribe(id=1, topic=f"stock:{SKU}"))
+    snap = await watcher.recv_type(frames.Snapshot)
+    assert snap.state is not None and snap.state["pool"] == UNITS
+
+    acks = await asyncio.gather(*(shop(hubs[i % 2].url, i) for i in range(SHOPPERS)))
+
+    assert sum(a.ok for a in acks) == UNITS
+    assert [a.code for a in acks if not a.ok] == ["insufficient_stock"] * (SHOPPERS - UNITS)
+    rids = {a.result["rid"] for a in acks if a.ok and a.result is not None}
+    assert len(rids) == UNITS
+    redis = Redis.from_url(redis_server.url)
+    try:
+        state = {k.decode(): int(v) for k, v in (await redis.hgetall(f"{{sku:{SKU}}}:stock")).items()}
+        assert (state["on_hand"], state["pool"], state["held"], state["sold"]) == (UNITS, 0, UNITS, 0)
+        assert await redis.hlen(f"{{sku:{SKU}}}:holds") == UNITS
+    finally:
+        await redis.aclose()
+    # the watcher on the other hub saw the pool fall one unit per event, never below zero, down to 0
+    pools = []
+    while not pools or pools[-1] != 0:
+        ev = await watcher.recv_type(frames.Event, timeout=30)
+        pools.append(ev.data["pool"])
+    assert pools == list(range(UNITS - 1, -1, -1))
+
+
+async def test_admin_ops_need_an_ops_token_and_a_till_sells_only_for_its_store(hub: HubProcess) -> None:
+    app = await WireClient.open(hub.url, "app-1", tok=token("app-1", channel="web"))
+    await app.op(rules.RESTOCK, {"member": "m1", "sku": SKU, "qty": 5})
+    assert (await app.recv_type(frames.Ack)).code == "not_permitted"
+    till = await WireClient.open(hub.url, "pos-1", tok=token("pos-1", role="pos", store="s1"))
+    await till.op(rules.SELL, {"member": "m1", "sku": SKU, "store": "s2", "qty": 1})
+    assert (await till.recv_type(frames.Ack)).code == "not_permitted"
+    await till.op(rules.SELL, {"member": "m1", "sku": SKU, "store": "s1", "qty": 1})
+    assert (await till.recv_type(frames.Ack)).code == "allotment_exceeded"
