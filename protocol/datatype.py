@@ -49,6 +49,12 @@ class DataType:
     state: type[msgspec.Struct]
     event: type[msgspec.Struct]
     conflict: type[msgspec.Struct] | None = None
+    events: frozenset[str] = frozenset()
+    """Event kinds besides its ops' (events no op causes, such as holds expiring); same ``event`` shape."""
+
+    def emits(self, kind: str) -> bool:
+        """Whether events of ``kind`` belong to this type (and carry its ``event`` shape)."""
+        return kind in self.ops or kind in self.events
 
     def topic_of(self, args: Mapping[str, Any] | OpArgs) -> str:
         """The topic an op with these (valid) arguments appends its event to, as a dict or as its struct."""

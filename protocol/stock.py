@@ -37,6 +37,8 @@ COMMIT: Final = "stock.commit"
 RELEASE: Final = "stock.release"
 SELL: Final = "stock.sell"
 KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, RESERVE, COMMIT, RELEASE, SELL})
+EXPIRE: Final = "stock.expire"
+"""The kind of the event a sweep appends when it returns expired holds (no op causes it: no origin)."""
 ADMIN_KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT})
 """Ops only an ``ops`` token may make."""
 

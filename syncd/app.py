@@ -57,6 +57,7 @@ from syncd.revocation import REVOKED_CHANNEL, Revocations
 from syncd.settings import ConfigError, Settings
 from syncd.store.keys import channel
 from syncd.store.redis_store import RedisStore
+from syncd.sweeper import sweep_forever
 
 log = logging.getLogger("syncd.app")
 
@@ -93,9 +94,13 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
+            sweeping = asyncio.create_task(sweep_forever(hub.store), name="syncd-sweeper")
             try:
                 yield
             finally:
+                sweeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeping
                 await hub.close()
                 await hub.fanout.close()
         finally:

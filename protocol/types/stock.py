@@ -111,5 +111,6 @@ STOCK = DataType(
     key_field="sku",
     state=StockView,
     event=StockView,
+    events=frozenset({rules.EXPIRE}),
 )
 """One SKU's stock, topic ``stock:<sku>`` (docs/design.md §3, "Inventory")."""

@@ -6,7 +6,7 @@ unchanged on Redis Cluster.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import msgspec
 
@@ -25,8 +25,10 @@ from protocol.types.stock import (
     StockRestock,
     StockSell,
 )
-from syncd.store.keys import topic_keys
-from syncd.types.base import EncodableArg, ScriptRunner, StoreType
+from syncd.store.keys import channel, topic_keys
+from syncd.types.base import EncodableArg, ScriptRunner, StoreType, Sweep
+
+_EXP_SUFFIX: Final = "}:exp"
 
 
 class StockStore(StoreType):
@@ -45,6 +47,22 @@ class StockStore(StoreType):
             return [args.channel, args.qty]
         assert isinstance(args, StockRestock | StockLimit)
         return [args.qty]
+
+    async def sweep(self, sweep: Sweep, limit: int) -> int:
+        """Return every SKU's expired holds (``stock_expire``). Every hub sweeps; the script makes each
+        return happen once. SKUs are found by their ``exp`` key (SCAN: every primary, on a cluster)."""
+        returned = 0
+        async for raw in sweep.client.scan_iter(match="{sku:*" + _EXP_SUFFIX, count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            if not key.startswith("{sku:") or not key.endswith(_EXP_SUFFIX):
+                continue
+            topic = TopicName(self.datatype.kind, key[len("{sku:") : -len(_EXP_SUFFIX)])
+            name = str(topic)
+            keys = [*self.keys_after_dedup(topic)]
+            argv: list[EncodableArg] = [sweep.epoch(), channel(name), name, *sweep.log_argv, limit]
+            reply = await sweep.run("stock_expire", keys, argv)
+            returned += int(reply[0])
+        return returned
 
     async def snapshot(
         self, run: ScriptRunner, topic: TopicName, epoch: str

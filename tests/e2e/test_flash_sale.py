@@ -72,3 +72,36 @@ async def test_admin_ops_need_an_ops_token_and_a_till_sells_only_for_its_store(h
     assert (await till.recv_type(frames.Ack)).code == "not_permitted"
     await till.op(rules.SELL, {"member": "m1", "sku": SKU, "store": "s1", "qty": 1})
     assert (await till.recv_type(frames.Ack)).code == "allotment_exceeded"
+
+
+async def test_expired_holds_return_exactly_once_with_three_hubs_one_killed(
+    redis_server: EmbeddedRedis, hub_factory: HubFactory
+) -> None:
+    hubs = [hub_factory(redis_server.url) for _ in range(3)]
+    ops = await WireClient.open(hubs[0].url, "ops-1", tok=token("ops-1", role="ops"))
+    await ops.op(rules.RESTOCK, {"member": "ops", "sku": SKU, "qty": UNITS})
+    assert (await ops.recv_type(frames.Ack)).ok
+    shopper = await WireClient.open(hubs[1].url, "shopper", tok=token("shopper", channel="web"))
+    for i in range(30):
+        args = {"member": f"m{i}", "sku": SKU, "channel": "web", "qty": 1, "ttl_ms": 300}
+        await shopper.op(rules.RESERVE, args)
+        assert (await shopper.recv_type(frames.Ack)).ok
+    watcher = await WireClient.open(hubs[2].url, "watcher", tok=token("watcher", channel="web"))
+    await watcher.send(frames.Subscribe(id=1, topic=f"stock:{SKU}"))
+    await watcher.recv_type(frames.Snapshot)
+    hubs[0].kill()  # a sweeper killed whenever it is, mid-sweep or not
+    redis = Redis.from_url(redis_server.url)
+    try:
+        pool = 0
+        while pool != UNITS:
+            ev = await watcher.recv_type(frames.Event, timeout=30)
+            assert ev.kind == rules.EXPIRE and ev.origin is None
+            pool = ev.data["pool"]
+            assert pool <= UNITS
+        state = {k.decode(): int(v) for k, v in (await redis.hgetall(f"{{sku:{SKU}}}:stock")).items()}
+        assert (state["on_hand"], state["pool"], state["held"], state["t:web"]) == (UNITS, UNITS, 0, 0)
+        assert await redis.hlen(f"{{sku:{SKU}}}:holds") == 0
+        assert await redis.hlen(f"{{sku:{SKU}}}:bought") == 30
+        assert set((await redis.hgetall(f"{{sku:{SKU}}}:bought")).values()) == {b"0"}
+    finally:
+        await redis.aclose()

@@ -123,3 +123,22 @@ async def test_a_stock_snapshot_matches_the_events(store: RedisStore) -> None:
     out = await Till(store, "ops").op(rules.RESTOCK, qty=7)
     cursor, state = await store.snapshot(f"stock:{SKU}")
     assert out.event is not None and state == out.event.data and cursor == out.event.cursor
+
+
+async def test_expired_holds_return_once_however_many_sweep(store: RedisStore, redis_client: Any) -> None:
+    await Till(store, "ops").op(rules.RESTOCK, qty=30)
+    shoppers = [Till(store, f"c{i}") for i in range(20)]
+    for i, t in enumerate(shoppers):
+        ttl = 1 if i < 15 else 600_000
+        assert (await t.op(rules.RESERVE, channel="web", qty=1, ttl_ms=ttl, member=f"m{i}")).ok
+    await asyncio.sleep(0.01)
+    other = RedisStore(redis_client)  # a second hub's store over the same Redis
+    swept = await asyncio.gather(store.sweep(), other.sweep(), store.sweep(), other.sweep())
+    assert sum(swept) == 15
+    assert await store.sweep() == 0
+    s = await invariant(redis_client)
+    assert (s["pool"], s["held"], s["t:web"]) == (25, 5, 5)
+    _, state = await store.snapshot(f"stock:{SKU}")
+    assert state["pool"] == 25
+    expired = await shoppers[0].op(rules.COMMIT, rid="c0/1")
+    assert expired.code == "unknown_reservation"  # returned: nothing left to commit

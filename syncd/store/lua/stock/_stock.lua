@@ -95,12 +95,7 @@ local function stock_view(S)
         sold = mp(S.sold), atp = mp_map(sorted_keys(atp), atp), allot = mp_map(sorted_keys(allot), allot)})
 end
 
--- Check the invariant, write the stock hash, append the event: the op's last step.
-local function stock_finish(K, p, S, result_enc)
-    if not invariant(S) then
-        return reject(K.dedup, p, 'internal', 'the op would break the stock invariant')
-    end
-    local topic = {meta = topic_read(K.top), empty = S.fresh}
+local function stock_save(K, S)
     local fields = {'on_hand', fmt(S.on_hand), 'pool', fmt(S.pool), 'sold', fmt(S.sold), 'held', fmt(S.held),
         'limit', fmt(S.limit)}
     for prefix, t in pairs({['q:'] = S.q, ['t:'] = S.t, ['a:'] = S.a}) do
@@ -109,6 +104,15 @@ local function stock_finish(K, p, S, result_enc)
         end
     end
     redis.call('HSET', K.stock, unpack(fields))
+end
+
+-- Check the invariant, write the stock hash, append the event: the op's last step.
+local function stock_finish(K, p, S, result_enc)
+    if not invariant(S) then
+        return reject(K.dedup, p, 'internal', 'the op would break the stock invariant')
+    end
+    local topic = {meta = topic_read(K.top), empty = S.fresh}
+    stock_save(K, S)
     return commit(K.dedup, K.top, K.log, p, result_enc, stock_view(S), nil, topic)
 end
 
