@@ -60,7 +60,9 @@ from clients.models import (
 )
 from clients.store import SQLiteOutbox
 from clients.streams import RejectionStream, rejection_of
+from clients.types import TopicHandle, handle_type
 from clients.types.cart import Cart
+from clients.types.stock import Stock
 from protocol import codec, frames
 from protocol import topics as topic_names
 from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
@@ -196,7 +198,7 @@ class SyncClient:
         self._clock = clock
         self._store: SQLiteOutbox | None = None
         self._engine_: SyncEngine | None = None
-        self._carts: dict[str, Cart] = {}
+        self._topic_handles: dict[str, TopicHandle] = {}
         self._handles: weakref.WeakValueDictionary[int, OpHandle] = weakref.WeakValueDictionary()
         self._requests: list[tuple[str, dict[str, Any], asyncio.Future[OpHandle]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -266,7 +268,8 @@ class SyncClient:
                 view = engine.load_topic(record)
                 async for op in store.load_overlay(record.topic, record.reflected):
                     engine.add_overlay(view, op)
-                self._carts.setdefault(record.topic, Cart(self, record.topic.partition(":")[2]))
+                key = record.topic.partition(":")[2]
+                self._topic_handles.setdefault(record.topic, handle_type(record.topic)(self, key))
         except BaseException:
             await store.close()
             raise
@@ -291,8 +294,8 @@ class SyncClient:
         await self._persist()
         self._closed = True
         self._gate.close(ClientClosed("the client closed before the hub answered; the ops stay stored"))
-        for cart in self._carts.values():
-            cart._close()
+        for handle in self._topic_handles.values():
+            handle._close()
         for stream in list(self._rejection_streams):
             stream.close()
         self._status_changed.set()
@@ -342,13 +345,25 @@ class SyncClient:
         """The cart of ``member``, synced from now on (and across restarts) until unsubscribed."""
         if not topic_names.is_valid_key(member):
             raise ValueError(f"member ids are 1-64 of [A-Za-z0-9._@-], not {member[:64]!r}")
-        topic = f"cart:{member}"
-        self._engine.subscribe(topic)
-        cart = self._carts.get(topic)
-        if cart is None:
-            cart = self._carts[topic] = Cart(self, member)
-        self._nudge()
+        cart = self._topic_handle(f"cart:{member}", member)
+        assert isinstance(cart, Cart)
         return cart
+
+    def stock(self, sku: str) -> Stock:
+        """The stock of ``sku``, synced from now on (and across restarts) until unsubscribed."""
+        if not topic_names.is_valid_key(sku):
+            raise ValueError(f"SKUs are 1-64 of [A-Za-z0-9._@-], not {sku[:64]!r}")
+        stock = self._topic_handle(f"stock:{sku}", sku)
+        assert isinstance(stock, Stock)
+        return stock
+
+    def _topic_handle(self, topic: str, key: str) -> TopicHandle:
+        self._engine.subscribe(topic)
+        handle = self._topic_handles.get(topic)
+        if handle is None:
+            handle = self._topic_handles[topic] = handle_type(topic)(self, key)
+        self._nudge()
+        return handle
 
     @property
     def status(self) -> Status:
@@ -502,12 +517,12 @@ class SyncClient:
         while self._committer is not None and not self._committer.done():
             await self._committer
 
-    async def _unsubscribe(self, cart: Cart) -> None:
-        self._engine.unsubscribe(cart.topic)
-        self._carts.pop(cart.topic, None)
-        cart._close()
+    async def _unsubscribe(self, handle: TopicHandle) -> None:
+        self._engine.unsubscribe(handle.topic)
+        self._topic_handles.pop(handle.topic, None)
+        handle._close()
         self._nudge()
-        await self._store_().remove_topic(cart.topic)
+        await self._store_().remove_topic(handle.topic)
 
     # -- internals: connection ----------------------------------------------------------------------------
 
@@ -821,9 +836,9 @@ class SyncClient:
             elif isinstance(event, SubscriptionFailed):
                 self._last_error = event.error
                 self._synced.set()  # wait_synced() waiters: this cart cannot be in sync, say so
-                cart = self._carts.get(event.error.topic)
-                if cart is not None:
-                    cart._notify(TopicChanged(event.error.topic, ChangeCause.SNAPSHOT, frozenset()), None)
+                handle = self._topic_handles.get(event.error.topic)
+                if handle is not None:
+                    handle._notify(TopicChanged(event.error.topic, ChangeCause.SNAPSHOT, frozenset()))
             elif isinstance(event, Notice):
                 if isinstance(event.error, OutboxStalled):
                     if isinstance(self._gate.error, OutboxStalled):
@@ -836,12 +851,11 @@ class SyncClient:
         self._check_synced()
 
     def _changed(self, change: TopicChanged) -> None:
-        cart = self._carts.get(change.topic)
+        cart = self._topic_handles.get(change.topic)
         if cart is None:
             return
-        conflict = CartConflict.from_wire(change.conflict) if change.conflict is not None else None
-        cart._notify(change, conflict)
-        if conflict is not None and self._on_conflict is not None:
+        conflict = cart._notify(change)
+        if conflict is not None and isinstance(cart, Cart) and self._on_conflict is not None:
             try:
                 result = self._on_conflict(cart, conflict)
                 if inspect.isawaitable(result):

@@ -682,7 +682,7 @@ class SyncEngine:
             self._send_sub(view)  # a gap or a new epoch: resume from what we have
             return
         dtype = view.datatype
-        known = ev.kind in dtype.ops
+        known = dtype.emits(ev.kind)
         if known:
             check_shape(ev.data, dtype.event, f"event {ev.kind} on {ev.topic}")
         if ev.conflict is not None and dtype.conflict is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -29,6 +29,8 @@ class OpArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """Base of every op's arguments: the member the op acts for, checked against the token's scope."""
 
     member: Key
+    admin: ClassVar[bool] = False
+    """Only an ``ops`` token may make this op (restock, quotas, …)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +49,12 @@ class DataType:
     state: type[msgspec.Struct]
     event: type[msgspec.Struct]
     conflict: type[msgspec.Struct] | None = None
+    events: frozenset[str] = frozenset()
+    """Event kinds besides its ops' (events no op causes, such as holds expiring); same ``event`` shape."""
+
+    def emits(self, kind: str) -> bool:
+        """Whether events of ``kind`` belong to this type (and carry its ``event`` shape)."""
+        return kind in self.ops or kind in self.events
 
     def topic_of(self, args: Mapping[str, Any] | OpArgs) -> str:
         """The topic an op with these (valid) arguments appends its event to, as a dict or as its struct."""

@@ -13,8 +13,9 @@ from protocol.datatype import DataType
 from protocol.errors import ErrorCode, OpRejected
 from protocol.topics import TopicKind
 from protocol.types.cart import CART
+from protocol.types.stock import STOCK
 
-TYPES: Final[dict[TopicKind, DataType]] = {t.kind: t for t in (CART,)}
+TYPES: Final[dict[TopicKind, DataType]] = {t.kind: t for t in (CART, STOCK)}
 """Topic kind -> its data type."""
 SERVED_KINDS: Final = frozenset(TYPES)
 """Topic kinds the hub serves and the SDK syncs."""

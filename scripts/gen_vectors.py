@@ -272,6 +272,46 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     (
+        "ack, stock.reserve applied: the reservation id and its expiry",
+        "server",
+        {"t": "ack", "seq": 13, "ok": True, "result": {"rid": "app-1/13", "until": 1764979200000}},
+    ),
+    (
+        "ack, rejection: the member is at their purchase limit for the SKU",
+        "server",
+        {
+            "t": "ack",
+            "seq": 14,
+            "ok": False,
+            "code": "purchase_limit_exceeded",
+            "message": "the member is at their purchase limit for this SKU",
+        },
+    ),
+    (
+        "ack, rejection: a till's sale beyond its store's allotment",
+        "server",
+        {
+            "t": "ack",
+            "seq": 15,
+            "ok": False,
+            "code": "allotment_exceeded",
+            "message": "the store's allotment holds fewer units",
+        },
+    ),
+    (
+        "ev, stock: available to promise per channel after a reservation",
+        "server",
+        {
+            "t": "ev",
+            "topic": "stock:SKU-1",
+            "cursor": ["e1", 8],
+            "kind": "stock.reserve",
+            "data": {"on_hand": 50, "pool": 41, "sold": 0, "atp": {"*": 41, "web": 12}, "allot": {"s1": 5}},
+            "at": 1764979200000,
+            "origin": ["app-1", 13],
+        },
+    ),
+    (
         "ack, replay of a rejected op: every field",
         "server",
         {

@@ -61,6 +61,7 @@ from syncd.rollup import Publisher
 from syncd.settings import ConfigError, Settings
 from syncd.store.keys import channel
 from syncd.store.redis_store import RedisStore
+from syncd.sweeper import sweep_forever
 
 log = logging.getLogger("syncd.app")
 
@@ -100,26 +101,27 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
-            watching = asyncio.create_task(
-                GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
-            )
-            publishing: asyncio.Task[None] | None = None
+            background = [  # hub-wide loops, stopped before the hub closes
+                asyncio.create_task(
+                    GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
+                ),
+                asyncio.create_task(sweep_forever(hub.store), name="syncd-sweeper"),
+            ]
+            publisher: Publisher | None = None
             if hub.metrics is not None:
                 hub.metrics.registry.register(
                     SessionCollector(hub.metrics, hub.sessions, hub.telemetry, hub.fanout.stats)
                 )
                 publisher = Publisher(hub, client)
-                publishing = asyncio.create_task(publisher.run(), name="syncd-dashboard-publisher")
+                background.append(asyncio.create_task(publisher.run(), name="syncd-dashboard-publisher"))
             try:
                 yield
             finally:
-                watching.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watching
-                if publishing is not None:
-                    publishing.cancel()
+                for task in background:
+                    task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await publishing
+                        await task
+                if publisher is not None:
                     await publisher.withdraw()
                 await hub.close()
                 await hub.fanout.close()

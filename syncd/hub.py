@@ -24,7 +24,7 @@ from protocol.registry import SERVED_KINDS
 from protocol.snapshots import encode_snapshot
 from protocol.topics import parse_topic
 from syncd.admission import Admission
-from syncd.auth import Principal, TokenVerifier
+from syncd.auth import Principal, Role, TokenVerifier
 from syncd.fanout import Fanout
 from syncd.metrics import Metrics
 from syncd.session import RateLimit, Session, Subscription
@@ -379,10 +379,20 @@ class Ticker:
 
 
 def _scope_check(principal: Principal) -> Callable[[OpArgs], None]:
-    """Ops act for a member: the token must hold it (a rejection, settled like any other)."""
+    """Ops act for a member: the token must hold it (a rejection, settled like any other); admin ops need an
+    ``ops`` token, and an op's ``channel`` or ``store`` must be the token's own."""
 
     def check(args: OpArgs) -> None:
         if not principal.may_act_for(args.member):
             raise OpRejected(ErrorCode.NOT_PERMITTED, "member outside the token's scope")
+        if principal.role is Role.OPS:
+            return
+        if args.admin:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "an ops token is needed for this op")
+        # An op acting through a channel or a store acts through the token's own (PROTOCOL.md §18).
+        if getattr(args, "channel", principal.channel) != principal.channel:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "channel is not the token's")
+        if getattr(args, "store", principal.store) != principal.store:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "store is not the token's")
 
     return check

@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from clients.types import VIEWS, view_type
+from clients.types import HANDLES, VIEWS, handle_type, view_type
 from clients.types.base import op_topic
 from protocol import registry
 from protocol.errors import OpRejected, ProtocolError
@@ -22,7 +22,7 @@ DISPATCHERS = ("syncd/hub.py", "syncd/session.py", "syncd/store/redis_store.py",
 
 
 def test_every_type_has_a_store_type_and_a_view() -> None:
-    assert set(STORE_TYPES) == set(registry.TYPES) == set(VIEWS) == registry.SERVED_KINDS
+    assert set(STORE_TYPES) == set(registry.TYPES) == set(VIEWS) == set(HANDLES) == registry.SERVED_KINDS
     for kind, dtype in registry.TYPES.items():
         assert STORE_TYPES[kind].datatype is dtype
         assert VIEWS[kind].datatype is dtype
@@ -62,6 +62,8 @@ def test_an_unknown_op_or_topic_is_refused_by_every_lookup() -> None:
         assert for_topic(kind) is None
         with pytest.raises(ValueError, match="does not sync"):
             view_type(f"{kind.value}:x")
+        with pytest.raises(ValueError, match="does not sync"):
+            handle_type(f"{kind.value}:x")
 
 
 def test_an_op_names_its_topic_by_its_types_key_field() -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
-from clients.events import TopicRecord
+from clients.events import TopicChanged, TopicRecord
+from clients.models import CartConflict
 from protocol import frames, registry
 from protocol.datatype import DataType, check_shape
 from protocol.errors import ErrorCode, ProtocolError, SyncError
@@ -28,6 +29,17 @@ def op_topic(kind: str, args: Mapping[str, Any]) -> str:
     if kind not in registry.op_kinds():
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"the SDK cannot predict op kind {kind[:64]!r}")
     return registry.for_op(kind).topic_of(args)
+
+
+class TopicHandle(Protocol):
+    """What the client needs of a type's public handle (``client.cart(m)``, ``client.stock(sku)``)."""
+
+    topic: str
+
+    def _notify(self, change: TopicChanged) -> CartConflict | None:
+        """Tell the handle's readers; the conflict the change reports, for the client's conflict hook."""
+
+    def _close(self) -> None: ...
 
 
 class LocalView(abc.ABC):

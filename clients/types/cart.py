@@ -340,7 +340,7 @@ class Cart:
         return await self._client._submit("cart.clear", self._args())
 
     def _args(self, **args: Any) -> dict[str, Any]:
-        if self._client._carts.get(self.topic) is not self:
+        if self._client._topic_handles.get(self.topic) is not self:
             raise ValueError(f"{self.topic} was unsubscribed: get the cart again with client.cart()")
         out: dict[str, Any] = {"member": self.member}
         for key, value in args.items():
@@ -407,9 +407,11 @@ class Cart:
             kind=p.kind,
         )
 
-    def _notify(self, change: TopicChanged, conflict: CartConflict | None) -> None:
+    def _notify(self, change: TopicChanged) -> CartConflict | None:
+        conflict = CartConflict.from_wire(change.conflict) if change.conflict is not None else None
         for stream in list(self._streams):
             stream.push(change, conflict)
+        return conflict
 
     def _close(self) -> None:
         for stream in list(self._streams):

@@ -114,8 +114,8 @@ from syncd.settings import DURABILITY_MODES, Durability
 from syncd.store.keys import channel, client_slot, member_slot, topic_keys
 from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
-from syncd.types import StoreType, for_op, for_topic
-from syncd.types.base import EncodableArg
+from syncd.types import STORE_TYPES, StoreType, for_op, for_topic
+from syncd.types.base import EncodableArg, Sweep
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -129,6 +129,8 @@ LOG_MAX_BYTES: Final = 1024 * 1024
 """Encoded bytes of events a topic's history keeps, oldest dropped first: as much as the largest cart
 (:data:`protocol.cart.MAX_CART_BYTES`), since beyond it a reset snapshot costs a resuming client less than
 the missed events; and what keeps the history from growing with the size of each event times MAXLEN."""
+SWEEP_LIMIT: Final = 1000
+"""Changes one sweep applies per topic at most (the rest wait for the next sweep)."""
 HISTORY_LIMIT: Final = 500
 """Default number of events one :meth:`RedisStore.events_after` call returns."""
 FSYNC_TIMEOUT_MS: Final = 2000
@@ -653,6 +655,14 @@ class RedisStore:
         if stype is None:
             raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"no snapshot for {name.kind} topics yet")
         return await stype.snapshot(self._read_script, name, self._epochs.next())
+
+    async def sweep(self, limit: int = SWEEP_LIMIT) -> int:
+        """Apply every type's time-driven changes now due (holds expiring), each exactly once however many
+        hubs sweep; how many. Raises :class:`BackendUnavailable` when Redis is."""
+        log_argv = (self.log_maxlen, self.log_max_age_s * 1000, self.log_max_bytes)
+        sweep = Sweep(self._client, self._read_script, self._epochs.next, log_argv)
+        with _unavailable("sweep"):
+            return sum([await t.sweep(sweep, limit) for t in STORE_TYPES.values()])
 
     async def _read_script(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
         return await self._eval(name, keys, argv, wait=False)

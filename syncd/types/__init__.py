@@ -13,8 +13,9 @@ from protocol import registry
 from protocol.topics import TopicKind
 from syncd.types.base import StoreType
 from syncd.types.cart import CartStore
+from syncd.types.stock import StockStore
 
-STORE_TYPES: Final[dict[TopicKind, StoreType]] = {t.datatype.kind: t for t in (CartStore(),)}
+STORE_TYPES: Final[dict[TopicKind, StoreType]] = {t.datatype.kind: t for t in (CartStore(), StockStore())}
 
 
 def for_op(kind: str) -> StoreType:

@@ -9,6 +9,7 @@ and with KEYS ``[dedup hash, the type's own keys…, topic meta, topic stream]``
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeAlias
 
@@ -20,6 +21,18 @@ from syncd.store.keys import dedup_key, topic_keys, topic_slot
 EncodableArg: TypeAlias = bytes | str | int
 ScriptRunner: TypeAlias = Callable[[str, Sequence[str], Sequence[EncodableArg]], Awaitable[Any]]
 """``(script, KEYS, ARGV) -> reply``: runs one of the store's scripts (read-only use: snapshots)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sweep:
+    """What a type's periodic sweep may use: the Redis client (to find its keys), its scripts, a fresh
+    epoch for a topic that needs one, and the history bounds every event append takes."""
+
+    client: Any
+    run: ScriptRunner
+    epoch: Callable[[], str]
+    log_argv: tuple[int, int, int]
+    """``(maxlen, max_age_ms, max_bytes)`` of a topic's history."""
 
 
 class StoreType(abc.ABC):
@@ -38,8 +51,12 @@ class StoreType(abc.ABC):
     def keys(self, args: OpArgs, client_id: str) -> list[str]:
         """KEYS of an op script: dedup hash, the type's keys, then the topic's meta and stream."""
         topic = self.topic(args)
+        return [dedup_key(topic_slot(topic), client_id), *self.keys_after_dedup(topic)]
+
+    def keys_after_dedup(self, topic: TopicName) -> list[str]:
+        """The type's keys in the topic's slot, then the topic's meta and stream."""
         slot = topic_slot(topic)
-        return [dedup_key(slot, client_id), *(f"{slot}:{s}" for s in self.state_keys), *topic_keys(topic)]
+        return [*(f"{slot}:{s}" for s in self.state_keys), *topic_keys(topic)]
 
     def state_key(self, topic: TopicName) -> str:
         """The key holding a topic's state (``{m:M}:cart`` for ``cart:M``)."""
@@ -48,6 +65,11 @@ class StoreType(abc.ABC):
     @abc.abstractmethod
     def argv(self, args: OpArgs) -> list[EncodableArg]:
         """The op's own ARGV, after the common ones."""
+
+    async def sweep(self, sweep: Sweep, limit: int) -> int:
+        """Time-driven changes of this type (holds expiring), each applied exactly once by a script;
+        how many. Types without any: 0."""
+        return 0
 
     @abc.abstractmethod
     async def snapshot(

@@ -306,8 +306,11 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
         kind = mp(p.kind),
         data = data_enc,
         at = mp(at),
-        origin = mp_arr({mp(p.client), mp(p.seq)}),
+        origin = p.client and mp_arr({mp(p.client), mp(p.seq)}),
     }
+    if not p.client then -- an event no op caused (a hold expiring): no origin
+        keys[#keys] = nil
+    end
     if conflict_enc then
         keys[#keys + 1] = 'conflict'
         enc.conflict = conflict_enc
