@@ -96,15 +96,23 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
-            watching = asyncio.create_task(
-                GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
+            # On a single Redis a restart also drops the fan-out's connection, which closes every session
+            # (4003) and makes each resume meet the new generation: the watcher is for clusters, where one
+            # shard fails over while the fan-out's node stays up.
+            watching = (
+                asyncio.create_task(
+                    GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
+                )
+                if settings.redis_cluster
+                else None
             )
             try:
                 yield
             finally:
-                watching.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watching
+                if watching is not None:
+                    watching.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watching
                 await hub.close()
                 await hub.fanout.close()
         finally:
