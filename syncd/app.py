@@ -101,12 +101,13 @@ def create_app(settings: Settings) -> Starlette:
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
-            background = [  # hub-wide loops, stopped before the hub closes
-                asyncio.create_task(
-                    GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
-                ),
-                asyncio.create_task(sweep_forever(hub.store), name="syncd-sweeper"),
-            ]
+            background = [asyncio.create_task(sweep_forever(hub.store), name="syncd-sweeper")]
+            # On a single Redis a restart also drops the fan-out's connection, which closes every session
+            # (4003) and makes each resume meet the new generation: the watcher is for clusters, where one
+            # shard fails over while the fan-out's node stays up.
+            if settings.redis_cluster:
+                watcher = GenerationWatcher(client, hub.generation_changed)
+                background.append(asyncio.create_task(watcher.run(), name="syncd-generations"))
             publisher: Publisher | None = None
             if hub.metrics is not None:
                 hub.metrics.registry.register(
@@ -117,7 +118,7 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 yield
             finally:
-                for task in background:
+                for task in background:  # hub-wide loops, stopped before the hub closes
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task

@@ -9,6 +9,9 @@ reads every primary's replication id (``INFO replication``, what the scripts com
 — a replica promoted, a primary restarted — it asks the hub to resynchronise every subscription whose topic
 lives on that node. The resync's history read then meets the new generation and answers a reset snapshot.
 
+The hub runs it on a cluster only: on a single Redis, a restart also drops the fan-out's pub/sub connection,
+which closes every session (4003), and each resume then meets the new generation by itself.
+
 Any number of hubs may watch the same cluster: each resynchronises only its own sessions, and the epoch is
 decided by the scripts in Redis, never by a hub.
 """

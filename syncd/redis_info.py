@@ -76,6 +76,8 @@ class RedisStatus:
     error: str | None = None
     nodes: int | None = None
     """Cluster mode only: how many primaries were probed (all of them)."""
+    replicas: int | None = None
+    """Replicas online of the primary that has the fewest (what durability ``replicas`` can wait for)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form served under ``redis`` in ``/healthz``."""
@@ -322,6 +324,7 @@ def _weakest(nodes: list[RedisStatus]) -> RedisStatus:
         ),
         waitaof=all(node.waitaof for node in nodes),
         nodes=len(nodes),
+        replicas=min((node.replicas or 0 for node in nodes), default=0),
     )
 
 
@@ -330,6 +333,7 @@ async def _probe_node(client: RedisClient, node: ClusterNode | None) -> RedisSta
     target: dict[str, Any] = {} if node is None else {"target_nodes": node}
     server_info = await client.info("server", **target)
     persistence_info = await client.info("persistence", **target)
+    replication_info = await client.info("replication", **target)
     appendfsync = await _config_get(client, "appendfsync", target)
     save = await _config_get(client, "save", target)
     name = str(server_info.get("server_name") or "redis")
@@ -347,7 +351,15 @@ async def _probe_node(client: RedisClient, node: ClusterNode | None) -> RedisSta
             loading=bool(int(persistence_info.get("loading", 0))),
         ),
         waitaof=waitaof_supported(name, version),
+        replicas=sum(
+            1 for key, value in replication_info.items() if key.startswith("slave") and _online(value)
+        ),
     )
+
+
+def _online(value: Any) -> bool:
+    """An ``INFO replication`` ``slave<n>`` entry (parsed into a dict by redis-py) of a replica in sync."""
+    return isinstance(value, dict) and value.get("state") == "online"
 
 
 async def _config_get(client: RedisClient, name: str, target: dict[str, Any]) -> str | None:
@@ -430,6 +442,12 @@ def check_durability(mode: Durability, status: RedisStatus) -> list[str]:
             raise ConfigError(f"{var}=fsync needs the Redis server to run with appendonly yes")
         return []
     warnings = []
+    if mode == "replicas" and not status.replicas:
+        # A warning, not a refusal: a replica may be restarting. Until one is back, every op is unavailable.
+        warnings.append(
+            f"{var}=replicas but a primary has no replica online: every op it serves is answered unavailable "
+            f"until one is (or set {var}=script)"
+        )
     if not persistence.aof and persistence.rdb is False:
         warnings.append(
             "Redis has no persistence (appendonly no, no save points): a Redis restart loses all state"

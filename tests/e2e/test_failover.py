@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -40,6 +41,9 @@ from tests.e2e.test_faults import Ledger, open_until_welcomed, origins_in, reply
 
 pytestmark = pytest.mark.e2e
 NODE_TIMEOUT_MS = 2000
+QUIET_S = 5.0
+"""With ``script`` durability the subscriber cannot know how many ops to expect: it stops after this long
+without a frame once the writers are done."""
 FREEZE_S = 3 * NODE_TIMEOUT_MS / 1000
 """Past the node timeout, long enough for the replica to be promoted before the old primary wakes."""
 
@@ -83,13 +87,29 @@ class Run:
     ops: int
     """Per writer, at most 48: its ops add to 3 lines, and past 16 dots a line folds the oldest into one
     base dot, which no longer names the ops (:func:`origins_in` could not count them)."""
+    durability: str = "replicas"
+    """``script`` measures what that level loses (asynchronous replication): a writer whose acked ops were
+    lost finds the hub's watermark below them and stops there (what its app does then is not this test's)."""
+
+
+class Forgetful(Ledger):
+    """A ledger for ``script`` durability: the hub may have lost acked ops, and with them the watermark."""
+
+    regressed = False
+
+    def welcomed(self, client: WireClient) -> None:
+        assert client.welcome is not None
+        self.regressed |= client.welcome.last_seq < self.acked
+        self.welcomes.append(client.welcome.last_seq)
 
 
 async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Run) -> dict[str, int]:
     """Write, fault, check; returns the figures."""
-    env = {"SYNCD_REDIS_CLUSTER": "1", "SYNCD_REDIS_TIMEOUT_MS": "3000"}
+    env = {"SYNCD_REDIS_CLUSTER": "1", "SYNCD_REDIS_TIMEOUT_MS": "3000", "SYNCD_DURABILITY": run.durability}
     hubs: list[HubProcess] = [hub_factory(cluster.primaries[i].url, **env) for i in (1, 2)]
-    assert all(hub.healthz()["durability"]["mode"] == "replicas" for hub in hubs)
+    assert all(hub.healthz()["durability"]["mode"] == run.durability for hub in hubs)
+    exact = run.durability == "replicas"
+    kind = Ledger if exact else Forgetful
     turn = itertools.count()
 
     def next_hub() -> str:
@@ -100,7 +120,7 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
     placed = members_on(cluster.primaries, per_node + 1)
     idle_member = next(member for member, node in placed if node == victim)
     placed = [(member, node) for member, node in placed if member != idle_member][: per_node * 3]
-    ledgers = [Ledger(f"w{i}", member, run.ops) for i, (member, _) in enumerate(placed)]
+    ledgers = [kind(f"w{i}", member, run.ops) for i, (member, _) in enumerate(placed)]
     # A cart on the victim written once, before the fault, and never again: no new event will tell its
     # subscribers that the shard has a new history; the hubs' generation watcher must.
     idle = Ledger("idler", idle_member, 1)
@@ -122,6 +142,8 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
         while seq <= ledger.n:
             if client is None:
                 client = await open_until_welcomed(next_hub, ledger, attempts=600)
+                if isinstance(ledger, Forgetful) and ledger.regressed:
+                    break
             try:
                 await client.send(ledger.op(seq))
                 ledger.sent = max(ledger.sent, seq)
@@ -131,6 +153,9 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
                 client = None
                 await asyncio.sleep(0.05)
                 continue
+            if isinstance(answer, frames.Error) and answer.code == ErrorCode.SEQ_GAP and not exact:
+                ledger.errors[answer.code] += 1
+                break  # acked ops were lost with the watermark (another connection of ours saw it first)
             if isinstance(answer, frames.Error):  # outcome unknown: resend the same op
                 assert (answer.code, answer.ref) == (ErrorCode.UNAVAILABLE, seq), answer
                 ledger.errors[answer.code] += 1
@@ -154,11 +179,17 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
     resets: collections.Counter[str] = collections.Counter()
     writing = asyncio.Event()
 
+    last_frame = [time.monotonic()]
+
     def complete() -> bool:
+        """Writers done, the idle cart reset, and every op seen (or, when ops may be lost, a quiet while)."""
         return (
             not writing.is_set()
-            and all(len(seen[t]) >= ledger.n for t, ledger in topics.items())
             and resets[idle_topic] > 0
+            and (
+                all(len(seen[t]) >= ledger.n for t, ledger in topics.items())
+                or (not exact and time.monotonic() - last_frame[0] > QUIET_S)
+            )
         )
 
     async def watch() -> None:
@@ -181,6 +212,7 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
                         frame = await client.recv(1)
                     except TimeoutError:
                         continue
+                    last_frame[0] = time.monotonic()
                     if isinstance(frame, frames.Snapshot):
                         held = cursors[frame.topic]
                         if frame.state is not None:  # a first snapshot, or a reset: the state is the truth
@@ -245,8 +277,9 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
         applied = [origin.seq for origin in origins_in(snap.state)]
         lost += len(set(ledger.acks) - set(applied))
         doubled += len(applied) - len(set(applied))
-        assert set(ledger.acks) == set(range(1, ledger.n + 1))  # every op acked in the end
-        assert sorted(applied) == list(range(1, ledger.n + 1)), f"{topic}: lost or doubled"
+        if exact:
+            assert set(ledger.acks) == set(range(1, ledger.n + 1))  # every op acked in the end
+            assert sorted(applied) == list(range(1, ledger.n + 1)), f"{topic}: lost or doubled"
         assert seen[topic] == origins_in(snap.state), f"{topic}: the subscriber's view diverged silently"
     await checker.close()
     figures = {
@@ -259,8 +292,9 @@ async def failover_under_load(cluster: Cluster, hub_factory: HubFactory, run: Ru
         "doubled": doubled,
         "resets": sum(resets.values()),
     }
-    print(f"failover: {run.fault} durability=replicas {figures}")
-    assert (lost, doubled) == (0, 0)
+    print(f"failover: {run.fault} durability={run.durability} {figures}")
+    assert doubled == 0
+    assert lost == 0 or not exact
     assert figures["unavailable"] > 0, "no op met the fault: the run proved nothing"
     return figures
 
@@ -276,3 +310,12 @@ async def test_a_killed_primary_loses_no_acked_op_and_no_subscriber_diverges(
     cluster: Cluster, hub_factory: HubFactory
 ) -> None:
     await failover_under_load(cluster, hub_factory, Run("kill", writers=18, ops=40))
+
+
+@pytest.mark.slow
+async def test_with_script_durability_a_frozen_primary_may_lose_acked_ops_but_no_subscriber_diverges(
+    cluster: Cluster, hub_factory: HubFactory
+) -> None:
+    """What README promises for ``script`` under failover: acked ops may be lost (the figure is printed),
+    never doubled, and every subscriber still ends with the carts as they are."""
+    await failover_under_load(cluster, hub_factory, Run("sigstop", writers=9, ops=40, durability="script"))

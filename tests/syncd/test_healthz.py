@@ -37,6 +37,7 @@ def test_healthz_reports_server_version_and_persistence(redis_server: EmbeddedRe
         "mode": "standalone",
         "persistence": {"aof": True, "appendfsync": "everysec", "rdb": False, "loading": False},
         "waitaof": waitaof_supported(redis_server.name, redis_server.version),
+        "replicas": 0,
     }
     assert body["durability"]["mode"] == "script"
     assert "appendfsync everysec" in body["durability"]["guarantee"]
@@ -130,6 +131,15 @@ def test_fsync_durability_needs_waitaof(server: str, version: str, supported: bo
     else:
         with pytest.raises(ConfigError, match="WAITAOF"):
             check_durability("fsync", status)
+
+
+def test_replicas_durability_without_a_replica_online_is_served_degraded(redis_server: EmbeddedRedis) -> None:
+    """Every op would be unavailable: the hub says why, in its log and in /healthz."""
+    with TestClient(create_app(settings_for(redis_server, durability="replicas"))) as http:
+        body = http.get("/healthz").json()
+    assert body["status"] == "degraded" and body["redis"]["replicas"] == 0
+    assert any("no replica online" in warning for warning in body["warnings"])
+    assert body["durability"]["mode"] == "replicas" and "WAIT" in body["durability"]["guarantee"]
 
 
 def test_create_app_needs_a_redis_url() -> None:
