@@ -57,7 +57,7 @@ from syncd.redis_info import (
     probe,
 )
 from syncd.revocation import REVOKED_CHANNEL, Revocations
-from syncd.rollup import Publisher
+from syncd.rollup import WATCH_CHANNEL, Publisher, Watch
 from syncd.settings import ConfigError, Settings
 from syncd.store.keys import channel
 from syncd.store.redis_store import RedisStore
@@ -99,7 +99,8 @@ def create_app(settings: Settings) -> Starlette:
                 durability_guarantee(settings.ack_durability, status),
             )
             app.state.redis = client
-            hub = await _start_hub(settings, client, redis_url)
+            watch = Watch()
+            hub = await _start_hub(settings, client, redis_url, watch)
             app.state.hub = hub
             background = [asyncio.create_task(sweep_forever(hub.store), name="syncd-sweeper")]
             # On a single Redis a restart also drops the fan-out's connection, which closes every session
@@ -113,7 +114,7 @@ def create_app(settings: Settings) -> Starlette:
                 hub.metrics.registry.register(
                     SessionCollector(hub.metrics, hub.sessions, hub.telemetry, hub.fanout.stats)
                 )
-                publisher = Publisher(hub, client)
+                publisher = Publisher(hub, client, watch)
                 background.append(asyncio.create_task(publisher.run(), name="syncd-dashboard-publisher"))
             try:
                 yield
@@ -178,7 +179,7 @@ def _has_credentials(query: bytes) -> bool:
     return not names.isdisjoint(CREDENTIAL_PARAMS)
 
 
-async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
+async def _start_hub(settings: Settings, client: Any, redis_url: str, watch: Watch) -> Hub:
     """The service layer over the store, with its own pub/sub connection for fan-out."""
     store = RedisStore(
         client,
@@ -200,6 +201,7 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
         log.warning("could not read the revoked clients yet: %s", exc)
     fanout = Fanout(node_connector(redis_url, client), channel)
     fanout.control(REVOKED_CHANNEL, revocations.receive, revocations.load)
+    fanout.control(WATCH_CHANNEL, watch.heard)  # a dashboard page is open somewhere: publish figures
     hub = Hub(settings, store, fanout, token_verifier(settings, revocations))
     revocations.on_revoked = hub.end_revoked
     await fanout.start()

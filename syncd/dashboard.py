@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from syncd.auth import AuthError, Principal, Role, principal_from_claims
 from syncd.hub import Hub
-from syncd.rollup import INTERVAL_S, Board
+from syncd.rollup import INTERVAL_S, WATCH_EVERY_S, Board, announce
 
 COOKIE: Final = "syncd_ops"
 ASSETS: Final = {
@@ -126,7 +126,11 @@ async def feed(websocket: WebSocket) -> None:
         return
     board = Board(hub.settings)
     redis = websocket.app.state.redis
+    announced = 0.0
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         while True:
-            await websocket.send_json(await board.read(redis))
+            if time.monotonic() - announced >= WATCH_EVERY_S:
+                await announce(redis)  # every hub process publishes its figures while a page watches
+                announced = time.monotonic()
             await asyncio.sleep(INTERVAL_S)
+            await websocket.send_json(await board.read(redis))

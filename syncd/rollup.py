@@ -7,6 +7,11 @@ per process, and whichever process serves the page folds all fresh fields togeth
 from the difference of each process's counters between two reads, latency as the worst any process saw,
 fleet and log merged. A process that stops publishing drops out after :data:`STALE_MS`.
 
+Processes publish only while someone watches: a page's feed announces itself on :data:`WATCH_CHANNEL` every
+:data:`WATCH_EVERY_S`, which every process hears through its fan-out connection (:class:`Watch`). A hub nobody
+watches sends Redis nothing for the dashboard, so its idle pool connections are still closed
+(``SYNCD_REDIS_IDLE_S``).
+
 Alerts are judged on the folded figures over ``alert_window_s``: a channel's p99 sync latency above
 ``alert_sync_p99_ms``, or rejected and refused ops above ``alert_failure_rate`` of all ops (once at least
 :data:`MIN_OPS_FOR_RATE` ops were seen, so one bad op of two is no 50 % outage). An alert clears as soon as
@@ -36,6 +41,10 @@ INTERVAL_S: Final = 1.0
 STALE_MS: Final = 5_000
 """A process whose figures are older than this is counted as gone."""
 KEY_TTL_MS: Final = 60_000
+WATCH_CHANNEL: Final = "syncd:dashboard:watch"
+WATCH_EVERY_S: Final = 5.0
+WATCH_TTL_MS: Final = 15_000
+"""Processes keep publishing this long after the last announcement (three announcements may be lost)."""
 MIN_OPS_FOR_RATE: Final = 20
 FLEET_ROWS: Final = 200
 LOG_ROWS: Final = 200
@@ -82,16 +91,40 @@ def snapshot(hub: Hub, hub_id: str) -> dict[str, Any]:
     }
 
 
-class Publisher:
-    """Writes this process's figures to Redis every :data:`INTERVAL_S`, until cancelled."""
+class Watch:
+    """Whether a dashboard page is open on any hub process: set by the announcements the fan-out hears."""
 
-    def __init__(self, hub: Hub, redis: Any) -> None:
+    def __init__(self) -> None:
+        self.until_ms = 0
+
+    def heard(self, data: bytes) -> None:
+        self.until_ms = _now_ms() + WATCH_TTL_MS
+
+    @property
+    def active(self) -> bool:
+        return _now_ms() < self.until_ms
+
+
+async def announce(redis: Any) -> None:
+    """Tell every hub process that a page is watching (its feed calls this every :data:`WATCH_EVERY_S`)."""
+    with contextlib.suppress(Exception):  # Redis away: the page shows it
+        await redis.publish(WATCH_CHANNEL, b"1")
+
+
+class Publisher:
+    """Writes this process's figures to Redis every :data:`INTERVAL_S` while a page watches."""
+
+    def __init__(self, hub: Hub, redis: Any, watch: Watch) -> None:
         self.hub = hub
         self.redis = redis
+        self.watch = watch
         self.hub_id = uuid.uuid4().hex[:12]
 
     async def run(self) -> None:
         while True:
+            if not self.watch.active:
+                await asyncio.sleep(INTERVAL_S)
+                continue
             try:
                 data = json.dumps(snapshot(self.hub, self.hub_id), separators=(",", ":"))
                 async with self.redis.pipeline(transaction=False) as pipe:

@@ -1,13 +1,14 @@
 // A time-series line chart drawn as SVG: the dashboard's only chart, so a few dozen lines of our own
 // instead of a library to vendor. Keeps the last `span` seconds of points per series; an optional
-// threshold draws as a dashed red line, and the y axis always shows it.
+// threshold draws as a dashed red line, and the y axis always shows it (unless a fixed max is given).
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
 
 export class LineChart {
-  constructor(svg, { span = 120, threshold = null, unit = "" } = {}) {
+  constructor(svg, { span = 120, threshold = null, unit = "", max = null } = {}) {
     this.svg = svg;
+    this.max = max; // a fixed top of the y axis (100 for a percentage), else the data's maximum
     this.span = span * 1000;
     this.threshold = threshold;
     this.unit = unit;
@@ -31,7 +32,7 @@ export class LineChart {
     const width = 600, height = 140, left = 44, bottom = 16;
     let max = this.threshold ?? 0;
     for (const points of this.series.values()) for (const [, v] of points) max = Math.max(max, v);
-    max = max > 0 ? max * 1.15 : 1;
+    max = this.max ?? (max > 0 ? max * 1.15 : 1);
     const x = (t) => left + ((t - (now - this.span)) / this.span) * (width - left);
     const y = (v) => (height - bottom) * (1 - v / max);
     const parts = [];

@@ -100,7 +100,7 @@ function connect() {
 
 window.addEventListener("DOMContentLoaded", () => {
   charts.latency = new LineChart($("latency-chart"), { threshold: 500, unit: " ms" });
-  charts.success = new LineChart($("success-chart"), { unit: " %" });
+  charts.success = new LineChart($("success-chart"), { unit: " %", max: 100 });
   charts.ops = new LineChart($("ops-chart"));
   $("filter-channel").addEventListener("input", renderLog);
   $("filter-store").addEventListener("input", renderLog);

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
+import redis
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -10,6 +14,7 @@ from syncd.app import create_app
 from syncd.auth import mint_token
 from syncd.dashboard import COOKIE
 from syncd.embedded import EmbeddedRedis
+from syncd.rollup import KEY
 from syncd.settings import Settings
 
 SECRET = "dashboard-secret-" + "s" * 32
@@ -79,3 +84,22 @@ def test_the_feed_refuses_a_handshake_without_the_cookie_or_from_another_origin(
             state = ws.receive_json()
         assert state["redis_ok"] is True
         assert state["alert_sync_p99_ms"] == 500
+
+
+def test_a_hub_publishes_its_figures_only_while_a_page_watches_and_withdraws_them_on_stop(
+    redis_server: EmbeddedRedis,
+) -> None:
+    store = redis.Redis.from_url(redis_server.url)
+    with app_for(redis_server) as http:
+        time.sleep(1.5)
+        assert store.hlen(KEY) == 0  # nobody watches: nothing written
+        http.cookies.set(COOKIE, ops_token())
+        with http.websocket_connect("/dashboard/feed") as ws:
+            state = ws.receive_json()
+            while state["hubs"] == 0:  # the first read may come before the hub's first publication
+                state = ws.receive_json()
+        assert state["hubs"] == 1 and state["fanout_ok"] is True
+        (published,) = store.hvals(KEY)
+        assert json.loads(published)["counters"] == {}
+    assert store.hlen(KEY) == 0
+    store.close()

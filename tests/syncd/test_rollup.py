@@ -6,7 +6,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from syncd.rollup import MIN_OPS_FOR_RATE, STALE_MS, Board
+from syncd.rollup import MIN_OPS_FOR_RATE, STALE_MS, WATCH_TTL_MS, Board, Watch
 from syncd.settings import Settings
 from tests.e2e.harness import free_port
 
@@ -76,3 +76,12 @@ async def test_an_unreadable_redis_is_shown_not_raised() -> None:
     finally:
         await client.aclose()
     assert state["redis_ok"] is False and state["alerts"] == []
+
+
+def test_a_watch_is_active_for_a_while_after_each_announcement_only() -> None:
+    watch = Watch()
+    assert not watch.active
+    watch.heard(b"1")
+    assert watch.active
+    watch.until_ms -= WATCH_TTL_MS
+    assert not watch.active
