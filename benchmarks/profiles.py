@@ -45,6 +45,10 @@ class Profile:
     """``replay``: ops queued offline, then replayed on reconnect."""
     replay_pending: int = 100_000
     """``replay``: ops pending in the outbox when the client's memory is measured."""
+    isolation_ops: int = 1000
+    """``isolation``: the victim's ops (one at a time) in each scenario."""
+    isolation_warmup_s: float = 2.0
+    """``isolation``: how long an attack runs before the victim starts measuring."""
     quiet_wait_s: float = 30.0
     """Before measuring a system, wait up to this long for the machine to be idle (other users' work)."""
     rounds: int = 2
@@ -66,6 +70,8 @@ QUICK = Profile(
     conns_settle_s=0.5,
     replay_ops=3000,
     replay_pending=20_000,
+    isolation_ops=300,
+    isolation_warmup_s=1.0,
     quiet_wait_s=0.0,
     rounds=1,
 )
@@ -86,6 +92,8 @@ SMOKE = Profile(
     conns_settle_s=0.3,
     replay_ops=300,
     replay_pending=2000,
+    isolation_ops=30,
+    isolation_warmup_s=0.3,
     quiet_wait_s=0.0,
     rounds=1,
 )

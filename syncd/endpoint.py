@@ -5,6 +5,11 @@ It moves bytes and time between the socket and the protocol object, and hands ea
 time, so a client's ops are applied in order and a busy client is slowed by its own backlog), the writer (the
 session's send queue → socket) and the timer (heartbeat and handshake deadlines). A client's fault ends its
 own connection with a close code and one log line; nothing it sends can raise into the event loop.
+
+The work a connection causes is charged to its :class:`~syncd.pacing.Pacer` (the transport's, shared through
+:data:`~syncd.transport.PACER`): decoding each frame as measured, each op at :data:`~syncd.pacing.OP_COST_S`.
+A connection over its share waits before its next frame is read or its next ops are applied, so a flood
+slows its sender, not the hub. Connections are admitted under the caps of :mod:`syncd.admission`.
 """
 
 from __future__ import annotations
@@ -12,17 +17,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import codec, frames
 from protocol.codec import Limits
-from protocol.connection import CloseRequested, FrameReceived, HelloReceived, Refused, ServerProtocol
+from protocol.connection import (
+    CloseRequested,
+    FrameReceived,
+    HelloReceived,
+    Refused,
+    ServerProtocol,
+    StatsReceived,
+)
 from protocol.errors import CloseCode
 from syncd.auth import AuthError
 from syncd.hub import Hub, now_ms
+from syncd.pacing import OP_COST_S, Pacer
 from syncd.session import Session
-from syncd.transport import RAW_SEND
+from syncd.transport import CLOSE_GRACE_S, PACER, RAW_SEND
 
 log = logging.getLogger("syncd.endpoint")
 
@@ -36,18 +50,26 @@ async def endpoint(websocket: WebSocket) -> None:
         log.info("refused a connection from origin %r", (origin or "")[:100])
         await websocket.close(CloseCode.FORBIDDEN_ORIGIN, "origin not allowed")
         return
+    address = websocket.client.host if websocket.client is not None else ""
+    if not hub.admission.enter_pending(address):
+        log.debug("refused a connection: too many awaiting hello from %s", address)
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, "too many connections awaiting hello")
+        return
     proto = ServerProtocol(
         now_ms(),
         limits=Limits(max_frame=settings.max_frame),
         heartbeat_ms=settings.heartbeat_ms,
+        handshake_timeout_ms=settings.handshake_timeout_ms,
         max_batch=settings.max_batch,
     )
-    conn = _Connection(websocket, hub, proto)
+    conn = _Connection(websocket, hub, proto, address)
     await conn.run()
 
 
 MAX_WAITING = 64
 """Request frames queued on one connection before the reader stops reading (back-pressure on the client)."""
+ABNORMAL_CLOSE = 1006
+"""What a connection that ended without a close frame is logged and counted as (RFC 6455 §7.1.5)."""
 COALESCE_MAX = 1024
 """Ops from consecutive waiting frames applied as one store batch."""
 
@@ -56,10 +78,14 @@ class _Connection:
     """One websocket: the reader (this ASGI task), a worker that serves requests in order, the session's
     writer, and a tick from the hub's shared ticker (heartbeats, handshake timeout, token expiry)."""
 
-    def __init__(self, websocket: WebSocket, hub: Hub, proto: ServerProtocol) -> None:
+    def __init__(self, websocket: WebSocket, hub: Hub, proto: ServerProtocol, address: str) -> None:
         self.ws = websocket
         self.hub = hub
         self.proto = proto
+        self.pacer: Pacer = websocket.scope.get("extensions", {}).get(PACER) or Pacer()
+        self._pending_address: str | None = address
+        """Counted by the admission caps until the hello is accepted."""
+        self._forcing = False
         self.session: Session | None = None
         self.closing: tuple[int, str] | None = None
         self._pre_session: list[bytes] = []
@@ -67,6 +93,8 @@ class _Connection:
         self._room: asyncio.Event | None = None  # made when the reader first has to wait
         self._worker: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._peer_code = ABNORMAL_CLOSE
+        """The close code the client sent, when it closed first (for the log and metrics)."""
 
     async def run(self) -> None:
         self.hub.ticker.add(self)
@@ -78,8 +106,12 @@ class _Connection:
                 self._worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._worker
+            if self._pending_address is not None:
+                self.hub.admission.leave_pending(self._pending_address)
             if self.session is not None:
-                self.hub.close_session(self.session)
+                code = self.session.close_code or (self.closing[0] if self.closing else self._peer_code)
+                self.hub.close_session(self.session, code)
+                self.hub.admission.close_client(self.session.principal.client_id)
 
     # -- reader -----------------------------------------------------------------------------------------
 
@@ -88,13 +120,17 @@ class _Connection:
             while self.closing is None:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    self._peer_code = message.get("code", ABNORMAL_CLOSE)
                     return
                 data = message.get("bytes")
                 if data is None:
                     self._close(CloseCode.PROTOCOL_ERROR, "frames are binary messages")
                 else:
+                    started = self.pacer.start_turn()
                     self.proto.receive_data(data, now_ms())
+                    self.pacer.charge(started, frames=1)
                     await self._process()
+                    await self._pace()
                 if self.session is None and self._pre_session:  # e.g. an err frame before the hello
                     pending, self._pre_session = self._pre_session, []
                     for frame in pending:
@@ -107,7 +143,8 @@ class _Connection:
             # Closing: before a session exists there is no writer; flush directly.
             if self.session is None:
                 await self._flush_and_close(self._pre_session)
-        except WebSocketDisconnect:
+        except WebSocketDisconnect as exc:
+            self._peer_code = exc.code
             return
         finally:
             if self.session is not None and self.closing is not None:
@@ -120,6 +157,12 @@ class _Connection:
                 self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._writer
+
+    async def _pace(self) -> None:
+        """Wait while this connection is over its share of the hub's time."""
+        delay = self.pacer.delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _process(self) -> None:
         """Act on the protocol's events (acting may produce more, e.g. a refused hello), then pass its
@@ -136,7 +179,8 @@ class _Connection:
                     self._emit()
                     self._close(event.code, event.reason)
                     return
-                # StatsReceived: reported to metrics by a later release
+                elif isinstance(event, StatsReceived) and self.session is not None:
+                    self.hub.telemetry.received(self.session.principal, event.stats)
         self._emit()
 
     # -- worker: requests in arrival order, waiting ops coalesced ------------------------------------------
@@ -173,14 +217,25 @@ class _Connection:
                         ops.extend(_ops_of(following))
                     self._made_room()
                     await self.hub.apply(session, ops)
+                    self.pacer.charge_cost(len(ops) * OP_COST_S)
+                    await self._pace()
                 elif isinstance(frame, frames.Subscribe):
                     self._made_room()
                     await self.hub.subscribe(session, frame)
                 elif isinstance(frame, frames.Unsubscribe):
                     self.hub.unsubscribe(session, frame)
                 elif isinstance(frame, Refused):  # after the replies to the requests before it (§7.2)
+                    if frame.error.about == frames.ABOUT_OP:
+                        self.hub.refused(session.principal, frame.error.code, frame.error.ref or 0)
                     session.send(codec.encode(frame.error))
                 self._made_room()
+        except Exception:
+            # A bug or a failure nobody mapped: the session's state is unknown (a subscription half set up,
+            # ops neither acked nor refused). Left open, the connection would keep answering heartbeats and
+            # serve nothing; closed with 1011, its client reconnects, resumes from its cursors and resends
+            # its outbox (same seqs: safe).
+            log.exception("serving client %s failed; closing its connection", session.principal.client_id)
+            session.close(CloseCode.INTERNAL_ERROR, "internal error; reconnect")
         finally:
             self._worker = None
             self._made_room()
@@ -197,8 +252,15 @@ class _Connection:
             log.warning("handshake of %s failed: %s", hello.client_id, exc)
             self.proto.refuse(CloseCode.BACKEND_UNAVAILABLE, "hub cannot reach its store")
             return
+        if not self.hub.admission.open_client(principal.client_id):
+            log.info("refused client %s: it has too many connections", principal.client_id)
+            self.proto.refuse(CloseCode.TRY_AGAIN_LATER, "too many connections for this client_id")
+            return
+        if self._pending_address is not None:
+            self.hub.admission.leave_pending(self._pending_address)
+            self._pending_address = None
         raw_send = self.ws.scope.get("extensions", {}).get(RAW_SEND)
-        self.session = self.hub.open_session(principal, last_seq, raw_send)
+        self.session = self.hub.open_session(principal, last_seq, raw_send, hello)
         self.session.on_ready = self._start_writer
         for data in self._pre_session:  # anything refused before the hello goes first
             self.session.send(data)
@@ -241,11 +303,39 @@ class _Connection:
             self._writer = None
 
     async def _flush_and_close(self, pending: list[bytes]) -> None:
+        """Send what is pending, for as long as the peer reads it, then close (never waiting for a drain)."""
         assert self.closing is not None
         with contextlib.suppress(Exception):
-            for data in pending:
-                await self.ws.send_bytes(data)
+            async with asyncio.timeout(CLOSE_GRACE_S):
+                for data in pending:
+                    await self.ws.send_bytes(data)
+        with contextlib.suppress(Exception):
             await self.ws.close(self.closing[0], self.closing[1][:123])
+
+    async def _force_close(self, code: int, reason: str) -> None:
+        """Close a session whose writer is stuck on a peer that does not read: the queue is abandoned."""
+        self._close(code, reason)
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason[:123])
+
+    def _check_writer(self, session: Session) -> None:
+        """A client that takes nothing for a heartbeat interval is a slow consumer (4001), as is one whose
+        queue overflowed; either way, a writer stuck on it must not keep the connection (and its memory)."""
+        since = session.writing_since
+        if since is None or self._forcing:
+            return
+        stuck_s = time.monotonic() - since
+        if session.close_code is None and stuck_s * 1000 > self.hub.settings.heartbeat_ms:
+            log.info("closing the session of %s: it reads nothing", session.principal.client_id)
+            session.close(CloseCode.SLOW_CONSUMER, "client does not read")
+        if session.close_code is not None and stuck_s > CLOSE_GRACE_S:
+            self._forcing = True
+            self.hub.spawn(self._force_close(session.close_code, session.close_reason))
 
     def tick(self, now: int) -> None:
         """Called by the hub's ticker about once a second: protocol deadlines and token expiry."""
@@ -263,6 +353,8 @@ class _Connection:
                     return
             self._emit()
         session = self.session
+        if session is not None:
+            self._check_writer(session)
         expires_ms = (session.principal.expires_at + self.hub.verifier.leeway_s) * 1000 if session else 0
         if session is not None and session.close_code is None and now >= expires_ms:  # the handshake's leeway
             log.info("closing the session of %s: its token expired", session.principal.client_id)

@@ -199,7 +199,7 @@ class Fanout:
                 await self._pubsub.subscribe(HOLD_CHANNEL, *self._controls, *map(self._channel, held))
                 self._ready.set()  # from now on, join subscribes its topic itself
                 late = [self._channel(t) for t in self._topics if t not in held]
-                if late:  # joined during the SUBSCRIBE above: nobody else will (docs/traps.md §18)
+                if late:  # joined during the SUBSCRIBE above: nobody else will (docs/traps.md §19)
                     await self._pubsub.subscribe(*late)
                 self._connected()
                 delays = None

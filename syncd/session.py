@@ -3,9 +3,11 @@
 Everything sent to a client — acks, snapshots, events, errors — is either written to the socket at once, when
 nothing is queued or being written and the transport accepts more (the common case: no task, no coroutine per
 frame), or goes through one bounded queue drained by one writer. Frames so leave in the order they were
-produced, and a slow client costs the hub memory up to the bound only: past it the session is closed with
-``SLOW_CONSUMER`` (4001, "reconnect later") and its client resumes from its cursors. Fan-out never waits on a
-client.
+produced, and a slow client costs the hub memory up to the bound only — a bound in bytes, as one frame may
+be a 1 MiB snapshot page or a 20-byte ack: past it the session is closed with ``SLOW_CONSUMER`` (4001,
+"reconnect later") and its client resumes from its cursors. A client that takes nothing for a heartbeat
+interval is closed the same way (:attr:`Session.writing_since` says since when a write waits), so a silent
+non-reader does not hold its bytes until the bound. Fan-out never waits on a client.
 
 A subscription remembers the last offset delivered. Live events are checked against it: an old offset is a
 duplicate and dropped, the next offset is delivered, a later one reveals a hole and the session catches up
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -74,7 +77,7 @@ class Session:
         self,
         principal: Principal,
         *,
-        max_queue: int,
+        max_queue_bytes: int,
         rate: RateLimit,
         on_gap: Callable[[Session, Subscription], None],
     ) -> None:
@@ -87,16 +90,21 @@ class Session:
         # A list and a lazily made Event, not a deque and an Event: each of those allocates a block of its
         # own, and thousands of idle connections pay for it (benchmarks `conns`).
         self._queue: list[bytes] = []
-        self._max_queue = max_queue
+        self._queued_bytes = 0
+        self._max_queue_bytes = max_queue_bytes
         self._room: asyncio.Event | None = None
         self.on_ready: Callable[[], None] = _nothing
         """Called when there is something to write (or a close to perform) and no batch is being written:
         the connection then starts its writer, so an idle connection holds no writer task."""
         self._writing = False
+        self.writing_since: float | None = None
+        """When the batch being written was taken (``time.monotonic()``), while one is being written."""
         self.raw_send: Callable[[bytes], bool] | None = None
         """The transport's fast path (:data:`syncd.transport.RAW_SEND`), when the server offers it."""
         self.close_code: int | None = None
         self.close_reason = ""
+        self.clock_offset_ms = 0
+        """The hub's clock minus the client's, as its hello showed (dates the client's ops for the log)."""
 
     # -- the send queue --------------------------------------------------------------------------------
 
@@ -116,10 +124,11 @@ class Session:
             self._enqueue(data)  # the transport is paused or closing
 
     def _enqueue(self, data: bytes) -> None:
-        if len(self._queue) >= self._max_queue:
+        if self._queued_bytes >= self._max_queue_bytes:
             self.close(CloseCode.SLOW_CONSUMER, "send queue overflow")
             return
         self._queue.append(data)
+        self._queued_bytes += len(data)
         if not self._writing:
             self.on_ready()
 
@@ -143,8 +152,10 @@ class Session:
         if self.close_code == CloseCode.SLOW_CONSUMER:
             self._queue.clear()  # what it could not take, it will fetch again from its cursors
         batch, self._queue = self._queue, []
+        self._queued_bytes = 0
         self._made_room()
         self._writing = bool(batch)
+        self.writing_since = time.monotonic() if batch else None
         return batch
 
     def _made_room(self) -> None:
@@ -153,6 +164,7 @@ class Session:
 
     def batch_sent(self) -> None:
         self._writing = False
+        self.writing_since = None
 
     async def room(self) -> None:
         """Wait until at most half the send queue is in use, or the session is closing.
@@ -163,11 +175,15 @@ class Session:
         at most the queue's bound; a client that stops reading stalls the replay until it is closed (by the
         live events that keep overflowing its queue or buffer, or by its heartbeat).
         """
-        while len(self._queue) > self._max_queue // 2 and self.close_code is None:
+        while self._queued_bytes > self._max_queue_bytes // 2 and self.close_code is None:
             if self._room is None:
                 self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     # -- subscriptions ------------------------------------------------------------------------------------
 
@@ -192,6 +208,13 @@ class Session:
             else:
                 self.send_event(frame, framed)
         # else: an offset already delivered (snapshot or history covered it)
+
+    def resynchronise(self, sub: Subscription) -> None:
+        """Check ``sub`` against the stream now, as if a live event had shown a hole: its shard may have a new
+        history (syncd/generations.py). A subscription already synchronising is left to finish."""
+        if sub.buffer is None and sub.epoch:
+            sub.buffer = []
+            self._on_gap(self, sub)
 
     def synchronised(self, sub: Subscription, epoch: str, offset: int) -> None:
         """The snapshot/history up to ``(epoch, offset)`` is queued: replay the buffered live events."""

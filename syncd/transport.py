@@ -10,18 +10,54 @@ The extension declines (returns ``False``) when the connection is not open or it
 flow control; the session then falls back to its queue and the ordinary ASGI send, which waits for the
 transport to drain. Where the server is not this protocol (Starlette's TestClient, another ASGI server) the
 extension is absent and every frame takes the ordinary path.
+
+Fairness and bounds (one connection must not starve the others, docs/traps.md §20). uvicorn's protocol
+parses everything a read returned (up to 256 KiB) in one go and answers every ping at once, whatever the
+peer reads. Here:
+
+- received bytes wait in a small inbox and are parsed :data:`READ_CHUNK` at a time, in turns paced by the
+  connection's :class:`~syncd.pacing.Pacer` (also offered to the endpoint as :data:`PACER`, which charges the
+  decoding and serving of frames to it); every frame, control frames included, costs at least a minimum;
+- reading pauses while a message waits for the application, while the inbox is full, and while outgoing
+  data is above the transport's high-water mark: a peer that sends pings and never reads the pongs stops
+  being read, instead of growing the hub's memory;
+- closing never waits for the peer to drain: the close frame is written behind what is buffered, and the
+  connection is aborted :data:`CLOSE_GRACE_S` later if the peer has not read it by then.
+
+:class:`HubHttpProtocol` is uvicorn's HTTP/1.1 protocol with a deadline for the request line and headers: a
+connection that sends nothing, or a request a byte at a time (slowloris), is closed when it passes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, Final
 
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.exceptions import InvalidState
 
 from protocol.errors import CloseCode
+from syncd.pacing import Pacer
+
+log = logging.getLogger("syncd.transport")
 
 RAW_SEND: Final = "syncd.raw_send"
 """ASGI scope extension: ``scope["extensions"][RAW_SEND](framed: bytes) -> bool``."""
+PACER: Final = "syncd.pacer"
+"""ASGI scope extension: the connection's :class:`~syncd.pacing.Pacer`."""
+READ_CHUNK: Final = 1024
+"""Bytes parsed at a time: a turn checks its budget between chunks."""
+INBOX_LIMIT: Final = 64 * 1024
+"""Received bytes held unparsed before the connection stops being read."""
+CLOSE_GRACE_S: Final = 2.0
+"""How long a closing connection may take to read what is buffered for it (its close frame last)."""
+HANDSHAKE_TIMEOUT_S_DEFAULT: Final = 10.0
+"""The request-header deadline of :class:`HubHttpProtocol` when the server's config names none."""
 
 
 def frame_header(length: int) -> bytes:
@@ -34,13 +70,158 @@ def frame_header(length: int) -> bytes:
 
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's protocol, with :data:`RAW_SEND` in every websocket scope."""
+    """uvicorn's protocol, paced (see the module docstring), with :data:`RAW_SEND` and :data:`PACER` in every
+    websocket scope."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.pacer = Pacer()
+        self._inbox = bytearray()
+        self._turn_handle: asyncio.Handle | None = None
+        self._frames = 0
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         # The ASGI task that reads the scope is created but has not run yet.
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[RAW_SEND] = self.raw_send
+        extensions[PACER] = self.pacer
+
+    # -- reading, in paced turns ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._inbox += data
+        self._sync_reading()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._turn_handle is not None or not self._may_parse():
+            return
+        delay = self.pacer.delay()
+        self._turn_handle = (
+            self.loop.call_later(delay, self._turn) if delay > 0 else self.loop.call_soon(self._turn)
+        )
+
+    def _may_parse(self) -> bool:
+        return (
+            bool(self._inbox)
+            and not self.read_paused
+            and self.writable.is_set()
+            and not self.transport.is_closing()
+        )
+
+    def _turn(self) -> None:
+        """Parse what is waiting, a chunk at a time, until the turn is over or parsing must pause."""
+        self._turn_handle = None
+        started = self.pacer.start_turn()
+        self._frames = 0
+        while self._may_parse():
+            chunk = bytes(self._inbox[:READ_CHUNK])
+            del self._inbox[:READ_CHUNK]
+            super().data_received(chunk)
+            if self.pacer.turn_over():
+                break
+        self.pacer.charge(started, self._frames)
+        if self.transport.is_closing():
+            self._inbox.clear()
+        self._sync_reading()
+        self._schedule()
+
+    def _sync_reading(self) -> None:
+        """Read from the socket only while there is room for what it brings and the peer takes our data."""
+        if self.transport.is_closing():
+            return
+        if self.read_paused or len(self._inbox) >= INBOX_LIMIT or not self.writable.is_set():
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def handle_text(self, event: Any) -> None:
+        self._frames += 1
+        super().handle_text(event)
+
+    def handle_bytes(self, event: Any) -> None:
+        self._frames += 1
+        super().handle_bytes(event)
+
+    def handle_ping(self) -> None:
+        self._frames += 1
+        super().handle_ping()
+
+    def handle_pong(self, event: Any) -> None:
+        self._frames += 1
+        super().handle_pong(event)
+
+    async def receive(self) -> Any:
+        message = await super().receive()
+        self._sync_reading()
+        self._schedule()
+        return message
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._sync_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._sync_reading()
+        self._schedule()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._turn_handle is not None:
+            self._turn_handle.cancel()
+            self._turn_handle = None
+        self._inbox.clear()
+        super().connection_lost(exc)
+
+    # -- closing without waiting for the peer -------------------------------------------------------------
+
+    async def send(self, message: Any) -> None:
+        if (
+            message["type"] == "websocket.close"
+            and self.handshake_complete
+            and self.initial_response is None
+            and not self.close_sent
+        ):
+            if self.disconnected:
+                raise ClientDisconnected()
+            self._close_now(message.get("code", CloseCode.NORMAL), message.get("reason") or "")
+            return
+        await super().send(message)
+
+    def _close_now(self, code: int, reason: str) -> None:
+        """uvicorn's close, without first waiting for the transport to drain (it may never): the close frame
+        goes behind what is buffered, and the connection is aborted if the peer has not read it in time."""
+        if self.transport.is_closing():
+            return
+        try:
+            self.conn.send_close(code, reason)
+        except InvalidState:
+            raise ClientDisconnected() from None
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.read_paused = False  # read the peer's close reply
+        self._sync_reading()
+        self.close_timer = self.loop.call_later(CLOSE_GRACE_S, self._abort)
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        # uvicorn then closes the transport, which waits for its buffer to drain: bound that wait.
+        if not self.disconnected and self.close_timer is None:
+            self.close_timer = self.loop.call_later(CLOSE_GRACE_S, self._abort)
+
+    def _abort(self) -> None:
+        self.close_timer = None
+        if not self.disconnected:
+            log.debug("aborting a connection whose peer does not read")
+            self.transport.abort()
 
     def shutdown(self) -> None:
         """Close an open websocket with 1001 ``going_away`` when the server stops (PROTOCOL.md §5.2), where
@@ -60,3 +241,52 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(framed)
         return True
+
+
+class HubHttpProtocol(H11Protocol):
+    """uvicorn's h11 protocol, with a deadline for a connection's first request line and headers.
+
+    Without it a connection that sends nothing, or a request a byte at a time, is held open for ever (each
+    costs a socket and a protocol object; hundreds of them are a denial of service). The deadline is
+    ``config.syncd_handshake_timeout_s`` (set by ``syncd serve`` from ``SYNCD_HANDSHAKE_TIMEOUT_MS``); past
+    it the connection is aborted. Once a request is complete uvicorn's own timers apply, and an upgraded
+    websocket has the protocol's ``hello`` deadline (the same setting).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        timeout = getattr(self.config, "syncd_handshake_timeout_s", HANDSHAKE_TIMEOUT_S_DEFAULT)
+        self._header_timer = self.loop.call_later(timeout, self._header_timeout)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._header_timer is not None and self.cycle is not None:  # a whole request line and headers
+            self._stop_header_timer()
+
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        self._stop_header_timer()
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        log.debug("closing a connection that sent no complete request in time")
+        self.transport.abort()

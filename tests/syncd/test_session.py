@@ -29,7 +29,7 @@ class Gaps:
 
 def new_session(gaps: Gaps) -> Session:
     principal = Principal("app-1", "app", Role.APP, frozenset({"m1"}), None, 2**40)
-    return Session(principal, max_queue=64, rate=RateLimit(rate=100, burst=100), on_gap=gaps)
+    return Session(principal, max_queue_bytes=64 * 1024, rate=RateLimit(rate=100, burst=100), on_gap=gaps)
 
 
 def event(offset: int, epoch: str = "e1") -> tuple[frames.Cursor, bytes]:

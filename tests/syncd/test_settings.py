@@ -14,7 +14,9 @@ def test_defaults_describe_a_local_hub_with_the_embedded_server() -> None:
     assert settings.embedded
     assert settings.data_dir == Path("var")
     assert settings.log_level == "info"
-    assert settings.durability == "script"
+    assert settings.durability == "auto" and settings.ack_durability == "script"
+    assert Settings(redis_url="redis://h:1", redis_cluster=True).ack_durability == "replicas"
+    assert (settings.wait_replicas, settings.redis_timeout_ms) == (1, 5_000)
     assert settings.allowed_origins == ()
     assert (settings.heartbeat_ms, settings.max_frame) == (15_000, 65_536)
 
@@ -38,7 +40,10 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         "SYNCD_MAX_SUBSCRIPTIONS": "50",
         "SYNCD_OP_RATE": "500",
         "SYNCD_OP_BURST": "5_000",
-        "SYNCD_SEND_QUEUE": "1024",
+        "SYNCD_SEND_QUEUE_BYTES": "1_048_576",
+        "SYNCD_HANDSHAKE_TIMEOUT_MS": "5000",
+        "SYNCD_MAX_PENDING_PER_ADDRESS": "32",
+        "SYNCD_MAX_CONNECTIONS_PER_CLIENT": "2",
         "SYNCD_DEDUP_RETENTION_S": "1209600",
         "SYNCD_HISTORY_MAXLEN": "2000",
         "SYNCD_HISTORY_MAX_AGE_S": "86400",
@@ -47,6 +52,12 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         "SYNCD_REDIS_MAX_CONNECTIONS": "32",
         "SYNCD_REDIS_POOL_WAIT_MS": "250",
         "SYNCD_REDIS_IDLE_S": "5",
+        "SYNCD_METRICS": "off",
+        "SYNCD_ALERT_SYNC_P99_MS": "250",
+        "SYNCD_ALERT_FAILURE_RATE": "0.005",
+        "SYNCD_ALERT_WINDOW_S": "30",
+        "SYNCD_WAIT_REPLICAS": "2",
+        "SYNCD_REDIS_TIMEOUT_MS": "800",
     }
     assert {env_var(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -68,7 +79,10 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         max_subscriptions=50,
         op_rate=500,
         op_burst=5000,
-        send_queue=1024,
+        send_queue_bytes=1_048_576,
+        handshake_timeout_ms=5000,
+        max_pending_per_address=32,
+        max_connections_per_client=2,
         dedup_retention_s=14 * 24 * 3600,
         history_maxlen=2000,
         history_max_age_s=86_400,
@@ -76,7 +90,13 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         token_issuer="https://id.example.com",
         redis_max_connections=32,
         redis_pool_wait_ms=250,
+        wait_replicas=2,
+        redis_timeout_ms=800,
         redis_idle_s=5,
+        metrics=False,
+        alert_sync_p99_ms=250,
+        alert_failure_rate=0.005,
+        alert_window_s=30,
     )
     assert not settings.embedded
 
@@ -193,10 +213,35 @@ def test_cli_reports_a_bad_setting_in_one_line_and_exits_2(
         ("SYNCD_TOKEN_ALGORITHM", "none", "one of HS256, RS256, ES256"),
         ("SYNCD_TOKEN_ALGORITHM", "RS256", "a PEM file exactly when"),
         ("SYNCD_MAX_BATCH", "0", "SYNCD_MAX_BATCH"),
-        ("SYNCD_SEND_QUEUE", "1", "SYNCD_SEND_QUEUE"),
+        ("SYNCD_SEND_QUEUE_BYTES", "65535", "from 65536 to"),
+        ("SYNCD_HANDSHAKE_TIMEOUT_MS", "99", "SYNCD_HANDSHAKE_TIMEOUT_MS"),
+        ("SYNCD_MAX_PENDING_PER_ADDRESS", "0", "SYNCD_MAX_PENDING_PER_ADDRESS"),
+        ("SYNCD_MAX_CONNECTIONS_PER_CLIENT", "0", "SYNCD_MAX_CONNECTIONS_PER_CLIENT"),
     ],
 )
 def test_hub_limits_and_token_settings_are_validated(variable: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         Settings.from_env({variable: value})
     assert "short" not in str(err.value)  # a secret is never echoed
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SYNCD_ALERT_FAILURE_RATE": "0"}, "a fraction above 0"),
+        ({"SYNCD_ALERT_FAILURE_RATE": "1.5"}, "a fraction above 0"),
+        ({"SYNCD_ALERT_FAILURE_RATE": "1%"}, "expected a number"),
+        ({"SYNCD_ALERT_SYNC_P99_MS": "0"}, "an integer from 1"),
+        ({"SYNCD_ALERT_WINDOW_S": "1"}, "an integer from 5"),
+        ({"SYNCD_METRICS": "maybe"}, "expected one of 1, true"),
+    ],
+)
+def test_metrics_and_alert_settings_refuse_nonsense(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(environ)
+
+
+def test_alert_defaults_are_the_brand_promise_of_500_ms_and_1_percent() -> None:
+    settings = Settings()
+    assert (settings.metrics, settings.alert_sync_p99_ms, settings.alert_failure_rate) == (True, 500, 0.01)
+    assert settings.alert_window_s == 60
