@@ -3,7 +3,9 @@ its refusals, ops acked once, subscriptions answered gap-free, deadlines, and ho
 
 from __future__ import annotations
 
-from protocol import frames
+import msgspec
+
+from protocol import codec, frames
 from protocol.errors import CloseCode, ErrorCode
 from syncd.hub import Hub
 from syncd.settings import Settings
@@ -267,3 +269,47 @@ async def test_an_op_while_redis_is_unreachable_is_refused_as_unavailable_with_a
     dev.send(op(1))
     answer = await dev.next(frames.Error)
     assert answer.code == ErrorCode.UNAVAILABLE and answer.retry_after_ms
+
+
+# -- refusals in line with the replies ---------------------------------------------------------------------
+
+
+async def test_an_op_that_skips_a_seq_is_refused_after_the_acks_of_the_ops_before_it(
+    device: MakeDevice,
+) -> None:
+    dev = device()
+    await dev.open()
+    dev.send(frames.OpBatch(ops=[op(1), op(3)]))
+    await dev.wait(lambda: any(isinstance(f, frames.Error) for f in dev.frames))
+    ack, refusal = dev.frames  # in line: the refusal comes after the ack of the op before it
+    assert isinstance(ack, frames.Ack) and ack.seq == 1
+    assert isinstance(refusal, frames.Error) and (refusal.code, refusal.ref) == (ErrorCode.SEQ_GAP, 3)
+    dev.frames.clear()
+    dev.send(op(2))
+    assert (await dev.next(frames.Ack)).seq == 2  # the connection goes on
+
+
+async def test_ops_sent_frame_by_frame_are_each_acked_in_order(device: MakeDevice) -> None:
+    dev = device()
+    await dev.open()
+    for seq in range(1, 6):
+        dev.send(op(seq, sku=f"SKU-{seq}"))
+    assert [(await dev.next(frames.Ack)).seq for _ in range(5)] == [1, 2, 3, 4, 5]
+
+
+async def test_an_unknown_frame_is_refused_and_the_connection_goes_on(device: MakeDevice) -> None:
+    dev = device()
+    await dev.open()
+    dev.wire.put(msgspec.msgpack.encode({"t": "from-the-future"}))
+    await dev.next(frames.Error)
+    dev.send(op(1))
+    assert (await dev.next(frames.Ack)).seq == 1
+
+
+async def test_an_error_from_the_client_gets_no_answer(device: MakeDevice) -> None:
+    dev = device()
+    await dev.open()
+    dev.wire.put(codec.encode(frames.Error(code=ErrorCode.UNAVAILABLE, message="client side trouble")))
+    dev.send(op(1))
+    await dev.next(frames.Ack)  # answered after anything the err could have caused
+    assert dev.taken(frames.Error) == []
