@@ -30,6 +30,7 @@ from clients.reconnect import backoff
 from clients.store import SQLiteOutbox
 from clients.sync import CartSync, OpHandleSync, SyncClientSync
 from clients.types.cart import Cart
+from clients.types.stock import Stock, StockState
 
 __all__ = [
     "AuthRequired",
@@ -53,6 +54,8 @@ __all__ = [
     "Rejection",
     "SQLiteOutbox",
     "Status",
+    "Stock",
+    "StockState",
     "SubscriptionRefused",
     "SyncClient",
     "SyncClientSync",

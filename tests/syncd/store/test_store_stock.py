@@ -4,14 +4,19 @@ the invariant in Redis itself after every op, and exactly-once replay."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 from typing import Any
 
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from protocol import frames
 from protocol import stock as rules
 from syncd.store import OpOutcome, RedisStore
+from tests.profiles import examples
 
 SKU = "SKU-1"
 
@@ -142,3 +147,90 @@ async def test_expired_holds_return_once_however_many_sweep(store: RedisStore, r
     assert state["pool"] == 25
     expired = await shoppers[0].op(rules.COMMIT, rid="c0/1")
     assert expired.code == "unknown_reservation"  # returned: nothing left to commit
+
+
+_sku = itertools.count()
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [*sorted(rules.KINDS), *[rules.RESERVE] * 4, rules.COMMIT, rules.RELEASE, rules.QUOTA]
+        ),
+        st.integers(0, 2),  # client
+        st.integers(0, 4),  # qty
+        st.sampled_from(["web", "app"]),
+        st.sampled_from(["m1", "m2"]),
+        st.sampled_from(["s1", "s2"]),
+        st.integers(1, 8),  # which op of the client a commit/release names
+    ),
+    min_size=4,
+    max_size=30,
+)
+
+
+def view_of(s: rules.Stock) -> dict[str, Any]:
+    atp = {"*": s["pool"], **{ch: rules.atp(s, ch) for ch in s["quota"]}}
+    return {"on_hand": s["on_hand"], "pool": s["pool"], "sold": s["sold"], "atp": atp, "allot": s["allot"]}
+
+
+@settings(
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=STEPS)
+async def test_the_stock_scripts_match_the_reference_rules(
+    store: RedisStore, steps: list[tuple[str, int, int, str, str, str, int]]
+) -> None:
+    sku = f"D{next(_sku)}"
+    ref = rules.empty()
+    seqs = [0, 0, 0]
+    for kind, who, qty, channel, member, shop, nth in [(rules.RESTOCK, 0, 4, "web", "m1", "s1", 1), *steps]:
+        seqs[who] += 1
+        client = f"{sku}-c{who}"
+        rid = f"{sku}-c{who}/{nth}"
+        args: dict[str, Any] = {"member": member, "sku": sku}
+        args |= {
+            rules.RESTOCK: {"qty": qty},
+            rules.ALLOT: {"store": shop, "qty": qty},
+            rules.QUOTA: {"channel": channel, "qty": qty},
+            rules.LIMIT: {"qty": qty},
+            rules.RESERVE: {"channel": channel, "qty": qty, "ttl_ms": 600_000},
+            rules.COMMIT: {"rid": rid},
+            rules.RELEASE: {"rid": rid},
+            rules.SELL: {"store": shop, "qty": qty},
+        }[kind]
+        got = await store.apply_op(client, frames.Op(seq=seqs[who], kind=kind, args=args))
+        if qty == 0 and kind in (rules.RESTOCK, rules.ALLOT, rules.RESERVE, rules.SELL):
+            assert got.code == "bad_args"
+            continue
+        op = rules.Op(kind, qty=qty, channel=channel, member=member, store=shop, until=2**62)
+        if kind == rules.RESERVE:
+            op = dataclasses.replace(op, rid=f"{client}/{seqs[who]}")
+        elif kind in (rules.COMMIT, rules.RELEASE):
+            op = dataclasses.replace(op, rid=rid)
+        want = rules.apply(ref, op, 0)
+        event(f"{kind}: {got.code or 'ok'}")
+        assert got.code == (None if want.rejected is None else want.rejected.value), (kind, args)
+        if got.ok:
+            ref = want.stock
+            assert got.event is not None and got.event.data == view_of(ref), (kind, args)
+
+
+async def test_a_channel_takes_exactly_its_quota_and_a_member_exactly_their_limit(
+    store: RedisStore, redis_client: Any
+) -> None:
+    ops = Till(store, "ops")
+    for kind, args in [
+        (rules.RESTOCK, {"qty": 10}),
+        (rules.QUOTA, {"channel": "web", "qty": 3}),
+        (rules.LIMIT, {"qty": 2}),
+    ]:
+        assert (await ops.op(kind, **args)).ok
+    web = Till(store, "w")
+    assert (await web.op(rules.RESERVE, channel="web", qty=2, ttl_ms=60_000, member="m1")).ok
+    assert (await web.op(rules.RESERVE, channel="web", qty=1, ttl_ms=60_000, member="m2")).ok  # 3 of 3
+    assert (
+        await web.op(rules.RESERVE, channel="web", qty=1, ttl_ms=60_000, member="m3")
+    ).code == "quota_exceeded"
+    assert (await web.op(rules.RESERVE, channel="app", qty=1, ttl_ms=60_000, member="m2")).ok  # 2 of 2
+    await invariant(redis_client)

@@ -106,12 +106,16 @@ local function stock_save(K, S)
     redis.call('HSET', K.stock, unpack(fields))
 end
 
--- Check the invariant, write the stock hash, append the event: the op's last step.
-local function stock_finish(K, p, S, result_enc)
+-- The op's last step: check the invariant on the new S before anything is written, then the op's own writes
+-- (write, a function, if any), the stock hash and the event.
+local function stock_finish(K, p, S, result_enc, write)
     if not invariant(S) then
         return reject(K.dedup, p, 'internal', 'the op would break the stock invariant')
     end
     local topic = {meta = topic_read(K.top), empty = S.fresh}
+    if write then
+        write()
+    end
     stock_save(K, S)
     return commit(K.dedup, K.top, K.log, p, result_enc, stock_view(S), nil, topic)
 end
@@ -131,12 +135,16 @@ local function hold_drop(K, rid)
     redis.call('ZREM', K.exp, rid)
 end
 
--- A hold goes back to the pool: it no longer counts against its channel's quota nor its member.
-local function hold_return(K, S, rid, h)
-    hold_drop(K, rid)
+-- A hold goes back to the pool: it no longer counts against its channel's quota nor its member. In two
+-- halves: the arithmetic on S (checked before any write), then the writes.
+local function hold_unhold(S, h)
     S.held = S.held - h.qty
     S.pool = S.pool + h.qty
     S.t[h.channel] = (S.t[h.channel] or 0) - h.qty
+end
+
+local function hold_forget(K, rid, h)
+    hold_drop(K, rid)
     redis.call('HINCRBY', K.bought, h.member, -h.qty)
 end
 

@@ -8,8 +8,9 @@ if h.expires <= now_ms() then
     return reject(K.dedup, p, 'reservation_expired', 'the reservation expired before its commit')
 end
 local S = stock_load(K)
-hold_drop(K, rid)
 S.held = S.held - h.qty
 S.on_hand = S.on_hand - h.qty
 S.sold = S.sold + h.qty
-return stock_finish(K, p, S, nil)
+return stock_finish(K, p, S, nil, function()
+    hold_drop(K, rid)
+end)

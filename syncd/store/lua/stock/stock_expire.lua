@@ -8,24 +8,30 @@
 local K = {stock = KEYS[1], holds = KEYS[2], bought = KEYS[3], exp = KEYS[4], top = KEYS[5], log = KEYS[6]}
 local due = redis.call('ZRANGEBYSCORE', K.exp, '-inf', fmt(now_ms()), 'LIMIT', 0, tonumber(ARGV[7]))
 local S = stock_load(K)
-local returned = 0
+local holds, gone = {}, {}
 for _, rid in ipairs(due) do
     local h = hold_get(K, rid)
     if h then
-        hold_return(K, S, rid, h)
-        returned = returned + 1
+        hold_unhold(S, h)
+        holds[#holds + 1] = {rid, h}
     else
-        redis.call('ZREM', K.exp, rid) -- committed or released already
+        gone[#gone + 1] = rid -- committed or released already
     end
 end
-if returned == 0 then
+if #holds > 0 and not invariant(S) then -- checked before any write
+    return redis.error_reply('stock_expire: the stock invariant does not hold')
+end
+for _, rid in ipairs(gone) do
+    redis.call('ZREM', K.exp, rid)
+end
+if #holds == 0 then
     return {0, ''}
 end
-if not invariant(S) then
-    return redis.error_reply('stock_expire: the stock invariant does not hold')
+for _, each in ipairs(holds) do
+    hold_forget(K, each[1], each[2])
 end
 stock_save(K, S)
 local p = {epoch = ARGV[1], channel = ARGV[2], topic = ARGV[3], kind = 'stock.expire', maxlen = tonumber(ARGV[4]),
     maxage_ms = tonumber(ARGV[5]), maxbytes = tonumber(ARGV[6])}
 local _, body = append_event(K.top, K.log, p, stock_view(S), nil, {meta = topic_read(K.top)})
-return {returned, body}
+return {#holds, body}

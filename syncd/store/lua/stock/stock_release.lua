@@ -5,5 +5,7 @@ if reply then
     return reply
 end
 local S = stock_load(K)
-hold_return(K, S, rid, h)
-return stock_finish(K, p, S, nil)
+hold_unhold(S, h)
+return stock_finish(K, p, S, nil, function()
+    hold_forget(K, rid, h)
+end)

@@ -28,7 +28,9 @@ local untl = now_ms() + ttl
 S.pool = S.pool - qty
 S.held = S.held + qty
 S.t[channel] = taken + qty
-redis.call('HSET', K.bought, member, fmt(bought + qty))
-redis.call('HSET', K.holds, rid, fmt(qty) .. '|' .. channel .. '|' .. member .. '|' .. fmt(untl))
-redis.call('ZADD', K.exp, fmt(untl), rid)
-return stock_finish(K, p, S, mp_map({'rid', 'until'}, {rid = mp(rid), ['until'] = mp(untl)}))
+local function write()
+    redis.call('HSET', K.bought, member, fmt(bought + qty))
+    redis.call('HSET', K.holds, rid, fmt(qty) .. '|' .. channel .. '|' .. member .. '|' .. fmt(untl))
+    redis.call('ZADD', K.exp, fmt(untl), rid)
+end
+return stock_finish(K, p, S, mp_map({'rid', 'until'}, {rid = mp(rid), ['until'] = mp(untl)}), write)
