@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := hub,client,dev
 
-.PHONY: run test lint fmt bench lock clean
+.PHONY: run test lint fmt bench lock clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "syncd needs Python >= 3.11 (found " + sys.version.split()[0] + ")")'
@@ -20,10 +20,17 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/syncd serve
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest --cov --cov-report=
 	$(BIN)/python scripts/coverage_gate.py
+
+# The dashboard test drives Debian's chromium through Playwright (which never downloads a browser here), with
+# a CJK font so the page's Chinese labels render. Installed once, when absent (needs root or sudo).
+browser:
+	@command -v chromium >/dev/null && fc-list 2>/dev/null | grep -qi "wenquanyi micro hei" || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium fonts-wqy-microhei; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -90,8 +90,10 @@ def wait_for_quiet(max_wait_s: float, below_cores: float = 0.3, window_s: float 
 class System:
     """One system under test: its Redis and its server process (``syncd serve``, the floor or the peer)."""
 
-    def __init__(self, name: Dialect, workdir: Path) -> None:
+    def __init__(self, name: Dialect, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
+        self.env = env or {}
+        """Extra environment of the server process (e.g. ``SYNCD_METRICS=false``)."""
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redis = EmbeddedRedis(self.workdir / "redis-data")
@@ -125,6 +127,7 @@ class System:
             "SYNCD_TOKEN_SECRET": TOKEN_SECRET,
             "SYNCD_DATA_DIR": str(self.workdir / "hub-data"),
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from benchmarks import loadgen
 from benchmarks import replay as replay_load
@@ -27,6 +27,11 @@ from benchmarks.systems import (
     rss_kib,
     wait_for_quiet,
 )
+from protocol import stats as report
+from syncd.auth import Principal, Role
+from syncd.metrics import Metrics
+from syncd.store.redis_store import OpOutcome
+from syncd.telemetry import Telemetry
 
 CTX = multiprocessing.get_context("spawn")
 Result = dict[str, Any]
@@ -166,6 +171,32 @@ def _brief(result: Result) -> str:
 def sync(profile: Profile, workdir: Path) -> Result:
     """Device A writes ``cart.add`` at a fixed rate; device B, subscribed to the cart, receives the events.
     Latency = receive time on B − send time on A (one clock). Phases at each rate, after a short warm-up."""
+    measure = _sync_measure(profile)
+    # Best round: the lowest p99 at the highest rate (the round least disturbed by anything else).
+    results = _each_system(profile, workdir, measure, score=lambda r: -(r["by_rate"][-1]["p99_ms"] or 1e9))
+    ratios: Result = {}
+    targets = []
+    for i, rate in enumerate(profile.sync_rates):
+        s, f, p = (results[n]["by_rate"][i] for n in ("syncd", "floor", "peer"))
+        key = f"{int(rate)}_ops_s"
+        ratios[key] = {
+            "p50_vs_floor": _ratio(s["p50_ms"], f["p50_ms"]),
+            "p99_vs_floor": _ratio(s["p99_ms"], f["p99_ms"]),
+            "p50_vs_peer": _ratio(s["p50_ms"], p["p50_ms"]),
+            "p99_vs_peer": _ratio(s["p99_ms"], p["p99_ms"]),
+        }
+        targets.append(
+            _target(f"p50 at {int(rate)} ops/s <= 2x floor", ratios[key]["p50_vs_floor"], "<=", 2.0)
+        )
+        targets.append(_target(f"no event lost at {int(rate)} ops/s", s["lost"], "<=", 0))
+    top = results["syncd"]["by_rate"][-1]
+    targets.append(_target(f"p99 at {int(profile.sync_rates[-1])} ops/s <= 20 ms", top["p99_ms"], "<=", 20.0))
+    params = {"rates_ops_s": list(profile.sync_rates), "seconds_per_rate": profile.sync_s, "writers": 1}
+    return _finish("sync", profile, params, results, ratios, targets)
+
+
+def _sync_measure(profile: Profile) -> Callable[[System], Result]:
+    """One ``sync`` measurement of a started system (shared by ``sync`` and ``metrics``)."""
     phases = [(profile.sync_rates[0], profile.sync_warmup_s)] + [
         (r, profile.sync_s) for r in profile.sync_rates
     ]
@@ -209,27 +240,7 @@ def sync(profile: Profile, workdir: Path) -> Result:
             "loadgen_cpu_s": round(sent["cpu_s"] + got["cpu_s"], 2),
         }
 
-    # Best round: the lowest p99 at the highest rate (the round least disturbed by anything else).
-    results = _each_system(profile, workdir, measure, score=lambda r: -(r["by_rate"][-1]["p99_ms"] or 1e9))
-    ratios: Result = {}
-    targets = []
-    for i, rate in enumerate(profile.sync_rates):
-        s, f, p = (results[n]["by_rate"][i] for n in ("syncd", "floor", "peer"))
-        key = f"{int(rate)}_ops_s"
-        ratios[key] = {
-            "p50_vs_floor": _ratio(s["p50_ms"], f["p50_ms"]),
-            "p99_vs_floor": _ratio(s["p99_ms"], f["p99_ms"]),
-            "p50_vs_peer": _ratio(s["p50_ms"], p["p50_ms"]),
-            "p99_vs_peer": _ratio(s["p99_ms"], p["p99_ms"]),
-        }
-        targets.append(
-            _target(f"p50 at {int(rate)} ops/s <= 2x floor", ratios[key]["p50_vs_floor"], "<=", 2.0)
-        )
-        targets.append(_target(f"no event lost at {int(rate)} ops/s", s["lost"], "<=", 0))
-    top = results["syncd"]["by_rate"][-1]
-    targets.append(_target(f"p99 at {int(profile.sync_rates[-1])} ops/s <= 20 ms", top["p99_ms"], "<=", 20.0))
-    params = {"rates_ops_s": list(profile.sync_rates), "seconds_per_rate": profile.sync_s, "writers": 1}
-    return _finish("sync", profile, params, results, ratios, targets)
+    return measure
 
 
 def _finish(
@@ -254,6 +265,21 @@ def write(profile: Profile, workdir: Path) -> Result:
     """``write_writers`` devices, each on its own member's cart, each sending its next op when the previous
     one is acked (closed loop), spread over ``write_procs`` processes. Acked ops per second, in a window after
     a warm-up."""
+    results = _each_system(profile, workdir, _write_measure(profile), score=lambda r: float(r["ops_per_s"]))
+    ratios = {
+        "vs_floor": _ratio(results["syncd"]["ops_per_s"], results["floor"]["ops_per_s"]),
+        "vs_peer": _ratio(results["syncd"]["ops_per_s"], results["peer"]["ops_per_s"]),
+    }
+    targets = [
+        _target("acked ops/s >= 0.6x floor", ratios["vs_floor"], ">=", 0.6),
+        _target("no op refused", sum(results["syncd"]["refused"].values()), "<=", 0),
+    ]
+    params = {"writers": profile.write_writers, "processes": profile.write_procs, "seconds": profile.write_s}
+    return _finish("write", profile, params, results, ratios, targets)
+
+
+def _write_measure(profile: Profile) -> Callable[[System], Result]:
+    """One ``write`` measurement of a started system (shared by ``write`` and ``metrics``)."""
     devices = [(f"w-{i}", f"m-w{i}") for i in range(profile.write_writers)]
     shares = [devices[i :: profile.write_procs] for i in range(profile.write_procs)]
 
@@ -299,17 +325,7 @@ def write(profile: Profile, workdir: Path) -> Result:
             "cpu_cores": cores,
         }
 
-    results = _each_system(profile, workdir, measure, score=lambda r: float(r["ops_per_s"]))
-    ratios = {
-        "vs_floor": _ratio(results["syncd"]["ops_per_s"], results["floor"]["ops_per_s"]),
-        "vs_peer": _ratio(results["syncd"]["ops_per_s"], results["peer"]["ops_per_s"]),
-    }
-    targets = [
-        _target("acked ops/s >= 0.6x floor", ratios["vs_floor"], ">=", 0.6),
-        _target("no op refused", sum(results["syncd"]["refused"].values()), "<=", 0),
-    ]
-    params = {"writers": profile.write_writers, "processes": profile.write_procs, "seconds": profile.write_s}
-    return _finish("write", profile, params, results, ratios, targets)
+    return measure
 
 
 # --- fanout ----------------------------------------------------------------------------------------------
@@ -552,10 +568,116 @@ def replay(profile: Profile, workdir: Path) -> Result:
     return _finish("replay", profile, params, {"syncd": result}, {}, targets)
 
 
+# --- metrics -----------------------------------------------------------------------------------------------
+
+
+METRICS_VARIANTS: Final = {"off": {"SYNCD_METRICS": "false"}, "on": {"SYNCD_METRICS": "true"}}
+
+
+def metrics(profile: Profile, workdir: Path) -> Result:
+    """What metrics cost the hot path: syncd with ``SYNCD_METRICS`` off and on, interleaved round by round in
+    one run, each through the ``write`` and the ``sync`` measurement. Reported as ratios on/off: acked ops/s,
+    hub CPU per acked op, sync p50 and p99 at the top rate. "On" includes the counters on every batch, the
+    scrape-time collector (not scraped here) and the dashboard publisher's read of the registry each second.
+    """
+    write_measure, sync_measure = _write_measure(profile), _sync_measure(profile)
+    runs: dict[str, list[Result]] = {name: [] for name in METRICS_VARIANTS}
+    for round_no in range(profile.rounds):
+        for name, env in METRICS_VARIANTS.items():
+            system = System("syncd", workdir / f"round-{round_no}-{name}", env=env)
+            log(f"  metrics {name}: starting (round {round_no + 1} of {profile.rounds})")
+            try:
+                system.start()
+                if profile.quiet_wait_s:
+                    wait_for_quiet(profile.quiet_wait_s)
+                result = {"write": write_measure(system), "sync": sync_measure(system)}
+                if not system.alive():
+                    raise RuntimeError(f"metrics {name}: the server died during the run:\n{system.log()}")
+            finally:
+                system.stop()
+            written = result["write"]
+            result["cpu_us_per_op"] = round(
+                written["cpu_cores"]["server"] * 1e6 / max(1, written["ops_per_s"]), 1
+            )
+            log(f"  metrics {name}: {_brief(written)}, cpu_us_per_op={result['cpu_us_per_op']}")
+            runs[name].append(result)
+    # Each variant's best round, per measurement: the most acked ops/s for write, the lowest p50 at the top
+    # rate for sync (rounds disturbed by other work on the machine lose either way).
+    best = {
+        name: {
+            "write": max((r["write"] for r in measured), key=lambda w: w["ops_per_s"]),
+            "sync": min((r["sync"] for r in measured), key=lambda s: s["by_rate"][-1]["p50_ms"] or 1e9),
+            "cpu_us_per_op": min(r["cpu_us_per_op"] for r in measured),
+            "rounds": [
+                {"ops_per_s": r["write"]["ops_per_s"], "cpu_us_per_op": r["cpu_us_per_op"]} for r in measured
+            ],
+        }
+        for name, measured in runs.items()
+    }
+    on, off = best["on"], best["off"]
+    top_on, top_off = on["sync"]["by_rate"][-1], off["sync"]["by_rate"][-1]
+    per_batch_us = metrics_cost_us()
+    on["metrics_us_per_batch"] = per_batch_us
+    on["report_us_per_ping"] = report_cost_us()
+    ratios = {
+        "write_ops_on_vs_off": _ratio(on["write"]["ops_per_s"], off["write"]["ops_per_s"]),
+        "cpu_per_op_on_vs_off": _ratio(on["cpu_us_per_op"], off["cpu_us_per_op"]),
+        "sync_p50_on_vs_off": _ratio(top_on["p50_ms"], top_off["p50_ms"]),
+        "sync_p99_on_vs_off": _ratio(top_on["p99_ms"], top_off["p99_ms"]),
+        "metrics_share_of_cpu_per_op": round(per_batch_us / off["cpu_us_per_op"], 4),
+    }
+    targets = [
+        _target("write ops/s with metrics >= 0.95x without", ratios["write_ops_on_vs_off"], ">=", 0.95),
+        _target("sync p50 with metrics <= 1.05x without", ratios["sync_p50_on_vs_off"], "<=", 1.05),
+        _target("no event lost with metrics", top_on["lost"], "<=", 0),
+    ]
+    params = {
+        "writers": profile.write_writers,
+        "write_seconds": profile.write_s,
+        "sync_rates_ops_s": list(profile.sync_rates),
+        "rounds": profile.rounds,
+    }
+    return _finish(
+        "metrics", profile, params, {"syncd_metrics_on": on, "syncd_metrics_off": off}, ratios, targets
+    )
+
+
+def metrics_cost_us(batches: int = 200_000) -> float:
+    """CPU µs the hub's metrics add to one batch of one op, timed in this process: what ``apply`` does with
+    metrics on and not off (two clock reads, ``Metrics.settled``). On a shared machine the on/off ratios above
+    move by more than this; this figure does not depend on the machine being idle."""
+    registry = Metrics()
+    outcomes = [OpOutcome(seq=1, ok=True)]
+    started = time.process_time()
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        registry.settled("app", outcomes, time.perf_counter() - t0)
+    return round((time.process_time() - started) * 1e6 / batches, 2)
+
+
+def report_cost_us(pings: int = 50_000) -> float:
+    """CPU µs the hub spends on one device's ping report (backlog, percentiles, a 6-bucket histogram of
+    each kind), timed in this process. A device reports once per heartbeat (15 s by default)."""
+    telemetry = Telemetry(60, channel=Metrics().channel)
+    till = Principal("till-1", "pos", Role.POS, frozenset({"*"}), "s1", 2e9)
+    figures = {"outbox": 3.0, "outbox_age_ms": 1200.0}
+    for kind in report.KINDS:
+        counts = [0] * (len(report.BOUNDS_MS) + 1)
+        for value in (0.8, 3.0, 7.0, 20.0, 40.0, 90.0):
+            counts[report.bucket(value)] += 5
+        figures |= report.encode(kind, counts, 800.0)
+        figures |= {f"{kind}_ms_p50": 7.0, f"{kind}_ms_p95": 40.0, f"{kind}_ms_p99": 90.0}
+    started = time.process_time()
+    for _ in range(pings):
+        telemetry.received(till, figures)
+    return round((time.process_time() - started) * 1e6 / pings, 2)
+
+
 WORKLOADS: dict[str, Callable[[Profile, Path], Result]] = {
     "sync": sync,
     "write": write,
     "fanout": fanout,
     "conns": conns,
     "replay": replay,
+    "metrics": metrics,
 }

@@ -9,7 +9,7 @@ Layers (each usable on its own):
 * :mod:`clients.sync` — :class:`SyncClientSync`, a blocking facade for threaded POS code.
 """
 
-from clients.client import Cart, SyncClient
+from clients.client import SyncClient
 from clients.engine import ChangeCause, SyncEngine
 from clients.errors import (
     AuthRequired,
@@ -29,6 +29,7 @@ from clients.models import CartChange, CartConflict, CartLine, CartState, Connec
 from clients.reconnect import backoff
 from clients.store import SQLiteOutbox
 from clients.sync import CartSync, OpHandleSync, SyncClientSync
+from clients.types.cart import Cart
 
 __all__ = [
     "AuthRequired",

@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
@@ -39,8 +39,6 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from clients import reconnect
 from clients.engine import (
     DEFAULT_WINDOW,
-    MAX_CTX,
-    CartView,
     ChangeCause,
     EngineEvent,
     LoadOps,
@@ -51,20 +49,20 @@ from clients.engine import (
     TopicChanged,
     TopicSynced,
 )
-from clients.errors import AuthRequired, ClientClosed, ClientStopped, OutboxStalled, SubscriptionRefused
-from clients.handles import CompositeHandle, Gate, OpHandle, handle_for, handles_for_pending
+from clients.errors import AuthRequired, ClientClosed, ClientStopped, OutboxStalled
+from clients.handles import Gate, OpHandle, handle_for, handles_for_pending
 from clients.models import (
-    CartChange,
     CartConflict,
-    CartLine,
-    CartState,
     ConnectionState,
     Rejection,
     Status,
     from_ms,
 )
 from clients.store import SQLiteOutbox
-from clients.streams import Changes, ChangeStream, PendingChange, RejectionStream, rejection_of
+from clients.streams import RejectionStream, rejection_of
+from clients.types import TopicHandle, handle_type
+from clients.types.cart import Cart
+from clients.types.stock import Stock
 from protocol import codec, frames
 from protocol import topics as topic_names
 from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
@@ -86,7 +84,6 @@ TokenProvider: TypeAlias = Callable[[str], "str | Awaitable[str]"]
 ConflictHook: TypeAlias = Callable[["Cart", CartConflict], "Awaitable[None] | None"]
 """Called for every conflict the hub reports on a cart this client syncs (e.g. to re-set the quantity)."""
 Clock: TypeAlias = Callable[[], int]
-Attrs: TypeAlias = Mapping[str, str | int | bool]
 
 _MAX_MESSAGES_PER_TURN: Final = 512
 """Messages processed between two flushes of outgoing frames."""
@@ -104,139 +101,6 @@ _DIAGNOSE: Final = codec.FrameDecoder(frames.SERVER_FRAMES, codec.CLIENT_LIMITS)
 def wall_ms() -> int:
     """This device's wall clock in Unix milliseconds (stamps hello, pings, ops and their HLC)."""
     return time.time_ns() // 1_000_000
-
-
-# --- the cart handle ---------------------------------------------------------------------------------------
-
-
-class Cart:
-    """A member's cart as this device shows it, and the ops that change it. Get one with ``client.cart()``.
-
-    Every op returns after the local commit (the cart shows it at once, offline too) with an
-    :class:`OpHandle`; it reaches the hub as soon as the client is online.
-    """
-
-    def __init__(self, client: SyncClient, member: str) -> None:
-        self._client = client
-        self.member = member
-        self.topic = f"cart:{member}"
-        self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()  # an abandoned iterator drops out
-
-    def __repr__(self) -> str:
-        return f"<Cart {self.member} {len(self.lines)} lines>"
-
-    # -- ops ------------------------------------------------------------------------------------------
-
-    async def add(
-        self, sku: str, qty: int = 1, attrs: Mapping[str, str | int | bool] | None = None
-    ) -> OpHandle:
-        """Add ``qty`` (1‥999) of ``sku``; concurrent adds from other devices all count."""
-        return await self._client._submit("cart.add", self._args(sku=sku, qty=qty, attrs=attrs))
-
-    async def set(self, sku: str, qty: int, attrs: Attrs | None = None) -> OpHandle:
-        """Make the line ``qty`` (0‥9999; 0 removes it) over what this device shows of it.
-
-        Without ``attrs`` the line keeps the attrs this device shows (they are sent along: a set replaces
-        what it saw, attrs included); ``attrs={}`` clears them.
-        """
-        return await self._client._submit("cart.set", self._args(sku=sku, qty=qty, attrs=attrs))
-
-    async def remove(self, sku: str) -> OpHandle:
-        """Remove the line as this device shows it (adds it has not seen yet survive)."""
-        return await self._client._submit("cart.remove", self._args(sku=sku))
-
-    async def clear(self) -> OpHandle:
-        """Remove every line as this device shows them."""
-        view = self._view
-        ctx = view.ctx_for("cart.clear", None) or {}
-        if len(ctx) > MAX_CTX:  # more devices than one context may name: clear line by line
-            parts = [await self._client._submit("cart.remove", self._args(sku=sku)) for sku in view.lines()]
-            return CompositeHandle(parts, self._client._gate)
-        return await self._client._submit("cart.clear", self._args())
-
-    def _args(self, **args: Any) -> dict[str, Any]:
-        if self._client._carts.get(self.topic) is not self:
-            raise ValueError(f"{self.topic} was unsubscribed: get the cart again with client.cart()")
-        out: dict[str, Any] = {"member": self.member}
-        for key, value in args.items():
-            if value is not None:
-                out[key] = dict(value) if key == "attrs" else value
-        return out
-
-    # -- reading --------------------------------------------------------------------------------------
-
-    @property
-    def _view(self) -> CartView:
-        view = self._client._engine.view(self.topic)
-        if view is None:
-            raise SubscriptionRefused(self.topic, "unsubscribed", "this cart was unsubscribed")
-        return view
-
-    @property
-    def lines(self) -> dict[str, CartLine]:
-        """Every line, by sku: the hub's state with this device's pending ops applied."""
-        return {sku: _line(sku, line) for sku, line in self._view.lines().items()}
-
-    @property
-    def state(self) -> CartState:
-        """Lines and sync flags read together, as one consistent value."""
-        return CartState(self.member, self.lines, self.from_cache, self.has_pending_writes, self.error)
-
-    def line(self, sku: str) -> CartLine | None:
-        line = self._view.line(sku)
-        return _line(sku, line) if line is not None else None
-
-    @property
-    def from_cache(self) -> bool:
-        """True unless the hub has confirmed this cart on the current connection."""
-        return not (self._client._engine.is_open and self._view.synced)
-
-    @property
-    def has_pending_writes(self) -> bool:
-        """Whether ops of ours on this cart are not yet visible in the hub's state."""
-        return self._view.has_pending_writes
-
-    @property
-    def error(self) -> SyncError | None:
-        """Why the hub refused this cart's subscription, if it did (retried on the next connection)."""
-        return self._view.error
-
-    def changes(self) -> Changes:
-        """Each change of this cart from the moment of this call, merged while the reader is busy.
-
-        The iterator is registered at once (not at its first ``anext``), so a change made right after this
-        call is never missed. It ends when the client closes; ``aclose()`` it to stop earlier.
-        """
-        return Changes(self._streams, self._change)
-
-    def _change(self, p: PendingChange) -> CartChange:
-        return CartChange(
-            member=self.member,
-            cause=p.cause,
-            lines=self.lines,
-            skus=None if p.skus is None else frozenset(p.skus),
-            from_cache=self.from_cache,
-            has_pending_writes=self.has_pending_writes,
-            origin=p.origin,
-            conflicts=tuple(p.conflicts),
-            kind=p.kind,
-        )
-
-    def _notify(self, change: TopicChanged, conflict: CartConflict | None) -> None:
-        for stream in list(self._streams):
-            stream.push(change, conflict)
-
-    def _close(self) -> None:
-        for stream in list(self._streams):
-            stream.close()
-
-    async def unsubscribe(self) -> None:
-        """Stop syncing this cart and drop its cached state (ops already made are still delivered)."""
-        await self._client._unsubscribe(self)
-
-
-def _line(sku: str, line: Mapping[str, Any]) -> CartLine:
-    return CartLine(sku=sku, qty=int(line["qty"]), attrs=dict(line.get("attrs") or {}))
 
 
 # --- the client --------------------------------------------------------------------------------------------
@@ -334,7 +198,7 @@ class SyncClient:
         self._clock = clock
         self._store: SQLiteOutbox | None = None
         self._engine_: SyncEngine | None = None
-        self._carts: dict[str, Cart] = {}
+        self._topic_handles: dict[str, TopicHandle] = {}
         self._handles: weakref.WeakValueDictionary[int, OpHandle] = weakref.WeakValueDictionary()
         self._requests: list[tuple[str, dict[str, Any], asyncio.Future[OpHandle]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -404,7 +268,8 @@ class SyncClient:
                 view = engine.load_topic(record)
                 async for op in store.load_overlay(record.topic, record.reflected):
                     engine.add_overlay(view, op)
-                self._carts.setdefault(record.topic, Cart(self, record.topic.partition(":")[2]))
+                key = record.topic.partition(":")[2]
+                self._topic_handles.setdefault(record.topic, handle_type(record.topic)(self, key))
         except BaseException:
             await store.close()
             raise
@@ -429,8 +294,8 @@ class SyncClient:
         await self._persist()
         self._closed = True
         self._gate.close(ClientClosed("the client closed before the hub answered; the ops stay stored"))
-        for cart in self._carts.values():
-            cart._close()
+        for handle in self._topic_handles.values():
+            handle._close()
         for stream in list(self._rejection_streams):
             stream.close()
         self._status_changed.set()
@@ -480,13 +345,25 @@ class SyncClient:
         """The cart of ``member``, synced from now on (and across restarts) until unsubscribed."""
         if not topic_names.is_valid_key(member):
             raise ValueError(f"member ids are 1-64 of [A-Za-z0-9._@-], not {member[:64]!r}")
-        topic = f"cart:{member}"
-        self._engine.subscribe(topic)
-        cart = self._carts.get(topic)
-        if cart is None:
-            cart = self._carts[topic] = Cart(self, member)
-        self._nudge()
+        cart = self._topic_handle(f"cart:{member}", member)
+        assert isinstance(cart, Cart)
         return cart
+
+    def stock(self, sku: str) -> Stock:
+        """The stock of ``sku``, synced from now on (and across restarts) until unsubscribed."""
+        if not topic_names.is_valid_key(sku):
+            raise ValueError(f"SKUs are 1-64 of [A-Za-z0-9._@-], not {sku[:64]!r}")
+        stock = self._topic_handle(f"stock:{sku}", sku)
+        assert isinstance(stock, Stock)
+        return stock
+
+    def _topic_handle(self, topic: str, key: str) -> TopicHandle:
+        self._engine.subscribe(topic)
+        handle = self._topic_handles.get(topic)
+        if handle is None:
+            handle = self._topic_handles[topic] = handle_type(topic)(self, key)
+        self._nudge()
+        return handle
 
     @property
     def status(self) -> Status:
@@ -640,12 +517,12 @@ class SyncClient:
         while self._committer is not None and not self._committer.done():
             await self._committer
 
-    async def _unsubscribe(self, cart: Cart) -> None:
-        self._engine.unsubscribe(cart.topic)
-        self._carts.pop(cart.topic, None)
-        cart._close()
+    async def _unsubscribe(self, handle: TopicHandle) -> None:
+        self._engine.unsubscribe(handle.topic)
+        self._topic_handles.pop(handle.topic, None)
+        handle._close()
         self._nudge()
-        await self._store_().remove_topic(cart.topic)
+        await self._store_().remove_topic(handle.topic)
 
     # -- internals: connection ----------------------------------------------------------------------------
 
@@ -959,9 +836,9 @@ class SyncClient:
             elif isinstance(event, SubscriptionFailed):
                 self._last_error = event.error
                 self._synced.set()  # wait_synced() waiters: this cart cannot be in sync, say so
-                cart = self._carts.get(event.error.topic)
-                if cart is not None:
-                    cart._notify(TopicChanged(event.error.topic, ChangeCause.SNAPSHOT, frozenset()), None)
+                handle = self._topic_handles.get(event.error.topic)
+                if handle is not None:
+                    handle._notify(TopicChanged(event.error.topic, ChangeCause.SNAPSHOT, frozenset()))
             elif isinstance(event, Notice):
                 if isinstance(event.error, OutboxStalled):
                     if isinstance(self._gate.error, OutboxStalled):
@@ -974,12 +851,11 @@ class SyncClient:
         self._check_synced()
 
     def _changed(self, change: TopicChanged) -> None:
-        cart = self._carts.get(change.topic)
+        cart = self._topic_handles.get(change.topic)
         if cart is None:
             return
-        conflict = CartConflict.from_wire(change.conflict) if change.conflict is not None else None
-        cart._notify(change, conflict)
-        if conflict is not None and self._on_conflict is not None:
+        conflict = cart._notify(change)
+        if conflict is not None and isinstance(cart, Cart) and self._on_conflict is not None:
             try:
                 result = self._on_conflict(cart, conflict)
                 if inspect.isawaitable(result):

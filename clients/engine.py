@@ -54,22 +54,36 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
-import heapq
-import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, NamedTuple, TypeAlias
-
-import msgspec
+from typing import Any, Final
 
 from clients.errors import OutboxStalled, SubscriptionRefused, UnexpectedEvent
-from protocol import cart as rules
+from clients.events import (
+    ChangeCause,
+    EngineEvent,
+    LoadOps,
+    Notice,
+    OpSettled,
+    SubscriptionFailed,
+    TopicChanged,
+    TopicRecord,
+    TopicSynced,
+)
+from clients.types import LocalView, op_topic, view_type
+from clients.types.base import MAX_CTX
+from clients.types.cart import CartView, predict_line
+
+# The engine's unit tests import these from here, as before the per-type modules.
+from clients.types.cart import Pending as _Pending  # noqa: F401  (tests import it from here)
 from protocol import codec, frames
 from protocol import hlc as hlcs
-from protocol import vv as vvs
-from protocol.errors import ErrorCode, ProtocolError, SyncError
+from protocol import stats as report
+from protocol.datatype import check_shape
+from protocol.datatype import check_shape as _check  # noqa: F401  (tests import it from here)
+from protocol.errors import ErrorCode, SyncError
 from protocol.ops import parse_args
 from protocol.snapshots import SnapshotAssembler
+from protocol.types.cart import CartEventData as _CartEventData  # noqa: F401  (tests import it from here)
 
 DEFAULT_WINDOW: Final = 1024
 """Ops sent and not yet acknowledged, at most (further capped by ``welcome.max_batch``, PROTOCOL §7.2)."""
@@ -89,461 +103,37 @@ STALLED_RETRY_MS: Final = 30_000
 _FRAME_OVERHEAD: Final = 32
 """Bytes of an ``ops`` frame besides its ops: the map header, ``t``, the key and the array header."""
 _SAMPLES: Final = 512
-MAX_CTX: Final = 256
-"""Entries a ``ctx`` may carry (PROTOCOL §6.8): a larger one would make the hub close the connection."""
-
-CART_KINDS: Final = rules.KINDS
-
-
-# --- persisted shapes ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TopicRecord:
-    """What the outbox store keeps per topic, written atomically: the three only make sense together.
-
-    ``state`` is the server state at ``cursor`` (``None`` until the first snapshot); ``reflected`` is the
-    highest ``seq`` of ours that ``state`` is known to include (ops of ours on this topic with a higher seq
-    form the overlay).
-    """
-
-    topic: str
-    state: dict[str, Any] | None = None
-    cursor: frames.Cursor | None = None
-    reflected: int = 0
-
-
-def op_topic(kind: str, args: Mapping[str, Any]) -> str:
-    """The topic whose view an op changes (``cart.add`` for member ``m42`` → ``cart:m42``)."""
-    if kind in CART_KINDS:
-        return f"cart:{args['member']}"
-    raise ProtocolError(ErrorCode.UNKNOWN_OP, f"the SDK cannot predict op kind {kind[:64]!r}")
-
-
-# --- events for the driver ---------------------------------------------------------------------------------
-
-
-class ChangeCause(enum.Enum):
-    """Why a view changed."""
-
-    LOCAL = "local"
-    """An op was made on this device (not confirmed yet)."""
-    EVENT = "event"
-    """The hub applied a change (ours or another device's)."""
-    SNAPSHOT = "snapshot"
-    """The server state was (re)loaded from a snapshot."""
-    RESET = "reset"
-    """The hub could not resume from our cursor: the cached state was replaced."""
-    REJECTED = "rejected"
-    """An op of ours was rejected: its predicted effect was withdrawn."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class OpSettled:
-    """The hub settled an op: applied (``ok``) or rejected (``code``). It leaves the pending outbox.
-
-    ``keep``: applied, but the cached server state of its topic does not show it yet; the store keeps the row
-    (marked acked) so that the view still includes the op after a restart, until the topic's record moves
-    ``reflected`` past it.
-    """
-
-    op: frames.Op
-    ok: bool
-    result: dict[str, Any] | None
-    code: str | None
-    message: str
-    dup: bool
-    keep: bool
-    at: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TopicChanged:
-    """A topic's local view changed. ``skus``: the lines that may differ (``None``: any of them)."""
-
-    topic: str
-    cause: ChangeCause
-    skus: frozenset[str] | None = None
-    origin: frames.Origin | None = None
-    conflict: dict[str, Any] | None = None
-    kind: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TopicSynced:
-    """A topic's subscription is in sync with the hub on this connection (its snapshot arrived)."""
-
-    topic: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LoadOps:
-    """Load up to ``limit`` unsettled ops with ``seq > after_seq`` from the outbox (then ``ops_loaded``)."""
-
-    after_seq: int
-    limit: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SubscriptionFailed:
-    """The hub refused a subscription; the engine asks again on the next connection."""
-
-    error: SubscriptionRefused
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Notice:
-    """Something the application should be able to see (``status.last_error``), without ending anything."""
-
-    error: SyncError
-
-
-EngineEvent: TypeAlias = OpSettled | TopicChanged | TopicSynced | LoadOps | SubscriptionFailed | Notice
-
-
-# --- cart data validation ----------------------------------------------------------------------------------
-# Event data and snapshot state are open maps on the wire (frames.Payload). They are checked against the cart
-# shape before anything is applied: a hub that sends something else broke the protocol, and the engine never
-# acts on part of a frame.
-
-
-class _Dot(msgspec.Struct, array_like=True, forbid_unknown_fields=False):
-    """``[client_id, seq, kind, value, hlc, attrs?, key?]`` (key: a base's ``[hlc, client_id, seq]``).
-
-    Trailing elements beyond these are ignored, as protocol version 1 allows for array-encoded types.
-    """
-
-    client_id: str
-    seq: int
-    kind: str
-    value: int
-    hlc: int
-    attrs: dict[str, str | int | bool] | msgspec.UnsetType = msgspec.UNSET
-    key: Any = msgspec.UNSET
-
-    def __post_init__(self) -> None:
-        if self.kind == rules.DOT_BASE and self.attrs is not msgspec.UNSET:
-            key = self.key
-            if not (
-                isinstance(key, list | tuple)
-                and len(key) == 3
-                and type(key[0]) is int
-                and isinstance(key[1], str)
-                and type(key[2]) is int
-            ):
-                raise ValueError("a base dot that carries attrs carries their key [hlc, client_id, seq]")
-
-
-class _WireLine(msgspec.Struct, forbid_unknown_fields=False):
-    qty: int
-    vv: dict[str, int]
-    dots: list[_Dot]
-    attrs: dict[str, str | int | bool] = {}
-
-
-class _CartState(msgspec.Struct, forbid_unknown_fields=False):
-    lines: dict[str, _WireLine]
-
-
-class _CartEventData(msgspec.Struct, forbid_unknown_fields=False):
-    lines: dict[str, _WireLine | None]
-
-
-class _Conflict(msgspec.Struct, forbid_unknown_fields=False):
-    sku: str
-    winner: list[Any]
-    losers: list[list[Any]]
-
-
-def _check(value: Any, shape: type[msgspec.Struct], what: str) -> None:
-    try:
-        msgspec.convert(value, type=shape, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"{what}: {exc}") from None
-
-
-def _lines_of(state: Mapping[str, Any]) -> dict[str, rules.Line]:
-    lines: dict[str, rules.Line] = dict(state["lines"])
-    return lines
-
-
-# --- prediction --------------------------------------------------------------------------------------------
-
-
-class _Pending(NamedTuple):
-    """An overlay op in the few fields a prediction needs (compact: the outbox may hold 100,000)."""
-
-    seq: int
-    kind: str
-    sku: str | None
-    qty: int | None
-    hlc: int
-    ctx: Mapping[str, int] | None
-    attrs: Mapping[str, Any] | None
-
-
-def _pending_of(op: frames.Op) -> _Pending:
-    args = op.args
-    sku = args.get("sku")
-    qty = args.get("qty")
-    return _Pending(
-        op.seq,
-        sys.intern(op.kind),
-        sys.intern(sku) if isinstance(sku, str) and op.kind != rules.CLEAR else None,
-        qty if op.kind in (rules.ADD, rules.SET) else None,
-        op.hlc,
-        op.ctx,
-        args.get("attrs") if op.kind in (rules.ADD, rules.SET) else None,
-    )
-
-
-def predict_line(line: rules.Line | None, sku: str, op: _Pending, me: str) -> rules.Line | None:
-    """``line`` after our op, by :func:`protocol.cart.predict` (no folding); runs of our adds merge into one.
-
-    Merging is exact here: every later op of ours covers all our earlier dots (its ``ctx`` is the view), and
-    quantity, vector, set winner and attrs do not depend on how our add-dots are split (see
-    :func:`_merge_own_adds` for the one case where they would, which is not merged).
-    """
-    cart: rules.Cart = {"lines": {sku: line} if line is not None else {}, "folds": 0}
-    cart_op = rules.CartOp(
-        kind=op.kind,
-        client_id=me,
-        seq=op.seq,
-        hlc=op.hlc,
-        ctx=op.ctx or {},
-        sku=None if op.kind == rules.CLEAR else sku,
-        qty=op.qty,
-        attrs=op.attrs,
-    )
-    # protocol.cart.apply would fold a line past 16 dots under a fold number the hub never issued.
-    outcome = rules.predict(cart, cart_op)
-    if outcome.rejected is not None:
-        return line  # the hub will reject it too; a rejection changes nothing
-    new = outcome.cart["lines"].get(sku)
-    if new is None or op.kind != rules.ADD:
-        return new
-    return _merge_own_adds(new, me, op.seq)
-
-
-def _merge_own_adds(line: rules.Line, me: str, seq: int) -> rules.Line:
-    """Merge our add-dot ``seq`` with our previous live add-dot on the line, if any, into one dot.
-
-    The merged dot is ``[me, seq, "a", sum, hlc of seq, attrs of seq?]``, at the place of ``seq``'s dot. Both
-    are adds of ours, so the quantity, the vector (``seq`` is our greatest) and the set winner stay. The
-    attrs stay too as long as ``seq``'s dot outranks the older one (a later hlc, as our clock gives) and
-    carries attrs whenever the older one does: then the older dot's attrs never show while ``seq``'s dot
-    is live. In the other case (older attrs, none now) the two dots are kept apart.
-    """
-    dots = line["dots"]
-    new_at = old_at = -1
-    for i, d in enumerate(dots):
-        if d[0] == me and d[2] == rules.DOT_ADD:
-            if d[1] == seq:
-                new_at = i
-            elif old_at < 0 or d[1] > dots[old_at][1]:
-                old_at = i
-    if old_at < 0 or new_at < 0:
-        return line
-    old, new = dots[old_at], dots[new_at]
-    if new[4] < old[4] or (len(old) > 5 and len(new) <= 5):
-        return line
-    merged_dot = [me, seq, rules.DOT_ADD, old[3] + new[3], new[4], *new[5:6]]
-    merged_dots = [merged_dot if i == new_at else d for i, d in enumerate(dots) if i != old_at]
-    merged: rules.Line = {"qty": line["qty"], "vv": line["vv"], "dots": merged_dots}
-    if "attrs" in line:
-        merged["attrs"] = line["attrs"]
-    return merged
-
-
-class CartView:
-    """One cart topic: server state, cursor, overlay of our ops, and the predicted lines (cached per sku).
-
-    Lines are recomputed lazily, per sku, from the server line and the overlay ops that touch it (plus every
-    ``clear``), so an event costs work on the lines it changed only, and only when someone reads them.
-    """
-
-    __slots__ = (
-        "_by_sku",
-        "_cache",
-        "_clears",
-        "_me",
-        "_order",
-        "awaiting",
-        "cursor",
-        "error",
-        "fresh",
-        "has_state",
-        "member",
-        "ops",
-        "reflected",
-        "retry_at",
-        "server",
-        "sub_id",
-        "synced",
-        "topic",
-    )
-
-    def __init__(self, record: TopicRecord, me: str) -> None:
-        self.topic = record.topic
-        self.member = record.topic.partition(":")[2]
-        self._me = me
-        self.server: dict[str, rules.Line] = _lines_of(record.state) if record.state is not None else {}
-        self.has_state = record.state is not None
-        self.cursor = record.cursor
-        self.reflected = record.reflected
-        self.ops: dict[int, _Pending] = {}
-        self._order: collections.deque[int] = collections.deque()  # overlay seqs, ascending (lazy deletes)
-        self._by_sku: dict[str, collections.deque[_Pending]] = {}
-        self._clears: collections.deque[_Pending] = collections.deque()
-        self._cache: dict[str, rules.Line | None] = {}
-        # per connection
-        self.sub_id: int | None = None
-        self.awaiting = False
-        self.synced = False
-        self.fresh = False  # subscribe without our cursor: the hub's answer to it could not be trusted
-        self.error: SyncError | None = None
-        self.retry_at: int | None = None
-
-    def record(self) -> TopicRecord:
-        state = {"lines": self.server} if self.has_state else None
-        return TopicRecord(self.topic, state, self.cursor, self.reflected)
-
-    # -- overlay ------------------------------------------------------------------------------------------
-
-    def add(self, op: _Pending) -> None:
-        """Put our op on top of the view (ops arrive in ascending ``seq``)."""
-        if op.seq <= self.reflected or op.seq in self.ops:
-            return
-        self.ops[op.seq] = op
-        self._order.append(op.seq)
-        if op.sku is None:
-            self._clears.append(op)
-            for sku, line in list(self._cache.items()):
-                self._cache[sku] = predict_line(line, sku, op, self._me)
-        else:
-            self._by_sku.setdefault(op.sku, collections.deque()).append(op)
-            if op.sku in self._cache:
-                self._cache[op.sku] = predict_line(self._cache[op.sku], op.sku, op, self._me)
-
-    def remove(self, seq: int) -> frozenset[str] | None:
-        """Withdraw one op (rejected or aborted); the skus whose lines may change (``None``: all)."""
-        op = self.ops.pop(seq, None)
-        if op is None:
-            return frozenset()
-        if op.sku is None:
-            self._clears.remove(op)
-            self._cache.clear()
-            return None
-        ops = self._by_sku[op.sku]
-        ops.remove(op)
-        if not ops:
-            del self._by_sku[op.sku]
-        self._cache.pop(op.sku, None)
-        return frozenset((op.sku,))
-
-    def reflect(self, upto: int) -> frozenset[str] | None:
-        """The server state now shows our ops up to ``upto``: they leave the overlay."""
-        if upto <= self.reflected:
-            return frozenset()
-        self.reflected = upto
-        skus: set[str] = set()
-        everything = False
-        order = self._order
-        while order and order[0] <= upto:
-            op = self.ops.pop(order.popleft(), None)
-            if op is None:
-                continue  # removed earlier
-            if op.sku is None:
-                self._clears.popleft()
-                everything = True
-            else:
-                ops = self._by_sku[op.sku]
-                ops.popleft()
-                if not ops:
-                    del self._by_sku[op.sku]
-                skus.add(op.sku)
-        if everything:
-            self._cache.clear()
-            return None
-        for sku in skus:
-            self._cache.pop(sku, None)
-        return frozenset(skus)
-
-    # -- server state -------------------------------------------------------------------------------------
-
-    def replace(self, state: Mapping[str, Any]) -> None:
-        self.server = _lines_of(state)
-        self.has_state = True
-        self._cache.clear()
-
-    def apply_lines(self, changed: Mapping[str, rules.Line | None]) -> None:
-        for sku, line in changed.items():
-            if line is None:
-                self.server.pop(sku, None)
-            else:
-                self.server[sku] = line
-            self._cache.pop(sku, None)
-
-    # -- reading ------------------------------------------------------------------------------------------
-
-    def line(self, sku: str) -> rules.Line | None:
-        try:
-            return self._cache[sku]
-        except KeyError:
-            pass
-        line = self.server.get(sku)
-        own = self._by_sku.get(sku, ())
-        ops: Iterable[_Pending] = heapq.merge(own, self._clears) if self._clears else own
-        for op in ops:
-            line = predict_line(line, sku, op, self._me)
-        self._cache[sku] = line
-        return line
-
-    def skus(self) -> set[str]:
-        return set(self.server) | set(self._by_sku)
-
-    def lines(self) -> dict[str, rules.Line]:
-        out: dict[str, rules.Line] = {}
-        for sku in sorted(self.skus()):
-            line = self.line(sku)
-            if line is not None:
-                out[sku] = line
-        return out
-
-    def ctx_for(self, kind: str, sku: str | None) -> dict[str, int] | None:
-        """The causal context of an op made now: what this device shows of its target."""
-        if kind == rules.ADD:
-            return None  # add removes nothing: the rules ignore its ctx
-        if kind == rules.CLEAR:
-            merged: dict[str, int] = {}
-            for each in self.lines().values():
-                merged = vvs.merge(merged, each["vv"])
-            return merged
-        assert sku is not None
-        line = self.line(sku)
-        return dict(line["vv"]) if line is not None else {}
-
-    @property
-    def has_pending_writes(self) -> bool:
-        return bool(self.ops)
 
 
 # --- statistics ----------------------------------------------------------------------------------------
 
 
 class _Samples:
-    """The last few latency samples, for percentiles reported in pings."""
+    """Latency samples since the last report: the last few kept for percentiles, every one counted in the
+    histogram of :mod:`protocol.stats` (which the hub adds up across devices)."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_counts", "_sum", "_values")
 
     def __init__(self) -> None:
         self._values: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
+        self._counts = [0] * (len(report.BOUNDS_MS) + 1)
+        self._sum = 0.0
 
     def add(self, value: float) -> None:
         self._values.append(value)
+        self._counts[report.bucket(value)] += 1
+        self._sum += value
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def histogram(self, kind: str) -> dict[str, float]:
+        return report.encode(kind, self._counts, self._sum)
+
+    def clear(self) -> None:
+        self._values.clear()
+        self._counts = [0] * (len(report.BOUNDS_MS) + 1)
+        self._sum = 0.0
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self._values)
@@ -584,7 +174,7 @@ class SyncEngine:
         self.client_id = client_id
         self._next_seq = next_seq
         self._clock = hlcs.HybridClock(hlc)
-        self._topics: dict[str, CartView] = {}
+        self._topics: dict[str, LocalView] = {}
         self._events: list[EngineEvent] = []
         self._dirty: set[str] = set()
         self._uncommitted: list[frames.Op] = []
@@ -616,8 +206,6 @@ class SyncEngine:
         """Snapshots that come in pages (PROTOCOL §6.6), until their last page."""
         self._clock_offset_ms: int | None = None
         # reporting
-        self.last_ack_ms: int | None = None
-        self.last_event_ms: int | None = None
         self._ack_ms = _Samples()
         self._sync_ms = _Samples()
 
@@ -633,19 +221,17 @@ class SyncEngine:
         """The hybrid logical clock's last value (persist it so it never runs backwards)."""
         return self._clock.last
 
-    def load_topic(self, record: TopicRecord, overlay: Iterable[frames.Op] = ()) -> CartView:
+    def load_topic(self, record: TopicRecord, overlay: Iterable[frames.Op] = ()) -> LocalView:
         """Add a topic from its stored record, with the stored ops of ours on it (settled or not)."""
-        if not record.topic.startswith("cart:"):
-            raise ValueError(f"the SDK only syncs cart topics so far, not {record.topic!r}")
-        view = CartView(record, self.client_id)
+        view = view_type(record.topic)(record, self.client_id)
         for op in overlay:
-            view.add(_pending_of(op))
+            view.add_op(op)
         self._topics[record.topic] = view
         return view
 
-    def add_overlay(self, view: CartView, op: frames.Op) -> None:
+    def add_overlay(self, view: LocalView, op: frames.Op) -> None:
         """Put one stored op of ours back on top of a loaded topic (ops in ascending ``seq``)."""
-        view.add(_pending_of(op))
+        view.add_op(op)
 
     def take_dirty_topics(self) -> list[TopicRecord]:
         """Records of topics whose server state, cursor or ``reflected`` changed since the last call."""
@@ -655,14 +241,14 @@ class SyncEngine:
 
     # -- topics -------------------------------------------------------------------------------------------
 
-    def view(self, topic: str) -> CartView | None:
+    def view(self, topic: str) -> LocalView | None:
         return self._topics.get(topic)
 
     @property
     def topics(self) -> list[str]:
         return list(self._topics)
 
-    def subscribe(self, topic: str) -> CartView:
+    def subscribe(self, topic: str) -> LocalView:
         """Start syncing a topic (idempotent); it stays subscribed, across restarts, until unsubscribed."""
         view = self._topics.get(topic)
         if view is None:
@@ -697,15 +283,9 @@ class SyncEngine:
         if view is None:
             view = self.subscribe(topic)
         clean = {k: v for k, v in args.items() if v is not None}
-        ctx = view.ctx_for(kind, clean.get("sku"))
+        ctx = view.stamp(kind, clean)
         if ctx is not None and len(ctx) > MAX_CTX:
             raise ValueError(f"{kind} would carry {len(ctx)} context entries, more than {MAX_CTX}")
-        if kind == rules.SET and "attrs" not in clean and clean["qty"] > 0:
-            # A set replaces the dots it saw, their attrs included (docs/cart-rules.md): without attrs of
-            # its own it would drop the ones this device shows. Keep them, as seen with this ctx.
-            shown = view.line(clean["sku"])
-            if shown is not None and shown.get("attrs"):
-                clean["attrs"] = dict(shown["attrs"])
         op = frames.Op(
             seq=self._next_seq,
             kind=kind,
@@ -719,7 +299,7 @@ class SyncEngine:
             raise ValueError(f"op of {size} bytes cannot fit the hub's {self._max_frame}-byte frames")
         self._next_seq += 1
         self._uncommitted.append(op)
-        view.add(_pending_of(op))
+        view.add_op(op)
         return op
 
     def commit(self, ops: Iterable[frames.Op]) -> None:
@@ -727,7 +307,8 @@ class SyncEngine:
         for op in ops:
             self._uncommitted.remove(op)
             topic = op_topic(op.kind, op.args)
-            self._events.append(TopicChanged(topic, ChangeCause.LOCAL, _skus_of(op), kind=op.kind))
+            keys = view_type(topic).keys_of(op)
+            self._events.append(TopicChanged(topic, ChangeCause.LOCAL, keys, kind=op.kind))
             self._pending += 1
             if self._oldest_ms is None:
                 self._oldest_ms = op.ts
@@ -887,21 +468,27 @@ class SyncEngine:
         return self._open and all(v.synced for v in self._topics.values())
 
     def stats(self, now_ms: int) -> dict[str, float]:
-        """Figures for the hub (``ping.stats``): outbox backlog, ack and sync latency percentiles."""
+        """Figures for the hub (``ping.stats``): outbox backlog, and the ack and sync latency of the samples
+        since the last report (which it empties) as a histogram and percentiles: a report tells how sync is
+        going *now*, so a recovery shows in the next one instead of after hundreds of fresh samples."""
         oldest = self.oldest_pending_ms
         out: dict[str, float] = {
             "outbox": float(self._pending),
             "outbox_age_ms": float(max(0, now_ms - oldest)) if oldest is not None else 0.0,
         }
-        for name, samples in (("ack_ms", self._ack_ms), ("sync_ms", self._sync_ms)):
+        for kind, samples in (("ack", self._ack_ms), ("sync", self._sync_ms)):
             if samples:
+                name = f"{kind}_ms"
+                out.update(samples.histogram(kind))
                 out[f"{name}_p50"] = samples.percentile(0.5)
+                out[f"{name}_p95"] = samples.percentile(0.95)
                 out[f"{name}_p99"] = samples.percentile(0.99)
+                samples.clear()
         return out
 
     # -- internals: sending -------------------------------------------------------------------------------
 
-    def _send_sub(self, view: CartView) -> None:
+    def _send_sub(self, view: LocalView) -> None:
         if view.sub_id is not None:
             self._sub_ids.pop(view.sub_id, None)
         sub_id = self._next_sub_id
@@ -996,7 +583,6 @@ class SyncEngine:
         op, sent_at = taken
         self._pending -= 1
         self._retry_ms = RETRY_INITIAL_MS
-        self.last_ack_ms = now_ms
         if sent_at is not None:
             self._ack_ms.add(float(max(0, now_ms - sent_at)))
         if not self._pending:
@@ -1066,7 +652,7 @@ class SyncEngine:
         if snap is None or snap.cursor is None:
             return  # a page before the last: the snapshot is complete with its last page (live events wait)
         if snap.state is not None:
-            _check(snap.state, _CartState, f"snapshot of {snap.topic}")
+            check_shape(snap.state, view.datatype.state, f"snapshot of {snap.topic}")
             view.awaiting = view.fresh = False
             view.replace(snap.state)
             view.cursor = snap.cursor
@@ -1095,20 +681,18 @@ class SyncEngine:
         if ev.cursor.epoch != cursor.epoch or ev.cursor.offset != cursor.offset + 1:
             self._send_sub(view)  # a gap or a new epoch: resume from what we have
             return
-        known = ev.kind in CART_KINDS
+        dtype = view.datatype
+        known = dtype.emits(ev.kind)
         if known:
-            _check(ev.data, _CartEventData, f"event {ev.kind} on {ev.topic}")
-        if ev.conflict is not None:
-            _check(ev.conflict, _Conflict, f"conflict of {ev.kind} on {ev.topic}")
-        self.last_event_ms = now_ms
+            check_shape(ev.data, dtype.event, f"event {ev.kind} on {ev.topic}")
+        if ev.conflict is not None and dtype.conflict is not None:
+            check_shape(ev.conflict, dtype.conflict, f"conflict of {ev.kind} on {ev.topic}")
         if self._clock_offset_ms is not None:
             self._sync_ms.add(float(max(0, now_ms + self._clock_offset_ms - ev.at)))
         self._observe(ev.at, now_ms)
         skus: set[str] = set()
         if known:
-            changed: dict[str, rules.Line | None] = dict(ev.data["lines"])
-            view.apply_lines(changed)
-            skus.update(changed)
+            skus.update(view.apply_data(ev.data))
         else:
             self._events.append(Notice(UnexpectedEvent(ev.topic, ev.kind)))
         view.cursor = ev.cursor
@@ -1149,13 +733,7 @@ def _resumes(held: frames.Cursor | None, answer: frames.Cursor) -> bool:
     return held is not None and held.epoch == frames.EMPTY_EPOCH and held.offset == 0 and answer.offset == 0
 
 
-def _skus_of(op: frames.Op) -> frozenset[str] | None:
-    sku = op.args.get("sku")
-    return frozenset((sku,)) if isinstance(sku, str) and op.kind != rules.CLEAR else None
-
-
 __all__ = [
-    "CART_KINDS",
     "CartView",
     "ChangeCause",
     "EngineEvent",

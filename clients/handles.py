@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from clients.models import from_ms
-from clients.store import SQLiteOutbox
 from protocol import frames
 from protocol.errors import OpRejected, SyncError
+
+if TYPE_CHECKING:
+    from clients.store import SQLiteOutbox
 
 __all__ = ["CompositeHandle", "Gate", "OpHandle", "handle_for", "handles_for_pending"]
 

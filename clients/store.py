@@ -40,8 +40,9 @@ from typing import IO, Any, Final
 import aiosqlite
 import msgspec
 
-from clients.engine import OpSettled, TopicRecord, op_topic
+from clients.events import OpSettled, TopicRecord
 from clients.models import Rejection, from_ms
+from clients.types.base import op_topic
 from protocol import codec, frames
 from protocol.errors import BackendUnavailable
 

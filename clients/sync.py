@@ -30,9 +30,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterat
 from types import TracebackType
 from typing import Any, TypeVar
 
-from clients.client import Attrs, Cart, SyncClient, TokenProvider
+from clients.client import SyncClient, TokenProvider
 from clients.handles import OpHandle
 from clients.models import CartChange, CartLine, CartState, Rejection, Status
+from clients.types.cart import Attrs, Cart
 
 T = TypeVar("T")
 _END = object()

@@ -72,6 +72,16 @@ class ErrorCode(enum.StrEnum):
     # -- domain rejections: the op was understood and refused by a business rule ----------------------
     INSUFFICIENT_STOCK = "insufficient_stock", "Not enough available stock in the bucket the op draws from."
     QUOTA_EXCEEDED = "quota_exceeded", "The channel's quota of the shared pool is used up."
+    PURCHASE_LIMIT_EXCEEDED = (
+        "purchase_limit_exceeded",
+        "The member already holds or bought as many units of the SKU as their purchase limit allows.",
+    )
+    ALLOTMENT_EXCEEDED = "allotment_exceeded", "The store's allotment holds fewer units than the sale."
+    RESERVATION_EXPIRED = "reservation_expired", "The reservation expired before its commit; it was returned."
+    UNKNOWN_RESERVATION = (
+        "unknown_reservation",
+        "No active reservation has this id (committed, released or never made).",
+    )
     ALREADY_REDEEMED = "already_redeemed", "The coupon or hold was already used."
     LIMIT_EXCEEDED = "limit_exceeded", "A per-entity bound (lines per cart, …) would be exceeded."
     TOO_LARGE = (

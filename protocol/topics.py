@@ -29,10 +29,8 @@ class TopicKind(enum.StrEnum):
     """Prices and status of every SKU: ``catalog`` (no key)."""
 
 
-SERVED_KINDS: Final = frozenset({TopicKind.CART})
-"""Topic kinds this release's hub serves and its SDK syncs. The others are part of the protocol (their names
-parse) but are answered ``unsupported_topic`` until their types land, never ``unknown_topic``: a client
-must be able to tell "not yet" from "no such thing" (PROTOCOL.md §8.1)."""
+# Which kinds are served is protocol.registry.SERVED_KINDS: the others parse here but are answered
+# ``unsupported_topic`` until their types land, never ``unknown_topic`` (PROTOCOL.md §8.1).
 KEYED: Final = frozenset(TopicKind) - {TopicKind.CATALOG}
 MEMBER_KINDS: Final = frozenset({TopicKind.CART, TopicKind.POINTS, TopicKind.MEMBER})
 """Topics that belong to one member and need that member in the token's scope."""

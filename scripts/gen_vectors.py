@@ -120,6 +120,26 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
         "client",
         {"t": "ping", "ts": T0 + 30_000, "stats": {"outbox": 3.0, "outbox_age_ms": 1250.5}},
     ),
+    (
+        "ping from a client, with a latency report",
+        "client",
+        {
+            "t": "ping",
+            "ts": T0 + 31_000,
+            "stats": {
+                "outbox": 0.0,
+                "outbox_age_ms": 0.0,
+                "sync_ms_le_25": 7.0,
+                "sync_ms_le_50": 2.0,
+                "sync_ms_le_inf": 1.0,
+                "sync_ms_count": 10.0,
+                "sync_ms_sum": 12_345.5,
+                "sync_ms_p50": 21.0,
+                "sync_ms_p95": 48.0,
+                "sync_ms_p99": 12_000.0,
+            },
+        },
+    ),
     ("pong from a client", "client", {"t": "pong", "echo_ts": T0 + 45_000, "ts": T0 + 45_012}),
     (
         "err from a client",
@@ -249,6 +269,46 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
             "ok": False,
             "code": "too_large",
             "message": "a cart holds at most 1048576 bytes (encoded)",
+        },
+    ),
+    (
+        "ack, stock.reserve applied: the reservation id and its expiry",
+        "server",
+        {"t": "ack", "seq": 13, "ok": True, "result": {"rid": "app-1/13", "until": 1764979200000}},
+    ),
+    (
+        "ack, rejection: the member is at their purchase limit for the SKU",
+        "server",
+        {
+            "t": "ack",
+            "seq": 14,
+            "ok": False,
+            "code": "purchase_limit_exceeded",
+            "message": "the member is at their purchase limit for this SKU",
+        },
+    ),
+    (
+        "ack, rejection: a till's sale beyond its store's allotment",
+        "server",
+        {
+            "t": "ack",
+            "seq": 15,
+            "ok": False,
+            "code": "allotment_exceeded",
+            "message": "the store's allotment holds fewer units",
+        },
+    ),
+    (
+        "ev, stock: available to promise per channel after a reservation",
+        "server",
+        {
+            "t": "ev",
+            "topic": "stock:SKU-1",
+            "cursor": ["e1", 8],
+            "kind": "stock.reserve",
+            "data": {"on_hand": 50, "pool": 41, "sold": 0, "atp": {"*": 41, "web": 12}, "allot": {"s1": 5}},
+            "at": 1764979200000,
+            "origin": ["app-1", 13],
         },
     ),
     (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-HUB_MODULES = ("starlette", "uvicorn", "redis", "hiredis", "jwt", "websockets")
+HUB_MODULES = ("starlette", "uvicorn", "redis", "hiredis", "jwt", "websockets", "prometheus_client")
 """What ``syncd.cli`` needs beyond the base install (the ``hub`` extra's packages, by import name)."""
 
 

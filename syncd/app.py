@@ -31,18 +31,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol.errors import BackendUnavailable
-from syncd import __version__
+from syncd import __version__, dashboard
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
+from syncd.generations import GenerationWatcher
 from syncd.hub import Hub
+from syncd.metrics import SessionCollector
 from syncd.redis_info import (
     IdleReaper,
     RedisStatus,
@@ -54,8 +57,11 @@ from syncd.redis_info import (
     probe,
 )
 from syncd.revocation import REVOKED_CHANNEL, Revocations
+from syncd.rollup import Publisher
 from syncd.settings import ConfigError, Settings
-from syncd.store.redis_store import RedisStore, channel
+from syncd.store.keys import channel
+from syncd.store.redis_store import RedisStore
+from syncd.sweeper import sweep_forever
 
 log = logging.getLogger("syncd.app")
 
@@ -75,6 +81,7 @@ def create_app(settings: Settings) -> Starlette:
             cluster=settings.redis_cluster,
             max_connections=settings.redis_max_connections,
             pool_wait_s=settings.redis_pool_wait_ms / 1000,
+            timeout_s=settings.redis_timeout_ms / 1000,
         )
         reaper = IdleReaper(client, settings.redis_idle_s)
         app.state.reaper = reaper
@@ -82,19 +89,40 @@ def create_app(settings: Settings) -> Starlette:
         try:
             status = await probe(client)
             # Raises ConfigError (refusing to start) when durability=fsync cannot be honoured.
-            warnings = check_durability(settings.durability, status)
+            warnings = check_durability(settings.ack_durability, status)
             log.info("redis at %s: %s", redact_url(redis_url), describe(status))
             for warning in warnings:
                 log.warning("%s", warning)
             log.info(
-                "durability=%s: %s", settings.durability, durability_guarantee(settings.durability, status)
+                "durability=%s: %s",
+                settings.ack_durability,
+                durability_guarantee(settings.ack_durability, status),
             )
             app.state.redis = client
             hub = await _start_hub(settings, client, redis_url)
             app.state.hub = hub
+            background = [  # hub-wide loops, stopped before the hub closes
+                asyncio.create_task(
+                    GenerationWatcher(client, hub.generation_changed).run(), name="syncd-generations"
+                ),
+                asyncio.create_task(sweep_forever(hub.store), name="syncd-sweeper"),
+            ]
+            publisher: Publisher | None = None
+            if hub.metrics is not None:
+                hub.metrics.registry.register(
+                    SessionCollector(hub.metrics, hub.sessions, hub.telemetry, hub.fanout.stats)
+                )
+                publisher = Publisher(hub, client)
+                background.append(asyncio.create_task(publisher.run(), name="syncd-dashboard-publisher"))
             try:
                 yield
             finally:
+                for task in background:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                if publisher is not None:
+                    await publisher.withdraw()
                 await hub.close()
                 await hub.fanout.close()
         finally:
@@ -104,7 +132,13 @@ def create_app(settings: Settings) -> Starlette:
             await close_client(client)
 
     app = Starlette(
-        routes=[Route("/healthz", healthz, methods=["GET"]), *_websocket_routes()], lifespan=lifespan
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            *dashboard.routes(),
+            *_websocket_routes(),
+        ],
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.add_middleware(RefuseCredentialsInUrl)
@@ -147,7 +181,8 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str) -> Hub:
     """The service layer over the store, with its own pub/sub connection for fan-out."""
     store = RedisStore(
         client,
-        durability=settings.durability,
+        durability=settings.ack_durability,
+        wait_replicas=settings.wait_replicas,
         dedup_retention_s=settings.dedup_retention_s,
         log_maxlen=settings.history_maxlen,
         log_max_age_s=settings.history_max_age_s,
@@ -180,7 +215,7 @@ async def healthz(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     status = await probe(request.app.state.redis)
     try:
-        warnings = check_durability(settings.durability, status)
+        warnings = check_durability(settings.ack_durability, status)
     except ConfigError as exc:  # e.g. a failover to a server without WAITAOF since startup
         warnings = [str(exc)]
     serving = status.reachable and status.persistence is not None and not status.persistence.loading
@@ -191,8 +226,8 @@ async def healthz(request: Request) -> JSONResponse:
         "version": __version__,
         "redis": status.as_dict(),
         "durability": {
-            "mode": settings.durability,
-            "guarantee": durability_guarantee(settings.durability, status),
+            "mode": settings.ack_durability,
+            "guarantee": durability_guarantee(settings.ack_durability, status),
         },
         "warnings": warnings,
     }
@@ -202,6 +237,18 @@ async def healthz(request: Request) -> JSONResponse:
         body["fanout"] = hub.fanout.stats.as_dict()
         body["redis_pool"] = {"idle_closed": reaper.closed, "idle_s": reaper.idle_s}
     return JSONResponse(body, status_code=200 if serving else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """This process's figures in the Prometheus text format (``syncd.metrics``); 404 with ``metrics = false``.
+
+    Unauthenticated, like ``/healthz``: it carries counts only, no id, and is meant for the scraper on the
+    private network. Scrape every hub process: each counts what it served.
+    """
+    hub: Hub | None = getattr(request.app.state, "hub", None)
+    if hub is None or hub.metrics is None:
+        return PlainTextResponse("metrics are off\n", status_code=404)
+    return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def describe(status: RedisStatus) -> str:

@@ -57,6 +57,7 @@ from syncd.auth import (
     token_verifier,
 )
 from syncd.embedded import EmbeddedRedis, bundled_binary, running_url
+from syncd.masking import mask
 from syncd.redis_info import check_durability, close_client, make_client, probe
 from syncd.revocation import revoke
 from syncd.settings import CONFIG_ENV, ConfigError, Settings, env_var, field_help, field_kind
@@ -283,7 +284,7 @@ def serve(settings: Settings) -> int:
             check_startup(settings)
             if settings.redis_url is None:
                 # fsync durability needs WAITAOF: the bundled Valkey has it, Debian's Redis 7.0 does not.
-                binary = bundled_binary() if settings.durability == "fsync" else None
+                binary = bundled_binary() if settings.ack_durability == "fsync" else None
                 embedded = EmbeddedRedis(settings.data_dir, binary=binary, secure=True)
                 log.info(
                     "starting embedded %s %s (%s) in %s", embedded.name, embedded.version, embedded.binary,
@@ -371,7 +372,7 @@ async def _preflight(settings: Settings) -> None:
         log.warning(
             "redis at %s is unreachable (%s); starting anyway", redact_url(settings.redis_url), status.error
         )
-    check_durability(settings.durability, status)  # raises ConfigError; the app logs the warnings
+    check_durability(settings.ack_durability, status)  # raises ConfigError; the app logs the warnings
 
 
 def _run_uvicorn(settings: Settings) -> int:
@@ -414,8 +415,9 @@ _CREDENTIAL_PARAM = re.compile(r"(?i)\b(token|access_token|jwt|password)=[^&\s\"
 
 
 def redact(text: str) -> str:
-    """``text`` without tokens: anything shaped like a JWT, and the value of ``token=``-like parameters."""
-    return _CREDENTIAL_PARAM.sub(r"\1=<redacted>", _JWT.sub("<redacted-token>", text))
+    """``text`` without tokens (anything shaped like a JWT, the value of ``token=``-like parameters) and
+    with mobile numbers masked (:mod:`syncd.masking`)."""
+    return mask(_CREDENTIAL_PARAM.sub(r"\1=<redacted>", _JWT.sub("<redacted-token>", text)))
 
 
 class RedactingFilter(logging.Filter):
@@ -457,6 +459,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)  # structured lines (syncd.telemetry): one key per field
+        if isinstance(fields, dict):
+            entry.update((key, value) for key, value in fields.items() if key not in entry)
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)

@@ -23,7 +23,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import codec, frames
 from protocol.codec import Limits
-from protocol.connection import CloseRequested, FrameReceived, HelloReceived, Refused, ServerProtocol
+from protocol.connection import (
+    CloseRequested,
+    FrameReceived,
+    HelloReceived,
+    Refused,
+    ServerProtocol,
+    StatsReceived,
+)
 from protocol.errors import CloseCode
 from syncd.auth import AuthError
 from syncd.hub import Hub, now_ms
@@ -61,6 +68,8 @@ async def endpoint(websocket: WebSocket) -> None:
 
 MAX_WAITING = 64
 """Request frames queued on one connection before the reader stops reading (back-pressure on the client)."""
+ABNORMAL_CLOSE = 1006
+"""What a connection that ended without a close frame is logged and counted as (RFC 6455 §7.1.5)."""
 COALESCE_MAX = 1024
 """Ops from consecutive waiting frames applied as one store batch."""
 
@@ -84,6 +93,8 @@ class _Connection:
         self._room: asyncio.Event | None = None  # made when the reader first has to wait
         self._worker: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._peer_code = ABNORMAL_CLOSE
+        """The close code the client sent, when it closed first (for the log and metrics)."""
 
     async def run(self) -> None:
         self.hub.ticker.add(self)
@@ -98,7 +109,8 @@ class _Connection:
             if self._pending_address is not None:
                 self.hub.admission.leave_pending(self._pending_address)
             if self.session is not None:
-                self.hub.close_session(self.session)
+                code = self.session.close_code or (self.closing[0] if self.closing else self._peer_code)
+                self.hub.close_session(self.session, code)
                 self.hub.admission.close_client(self.session.principal.client_id)
 
     # -- reader -----------------------------------------------------------------------------------------
@@ -108,6 +120,7 @@ class _Connection:
             while self.closing is None:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    self._peer_code = message.get("code", ABNORMAL_CLOSE)
                     return
                 data = message.get("bytes")
                 if data is None:
@@ -130,7 +143,8 @@ class _Connection:
             # Closing: before a session exists there is no writer; flush directly.
             if self.session is None:
                 await self._flush_and_close(self._pre_session)
-        except WebSocketDisconnect:
+        except WebSocketDisconnect as exc:
+            self._peer_code = exc.code
             return
         finally:
             if self.session is not None and self.closing is not None:
@@ -165,7 +179,8 @@ class _Connection:
                     self._emit()
                     self._close(event.code, event.reason)
                     return
-                # StatsReceived: reported to metrics by a later release
+                elif isinstance(event, StatsReceived) and self.session is not None:
+                    self.hub.telemetry.received(self.session.principal, event.stats)
         self._emit()
 
     # -- worker: requests in arrival order, waiting ops coalesced ------------------------------------------
@@ -210,8 +225,17 @@ class _Connection:
                 elif isinstance(frame, frames.Unsubscribe):
                     self.hub.unsubscribe(session, frame)
                 elif isinstance(frame, Refused):  # after the replies to the requests before it (§7.2)
+                    if frame.error.about == frames.ABOUT_OP:
+                        self.hub.refused(session.principal, frame.error.code, frame.error.ref or 0)
                     session.send(codec.encode(frame.error))
                 self._made_room()
+        except Exception:
+            # A bug or a failure nobody mapped: the session's state is unknown (a subscription half set up,
+            # ops neither acked nor refused). Left open, the connection would keep answering heartbeats and
+            # serve nothing; closed with 1011, its client reconnects, resumes from its cursors and resends
+            # its outbox (same seqs: safe).
+            log.exception("serving client %s failed; closing its connection", session.principal.client_id)
+            session.close(CloseCode.INTERNAL_ERROR, "internal error; reconnect")
         finally:
             self._worker = None
             self._made_room()
@@ -236,7 +260,7 @@ class _Connection:
             self.hub.admission.leave_pending(self._pending_address)
             self._pending_address = None
         raw_send = self.ws.scope.get("extensions", {}).get(RAW_SEND)
-        self.session = self.hub.open_session(principal, last_seq, raw_send)
+        self.session = self.hub.open_session(principal, last_seq, raw_send, hello)
         self.session.on_ready = self._start_writer
         for data in self._pre_session:  # anything refused before the hello goes first
             self.session.send(data)

@@ -195,9 +195,12 @@ class Fanout:
             try:
                 self._client = self._connect()
                 self._pubsub = self._client.pubsub()
-                channels = (HOLD_CHANNEL, *self._controls, *(self._channel(t) for t in self._topics))
-                await self._pubsub.subscribe(*channels)
-                self._ready.set()
+                held = set(self._topics)
+                await self._pubsub.subscribe(HOLD_CHANNEL, *self._controls, *map(self._channel, held))
+                self._ready.set()  # from now on, join subscribes its topic itself
+                late = [self._channel(t) for t in self._topics if t not in held]
+                if late:  # joined during the SUBSCRIBE above: nobody else will (docs/traps.md §19)
+                    await self._pubsub.subscribe(*late)
                 self._connected()
                 delays = None
                 await self._listen()

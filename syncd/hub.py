@@ -20,14 +20,17 @@ from typing import Any, Protocol
 from protocol import codec, frames
 from protocol.errors import BackendUnavailable, CloseCode, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import OpArgs
+from protocol.registry import SERVED_KINDS
 from protocol.snapshots import encode_snapshot
-from protocol.topics import SERVED_KINDS, parse_topic
+from protocol.topics import parse_topic
 from syncd.admission import Admission
-from syncd.auth import Principal, TokenVerifier
+from syncd.auth import Principal, Role, TokenVerifier
 from syncd.fanout import Fanout
+from syncd.metrics import Metrics
 from syncd.session import RateLimit, Session, Subscription
 from syncd.settings import Settings
-from syncd.store.redis_store import HISTORY_LIMIT, RedisStore
+from syncd.store.redis_store import HISTORY_LIMIT, OpOutcome, RedisStore
+from syncd.telemetry import REPLAY_AGE_MS, Telemetry
 
 log = logging.getLogger("syncd.hub")
 
@@ -54,6 +57,11 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.ticker = Ticker()
         """Connections whose deadlines one shared task checks, instead of a timer task per connection."""
+        self.metrics: Metrics | None = Metrics() if settings.metrics else None
+        """Prometheus counters (``None`` with ``metrics = false``: the hot path then skips them)."""
+        self.telemetry = Telemetry(
+            settings.alert_window_s, channel=self.metrics.channel if self.metrics is not None else None
+        )
 
     # -- handshake ------------------------------------------------------------------------------------
 
@@ -62,7 +70,11 @@ class Hub:
         return self.verifier.verify(hello.token, hello.client_id)
 
     def open_session(
-        self, principal: Principal, last_seq: int, raw_send: Callable[[bytes], bool] | None = None
+        self,
+        principal: Principal,
+        last_seq: int,
+        raw_send: Callable[[bytes], bool] | None = None,
+        hello: frames.Hello | None = None,
     ) -> Session:
         session = Session(
             principal,
@@ -73,9 +85,21 @@ class Hub:
         session.raw_send = raw_send
         session.known_last = last_seq
         self.sessions.add(session)
+        agent = hello.agent if hello is not None else ""
+        session.clock_offset_ms = now_ms() - hello.ts if hello is not None and hello.ts else 0
+        again = self.telemetry.connected(principal, agent)
+        self.telemetry.event("connect", principal, role=principal.role.value, agent=agent, last_seq=last_seq)
+        if self.metrics is not None:
+            self.metrics.opened(principal.channel, principal.role.value, again)
         return session
 
-    def close_session(self, session: Session) -> None:
+    def close_session(self, session: Session, code: int = CloseCode.GOING_AWAY) -> None:
+        """Forget a session that ended with close ``code`` (the hub's, or the peer's when it closed first)."""
+        if session in self.sessions:
+            self.telemetry.disconnected(session.principal)
+            self.telemetry.event("disconnect", session.principal, code=code)
+            if self.metrics is not None:
+                self.metrics.closed(code)
         self.sessions.discard(session)
         for topic in list(session.subscriptions):
             self.fanout.leave(topic, session)
@@ -183,6 +207,15 @@ class Hub:
                 return events
             cursor = page[-1].cursor
 
+    def generation_changed(self, nodes: set[str]) -> None:
+        """Shards with a new history (:mod:`syncd.generations`): resynchronise every subscription whose topic
+        lives on one of ``nodes``; each gets a reset snapshot, or nothing if its cursor still holds."""
+        for session in list(self.sessions):
+            for sub in list(session.subscriptions.values()):
+                node = self.store.node_of(sub.topic)
+                if node is None or node in nodes:
+                    session.resynchronise(sub)
+
     def _resync_later(self, session: Session, sub: Subscription) -> None:
         """A live event revealed a hole (or a new epoch): fill it from the stream, off the fan-out path."""
         self.spawn(self._resync(session, sub))
@@ -209,19 +242,29 @@ class Hub:
         principal = session.principal
         granted, retry = session.rate.take(now_ms(), len(ops))
         if granted:
+            started = time.perf_counter()
             batch = await self.store.apply_ops(
                 principal.client_id,
                 ops[:granted],
                 check=_scope_check(principal),
                 known_last=session.known_last,
             )
+            if self.metrics is not None:
+                self.metrics.settled(principal.channel, batch.outcomes, time.perf_counter() - started)
             for outcome in batch.outcomes:
                 session.send(codec.encode(outcome.ack()))
+                if not outcome.ok and not outcome.dup:
+                    self.telemetry.event("rejected", principal, seq=outcome.seq, code=outcome.code or "")
+            if batch.outcomes:
+                self._log_replay(session, ops[: len(batch.outcomes)], batch.outcomes)
             if batch.outcomes:
                 session.known_last = max(session.known_last or 0, batch.outcomes[-1].seq)
             if batch.error is not None:
                 session.known_last = None  # the watermark is not known any more: the next op checks it
                 failed = ops[len(batch.outcomes)].seq
+                self.refused(
+                    principal, batch.error.code if isinstance(batch.error, ProtocolError) else None, failed
+                )
                 if isinstance(batch.error, ProtocolError):
                     return self._error(
                         session, batch.error.code, batch.error.message, failed, about=frames.ABOUT_OP
@@ -235,9 +278,34 @@ class Hub:
                     frames.ABOUT_OP,
                 )
         if retry is not None:
+            self.refused(principal, ErrorCode.RATE_LIMITED, ops[granted].seq)
             self._error(
                 session, ErrorCode.RATE_LIMITED, "op rate exceeded", ops[granted].seq, retry, frames.ABOUT_OP
             )
+
+    def _log_replay(self, session: Session, ops: Sequence[frames.Op], outcomes: Sequence[OpOutcome]) -> None:
+        """One line for a batch of ops made long before it arrived (a device catching up after being offline):
+        ops are made in order, so the first is the oldest; its clock is the device's, hence the offset."""
+        first = ops[0]
+        if not first.ts:
+            return
+        age = now_ms() - (first.ts + session.clock_offset_ms)
+        if age > REPLAY_AGE_MS:
+            self.telemetry.event(
+                "replay",
+                session.principal,
+                ops=len(outcomes),
+                dup=sum(1 for o in outcomes if o.dup),
+                rejected=sum(1 for o in outcomes if not o.ok and not o.dup),
+                oldest_ms=age,
+            )
+
+    def refused(self, principal: Principal, code: str | None, seq: int) -> None:
+        """An op not settled (rate, gap, Redis unavailable): the device sends it again later."""
+        label = code or ErrorCode.UNAVAILABLE.value
+        if self.metrics is not None:
+            self.metrics.refused_op(principal.channel, label)
+        self.telemetry.event("refused", principal, seq=seq, code=label)
 
     @staticmethod
     def _error(
@@ -311,10 +379,20 @@ class Ticker:
 
 
 def _scope_check(principal: Principal) -> Callable[[OpArgs], None]:
-    """Ops act for a member: the token must hold it (a rejection, settled like any other)."""
+    """Ops act for a member: the token must hold it (a rejection, settled like any other); admin ops need an
+    ``ops`` token, and an op's ``channel`` or ``store`` must be the token's own."""
 
     def check(args: OpArgs) -> None:
         if not principal.may_act_for(args.member):
             raise OpRejected(ErrorCode.NOT_PERMITTED, "member outside the token's scope")
+        if principal.role is Role.OPS:
+            return
+        if args.admin:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "an ops token is needed for this op")
+        # An op acting through a channel or a store acts through the token's own (PROTOCOL.md §18).
+        if getattr(args, "channel", principal.channel) != principal.channel:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "channel is not the token's")
+        if getattr(args, "store", principal.store) != principal.store:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "store is not the token's")
 
     return check

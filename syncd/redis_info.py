@@ -89,9 +89,17 @@ class RedisStatus:
 
 
 def make_client(
-    url: str, *, cluster: bool = False, max_connections: int = 128, pool_wait_s: float = 5.0
+    url: str,
+    *,
+    cluster: bool = False,
+    max_connections: int = 128,
+    pool_wait_s: float = 5.0,
+    timeout_s: float = 5.0,
 ) -> RedisClient:
-    """The hub's Redis client for ``url``: raw bytes (frames are msgpack), bounded connect time.
+    """The hub's Redis client for ``url``: raw bytes (frames are msgpack), bounded connect time, and every
+    command bounded by ``timeout_s`` (socket timeout): a frozen primary (SIGSTOP, a stalled host) then turns
+    the ops waiting on it into ``unavailable`` — retried by their clients — instead of acks that come when
+    it wakes up, just before it learns it was demoted and discards them (docs/traps.md §4b).
 
     Standalone: at most ``max_connections`` connections; a command that finds them all busy waits up to
     ``pool_wait_s`` for one, then fails (``ConnectionError``: the op is ``unavailable``, retried by its
@@ -101,7 +109,10 @@ def make_client(
     """
     if cluster:
         client = RedisCluster.from_url(
-            url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=CLUSTER_MAX_CONNECTIONS
+            url,
+            socket_connect_timeout=PROBE_TIMEOUT,
+            socket_timeout=timeout_s,
+            max_connections=CLUSTER_MAX_CONNECTIONS,
         )
         # One dict configures the nodes discovered later; the startup nodes exist already.
         client.connection_kwargs["connection_class"] = _packing_in_c(
@@ -111,7 +122,11 @@ def make_client(
             node.connection_class = _packing_in_c(node.connection_class)
         return client
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, socket_connect_timeout=PROBE_TIMEOUT, max_connections=max_connections, timeout=pool_wait_s
+        url,
+        socket_connect_timeout=PROBE_TIMEOUT,
+        socket_timeout=timeout_s,
+        max_connections=max_connections,
+        timeout=pool_wait_s,
     )
     pool.connection_class = _packing_in_c(pool.connection_class)
     return redis.asyncio.Redis.from_pool(pool)
@@ -353,6 +368,11 @@ def durability_guarantee(mode: Durability, status: RedisStatus) -> str:
             "An ack means Redis has fsynced the op to its local append-only file (WAITAOF 1 0): acked ops "
             "survive a crash or power loss of the Redis host, though not the loss of its disk; replicas are "
             "not awaited."
+        )
+    if mode == "replicas":
+        return (
+            "An ack means the op has reached the configured number of replicas (WAIT): acked ops survive a "
+            "failover and the loss of the primary's host; a timeout is answered unavailable and retried."
         )
     prefix = "An ack means the op's script has run in Redis"
     persistence = status.persistence

@@ -103,6 +103,8 @@ class Session:
         """The transport's fast path (:data:`syncd.transport.RAW_SEND`), when the server offers it."""
         self.close_code: int | None = None
         self.close_reason = ""
+        self.clock_offset_ms = 0
+        """The hub's clock minus the client's, as its hello showed (dates the client's ops for the log)."""
 
     # -- the send queue --------------------------------------------------------------------------------
 
@@ -206,6 +208,13 @@ class Session:
             else:
                 self.send_event(frame, framed)
         # else: an offset already delivered (snapshot or history covered it)
+
+    def resynchronise(self, sub: Subscription) -> None:
+        """Check ``sub`` against the stream now, as if a live event had shown a hole: its shard may have a new
+        history (syncd/generations.py). A subscription already synchronising is left to finish."""
+        if sub.buffer is None and sub.epoch:
+            sub.buffer = []
+            self._on_gap(self, sub)
 
     def synchronised(self, sub: Subscription, epoch: str, offset: int) -> None:
         """The snapshot/history up to ``(epoch, offset)`` is queued: replay the buffered live events."""

@@ -11,7 +11,9 @@ instead of surfacing later as a confusing runtime error. An empty environment va
 
 Durability (``SYNCD_DURABILITY``) — what an ack promises (docs/design.md §4, docs/traps.md §1):
 
-``script`` (default)
+``auto`` (default)
+    ``replicas`` with ``SYNCD_REDIS_CLUSTER`` (a cluster is there to survive losing a node), else ``script``.
+``script``
     The hub acks as soon as the operation's Lua script has returned. The change is applied in Redis and queued
     for its append-only file; with the embedded server's ``appendfsync everysec`` a crash of the Redis process
     loses nothing (the OS page cache survives it), while a power loss or kernel crash can lose about the last
@@ -21,6 +23,12 @@ Durability (``SYNCD_DURABILITY``) — what an ack promises (docs/design.md §4, 
     fsynced to its local append-only file: acked ops survive a power loss of the Redis host. Replicas are not
     awaited (Redis replication is asynchronous, docs/traps.md §4). Needs WAITAOF (Redis ≥ 7.2 or Valkey) and
     ``appendonly yes``; the hub refuses to start otherwise rather than silently promise less.
+``replicas``
+    After the script, the hub runs ``WAIT <wait_replicas> <timeout>`` and acks only once that many replicas
+    hold the change: a failover (which promotes a replica) keeps every acked op. A timeout is an unknown
+    outcome, answered ``unavailable``: the client retries the op with the same seq, never sees it acked
+    twice or lost. Works on every Redis (WAIT is old) and needs replicas to be there: without enough of them
+    every op is answered ``unavailable``.
 
 Origins (``SYNCD_ALLOWED_ORIGINS``): a comma-separated list of ``scheme://host[:port]``. Browsers always send
 an ``Origin`` header on websocket handshakes, so the empty default admits no browser page at all; native apps,
@@ -45,8 +53,10 @@ from urllib.parse import urlsplit
 
 from protocol.errors import SyncError
 
-Durability = Literal["script", "fsync"]
-DURABILITY_MODES: tuple[Durability, ...] = ("script", "fsync")
+Durability = Literal["script", "replicas", "fsync"]
+DURABILITY_MODES: tuple[Durability, ...] = ("script", "replicas", "fsync")
+DurabilitySetting = Literal["auto", "script", "replicas", "fsync"]
+"""``auto``: ``replicas`` on a Redis Cluster (its point is failover), ``script`` on a single Redis."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "SYNCD_"
@@ -101,8 +111,12 @@ class Settings:
     """Log level: critical, error, warning, info or debug."""
     log_format: str = "text"
     """Log format: text (one line per record) or json (one JSON object per line, for log shippers)."""
-    durability: Durability = "script"
-    """When an op is acked: after its script (script), or after the AOF fsync (fsync)."""
+    durability: DurabilitySetting = "auto"
+    """When an op is acked: after its script, its replication, or its AOF fsync (auto: by deployment)."""
+    wait_replicas: int = 1
+    """Replicas that must confirm an op before its ack with durability replicas."""
+    redis_timeout_ms: int = 5_000
+    """How long any Redis call may take before its op is answered unavailable (and retried)."""
     allowed_origins: tuple[str, ...] = ()
     """Comma-separated browser origins allowed to connect (apps and tills send none)."""
     heartbeat_ms: int = 15_000
@@ -146,6 +160,21 @@ class Settings:
     """Events kept per topic for resume; a client further behind gets a reset snapshot."""
     history_max_age_s: int = 7 * 24 * 3600
     """Seconds events are kept per topic at most (trimmed as the topic is written)."""
+    metrics: bool = True
+    """Serve Prometheus metrics at /metrics and publish this hub's figures to the dashboard."""
+    alert_sync_p99_ms: int = 500
+    """Dashboard alert: a channel's p99 sync latency (devices' reports) above this many milliseconds."""
+    alert_failure_rate: float = 0.01
+    """Dashboard alert: ops rejected or refused, as a fraction of all ops, above this (0.01 = 1 %)."""
+    alert_window_s: int = 60
+    """Seconds of recent figures the alerts and device latency reports are judged over."""
+
+    @property
+    def ack_durability(self) -> Durability:
+        """The durability in force: ``auto`` resolved to ``replicas`` on a cluster, ``script`` otherwise."""
+        if self.durability != "auto":
+            return self.durability
+        return "replicas" if self.redis_cluster else "script"
 
     def __post_init__(self) -> None:
         _require(
@@ -188,11 +217,13 @@ class Settings:
             self.log_format in LOG_FORMATS, "log_format", "one of " + ", ".join(LOG_FORMATS), self.log_format
         )
         _require(
-            self.durability in DURABILITY_MODES,
+            self.durability == "auto" or self.durability in DURABILITY_MODES,
             "durability",
-            "one of " + ", ".join(DURABILITY_MODES),
+            "one of auto, " + ", ".join(DURABILITY_MODES),
             self.durability,
         )
+        _check_int("wait_replicas", self.wait_replicas, 1, 16)
+        _check_int("redis_timeout_ms", self.redis_timeout_ms, 100, 600_000)
         _require(isinstance(self.allowed_origins, tuple), "allowed_origins", "a tuple", self.allowed_origins)
         for origin in self.allowed_origins:
             _require(
@@ -238,6 +269,15 @@ class Settings:
         _check_int("dedup_retention_s", self.dedup_retention_s, 60, 366 * 24 * 3600)
         _check_int("history_maxlen", self.history_maxlen, 10, 100_000_000)
         _check_int("history_max_age_s", self.history_max_age_s, 1, 366 * 24 * 3600)
+        _require(isinstance(self.metrics, bool), "metrics", "a boolean", self.metrics)
+        _check_int("alert_sync_p99_ms", self.alert_sync_p99_ms, 1, 3_600_000)
+        _require(
+            isinstance(self.alert_failure_rate, float) and 0 < self.alert_failure_rate <= 1,
+            "alert_failure_rate",
+            "a fraction above 0 and at most 1 (0.01 = 1 %)",
+            self.alert_failure_rate,
+        )
+        _check_int("alert_window_s", self.alert_window_s, 5, 24 * 3600)
 
     @property
     def embedded(self) -> bool:

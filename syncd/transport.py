@@ -11,7 +11,7 @@ flow control; the session then falls back to its queue and the ordinary ASGI sen
 transport to drain. Where the server is not this protocol (Starlette's TestClient, another ASGI server) the
 extension is absent and every frame takes the ordinary path.
 
-Fairness and bounds (one connection must not starve the others, docs/traps.md §18). uvicorn's protocol
+Fairness and bounds (one connection must not starve the others, docs/traps.md §20). uvicorn's protocol
 parses everything a read returned (up to 256 KiB) in one go and answers every ping at once, whatever the
 peer reads. Here:
 

@@ -34,6 +34,7 @@ import redis
 
 from syncd.embedded import EmbeddedRedis, bundled_binary
 from tests import profiles  # noqa: F401  (loads the Hypothesis profile before any test module)
+from tests.exit_guard import pytest_sessionfinish, pytest_unconfigure  # noqa: F401  (a stuck thread never hangs the run)
 
 RedisServerFactory = Callable[..., EmbeddedRedis]
 ClusterFactory = Callable[..., list[EmbeddedRedis]]
@@ -64,7 +65,10 @@ def redis_server(redis_server_factory: RedisServerFactory) -> Iterator[EmbeddedR
 
 
 def start_cluster(
-    factory: Callable[..., EmbeddedRedis], nodes: int = CLUSTER_NODES, extra_args: Sequence[str] = ()
+    factory: Callable[..., EmbeddedRedis],
+    nodes: int = CLUSTER_NODES,
+    extra_args: Sequence[str] = (),
+    binary: str | None = None,
 ) -> list[EmbeddedRedis]:
     """Start ``nodes`` Valkey primaries and join them into one cluster covering every slot.
 
@@ -72,14 +76,15 @@ def start_cluster(
     ``redis-cli --cluster create --cluster-replicas 0``, so no extra binary is needed. Valkey (bundled) is
     used because it has WAITAOF, so durability is testable on the cluster too. Node ``i`` serves the ``i``-th
     equal share of the slots. ``extra_args`` are appended to every node's command line (e.g.
-    ``["--cluster-require-full-coverage", "no"]``). Returns once every node reports ``cluster_state:ok``,
+    ``["--cluster-require-full-coverage", "no"]``); ``binary`` another server than Valkey. Returns once
+    every node reports ``cluster_state:ok``,
     knows every other node and holds both bus links with each (``CLUSTER LINKS``): a node broadcasts a
     PUBLISH over its links, so a message sent while one is still being set up can miss a node, and the hubs'
     fan-out (subscribed on any one node) would miss the event.
     """
     servers = [
         factory(
-            binary=bundled_binary(),
+            binary=binary or bundled_binary(),
             extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra_args],
         )
         for _ in range(nodes)
@@ -102,6 +107,51 @@ def start_cluster(
         for client in clients:
             client.close()
     return servers
+
+
+def add_replicas(
+    factory: Callable[..., EmbeddedRedis],
+    primaries: list[EmbeddedRedis],
+    extra_args: Sequence[str] = (),
+    binary: str | None = None,
+) -> list[EmbeddedRedis]:
+    """One replica for each primary of a cluster made by :func:`start_cluster` (``replicas[i]`` follows
+    ``primaries[i]``), as ``redis-cli --cluster add-node --cluster-slave`` would: MEET, then CLUSTER
+    REPLICATE. Returns once every primary reports its replica online and every node knows every other."""
+    replicas = [
+        factory(
+            binary=binary or bundled_binary(),
+            extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra_args],
+        )
+        for _ in primaries
+    ]
+    total = len(primaries) + len(replicas)
+    clients = [redis.Redis(host=s.host, port=s.port) for s in [*primaries, *replicas]]
+    try:
+        ids = [client.execute_command("CLUSTER", "MYID").decode() for client in clients[: len(primaries)]]
+        for server in replicas:
+            clients[0].execute_command("CLUSTER", "MEET", server.host, server.port)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                for i, client in enumerate(clients[len(primaries) :]):
+                    client.execute_command("CLUSTER", "REPLICATE", ids[i])
+                break
+            except redis.ResponseError:  # "Unknown node": the MEET has not reached it yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        while not all(_cluster_ready(client, total) for client in clients) or not all(
+            client.info("replication").get("slave0", {}).get("state") == "online"
+            for client in clients[: len(primaries)]
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replicas did not come online")
+            time.sleep(0.05)
+    finally:
+        for client in clients:
+            client.close()
+    return replicas
 
 
 def _cluster_ready(client: redis.Redis, nodes: int) -> bool:

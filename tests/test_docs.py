@@ -66,3 +66,21 @@ def test_the_readme_tells_pos_integrators_about_a_day_offline_in_both_languages(
     for section in (english[1].split("\n## ", 1)[0], chinese[1].split("\n## ", 1)[0]):
         for name in ("set_token", "pending_ops", "oldest_pending_at", "rejections"):
             assert name in section
+
+
+def test_the_readme_examples_give_the_sdk_a_token_provider_not_a_string() -> None:
+    """A string token expires while a till is offline; the examples teach the callable that renews it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    constructions = [
+        m
+        for block in blocks
+        for m in re.finditer(r"SyncClient(?:Sync)?\((.*?)\)\s*(?:as|$)", block, re.DOTALL)
+    ]
+    assert constructions, "the README shows no SyncClient"
+    for match in constructions:
+        argument = re.search(r"token=([^,\n)]+)", match.group(1))
+        assert argument is not None, match.group(0)
+        given = argument.group(1).strip()
+        assert not given.startswith(("'", '"')), f"a literal token in the README: {match.group(0)}"
+        assert given.startswith("lambda") or re.search(rf"def {re.escape(given)}\(", readme), given

@@ -88,7 +88,7 @@ def test_the_uvicorn_floor_has_what_the_hub_transport_uses() -> None:
 def test_every_declared_dependency_is_imported_by_the_part_that_declares_it() -> None:
     """No dependency that nothing imports: each extra's packages are imported by that extra's code."""
     parts = {"": ("protocol",), "client": ("clients",), "hub": ("syncd",), "dev": ("tests", "benchmarks")}
-    upcoming = {"sqlalchemy", "prometheus-client"}  # the archive and metrics work under way
+    upcoming = {"sqlalchemy"}  # the archive work under way
     needed_by_another = {"websockets": "uvicorn"}  # uvicorn's sans-I/O websocket protocol runs on it
     tools = {"pytest", "pytest-asyncio", "pytest-timeout", "pytest-cov", "mypy", "ruff"}  # run, not imported
     import_names = {"pyjwt": "jwt", "python-socketio": "socketio"}

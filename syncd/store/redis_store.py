@@ -74,8 +74,15 @@ it; a timeout or error raises :class:`~protocol.errors.BackendUnavailable` (the 
 retries with the same seq and gets the dup answer). The last step always writes (even a dup refreshes the
 dedup TTL and rewrites ``last``), and the AOF is one sequence per node, so the final WAITAOF also covers an
 earlier attempt's writes. Refusing to start against a server without WAITAOF is :mod:`syncd.redis_info`'s job.
+``replicas``: the same with ``WAIT <wait_replicas> <timeout>`` instead (the replication stream is one sequence
+per node too), so an acked op is on a replica that a failover may promote; fewer replicas confirming in time
+is an unknown outcome (``BackendUnavailable``), never an ack.
 
-Errors: connection failures, timeouts, cluster-down and read-only replicas become ``BackendUnavailable``;
+Generations (docs/traps.md §4c): every script that continues a topic's history compares the generation it
+was written in with the node's (``_lib.lua`` ``shard_gen``); a failover or a restart starts a new epoch.
+
+Errors: connection failures, timeouts, cluster-down and read-only replicas become ``BackendUnavailable``, and
+so does any other failure of the client library (:func:`_unavailable`);
 an unknown topic is a :class:`~protocol.errors.ProtocolError` (``unknown_topic``); a seq gap a
 ``ProtocolError`` with ``seq_gap`` (reported, no close code). A script error (a bug: every expected failure
 is a recorded rejection) propagates as redis' ``ResponseError`` and the op's outcome is unknown
@@ -101,14 +108,16 @@ from redis.asyncio.cluster import RedisCluster
 
 from protocol import frames
 from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolError
-from protocol.ops import CartAdd, CartSet, OpArgs, parse_args
-from protocol.topics import TopicKind, TopicName, parse_topic
-from syncd.settings import Durability
+from protocol.ops import OpArgs, parse_args
+from protocol.topics import parse_topic
+from syncd.settings import DURABILITY_MODES, Durability
+from syncd.store.keys import channel, client_slot, member_slot, topic_keys
 from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
+from syncd.types import STORE_TYPES, StoreType, for_op, for_topic
+from syncd.types.base import EncodableArg, Sweep
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
-EncodableArg: TypeAlias = bytes | str | int
 
 DEDUP_RETENTION_S: Final = 7 * 24 * 3600
 """Default lifetime of a (client, member) dedup hash after its last write."""
@@ -120,9 +129,13 @@ LOG_MAX_BYTES: Final = 1024 * 1024
 """Encoded bytes of events a topic's history keeps, oldest dropped first: as much as the largest cart
 (:data:`protocol.cart.MAX_CART_BYTES`), since beyond it a reset snapshot costs a resuming client less than
 the missed events; and what keeps the history from growing with the size of each event times MAXLEN."""
+SWEEP_LIMIT: Final = 1000
+"""Changes one sweep applies per topic at most (the rest wait for the next sweep)."""
 HISTORY_LIMIT: Final = 500
 """Default number of events one :meth:`RedisStore.events_after` call returns."""
 FSYNC_TIMEOUT_MS: Final = 2000
+"""How long an ack waits for WAITAOF (``fsync``) or WAIT (``replicas``) before the op is reported unavailable
+(its outcome unknown: the client retries it with the same seq)."""
 
 _UNAVAILABLE: Final = (
     rexc.ConnectionError,  # includes BusyLoadingError (server replaying its AOF) and MaxConnectionsError
@@ -140,55 +153,6 @@ log = logging.getLogger("syncd.store")
 _MAX_SEQ: Final = 2**53 - 1
 _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 """frames.ClientId, anchored at both ends: the id is part of Redis keys and hash tags."""
-
-
-# --- keys ------------------------------------------------------------------------------------------------
-
-
-def member_slot(member: str) -> str:
-    """The hash tag of everything that belongs to one member."""
-    return f"{{m:{member}}}"
-
-
-def client_slot(client_id: str) -> str:
-    """The hash tag of a client's watermark and pre-script rejections."""
-    return f"{{c:{client_id}}}"
-
-
-# Topic kind -> hash-tag prefix of the entity that owns the topic's offset and stream.
-_TOPIC_SLOTS: Final = {
-    TopicKind.CART: "m",
-    TopicKind.POINTS: "m",
-    TopicKind.MEMBER: "m",
-    TopicKind.STOCK: "sku",
-    TopicKind.STORE: "s",
-}
-
-
-def _topic_slot(topic: TopicName) -> str:
-    prefix = _TOPIC_SLOTS.get(topic.kind)
-    return "{catalog}" if prefix is None else f"{{{prefix}:{topic.key}}}"
-
-
-def topic_keys(topic: TopicName) -> tuple[str, str]:
-    """``(meta, stream)`` keys of a topic: ``{m:M}:top:cart`` and ``{m:M}:log:cart`` for ``cart:M``."""
-    slot = _topic_slot(topic)
-    return f"{slot}:top:{topic.kind.value}", f"{slot}:log:{topic.kind.value}"
-
-
-_TOPIC_STATE: Final = {TopicKind.CART: "cart"}
-"""Topic kind -> suffix of the key holding the topic's state (``{m:M}:cart``), for kinds that have one."""
-
-
-def state_key(topic: TopicName) -> str | None:
-    """The key holding the topic's state, if its kind keeps one (``{m:M}:cart`` for ``cart:M``)."""
-    suffix = _TOPIC_STATE.get(topic.kind)
-    return None if suffix is None else f"{_topic_slot(topic)}:{suffix}"
-
-
-def channel(topic: str) -> str:
-    """The pub/sub channel on which every event of ``topic`` is published (``ev:cart:m42``)."""
-    return f"ev:{topic}"
 
 
 # --- outcomes --------------------------------------------------------------------------------------------
@@ -270,41 +234,7 @@ def _from_record(
     )
 
 
-# --- op dispatch -----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _OpSpec:
-    """How one op kind reaches Redis: its script, the topic it appends to, its KEYS and its own ARGV."""
-
-    script: str
-    topic: Callable[[Any], str]
-    keys: Callable[[Any, str], list[str]]
-    """``(args, client_id) -> KEYS``: dedup hash first, then the entity's keys, then the topic's."""
-    argv: Callable[[Any], list[EncodableArg]]
-
-
-def _cart_keys(args: OpArgs, client_id: str) -> list[str]:
-    slot = member_slot(args.member)
-    top, log = topic_keys(TopicName(TopicKind.CART, args.member))
-    return [f"{slot}:d:{client_id}", f"{slot}:cart", f"{slot}:cart:meta", top, log]
-
-
-def _cart_topic(args: OpArgs) -> str:
-    return f"cart:{args.member}"
-
-
-def _line_argv(args: CartAdd | CartSet) -> list[EncodableArg]:
-    return [args.sku, args.qty, b"" if args.attrs is None else _encoder.encode(args.attrs)]
-
-
-_OPS: Final[dict[str, _OpSpec]] = {
-    "cart.add": _OpSpec("cart_add", _cart_topic, _cart_keys, _line_argv),
-    "cart.set": _OpSpec("cart_set", _cart_topic, _cart_keys, _line_argv),
-    "cart.remove": _OpSpec("cart_remove", _cart_topic, _cart_keys, lambda a: [a.sku]),
-    "cart.clear": _OpSpec("cart_clear", _cart_topic, _cart_keys, lambda a: []),
-}
-"""Op kind -> how to run it. Stock and points ops are added here with their scripts."""
+# --- op dispatch ---------------------------------------------------------------------------------------
 
 
 class _OpFields(msgspec.Struct, frozen=True):
@@ -335,10 +265,11 @@ class RedisStore:
         log_max_age_s: int = LOG_MAX_AGE_S,
         log_max_bytes: int = LOG_MAX_BYTES,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
+        wait_replicas: int = 1,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
-        if durability not in ("script", "fsync"):
+        if durability not in DURABILITY_MODES:
             raise ValueError(f"unknown durability {durability!r}")
         # fsync_timeout_ms 0 would make WAITAOF block forever; a MAXLEN of 0 would keep no history at all.
         for name, value in (
@@ -347,6 +278,7 @@ class RedisStore:
             ("log_max_age_s", log_max_age_s),
             ("log_max_bytes", log_max_bytes),
             ("fsync_timeout_ms", fsync_timeout_ms),
+            ("wait_replicas", wait_replicas),
         ):
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -358,6 +290,8 @@ class RedisStore:
         self.log_max_age_s = log_max_age_s
         self.log_max_bytes = log_max_bytes
         self.fsync_timeout_ms = fsync_timeout_ms
+        self.wait_replicas = wait_replicas
+        self._waits = durability != "script"
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
         self._pipeliner = Pipeliner(client)
@@ -416,30 +350,52 @@ class RedisStore:
         command = (*head, len(keys), *keys, *argv)
         if not wait:
             return await self._client.execute_command(*command)
-        # WAITAOF waits for the writes of *its own connection*: a pipeline keeps both on one connection.
+        # WAIT/WAITAOF wait for the writes of *their own connection*: a pipeline keeps both on one connection.
         pipe: Any = self._client.pipeline(transaction=False)
         pipe.execute_command(*command)
-        waitaof = ("WAITAOF", 1, 0, self.fsync_timeout_ms)
         node = None
         if isinstance(self._client, RedisCluster):
             node = self._client.get_node_from_key(keys[0])
-            pipe.execute_command(*waitaof, target_nodes=node)
+            pipe.execute_command(*self._wait_command(), target_nodes=node)
         else:
-            pipe.execute_command(*waitaof)
-        reply, fsynced = await pipe.execute(raise_on_error=False)
+            pipe.execute_command(*self._wait_command())
+        reply, confirmed = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
         if isinstance(self._client, RedisCluster) and self._client.get_node_from_key(keys[0]) != node:
-            # The slot moved during the call (MOVED/ASK): the script ran elsewhere, out of this WAITAOF's
+            # The slot moved during the call (MOVED/ASK): the script ran elsewhere, out of this wait's
             # reach. Unknown durability is unknown outcome: the retry answers from dedup on the new node.
             raise BackendUnavailable(f"{script.name}: slot moved during the write; retry the op")
-        if isinstance(fsynced, Exception):
-            raise BackendUnavailable(f"WAITAOF failed after {script.name}: {fsynced}")
-        if int(fsynced[0]) < 1:
-            raise BackendUnavailable(
-                f"{script.name}: not fsynced to the AOF within {self.fsync_timeout_ms} ms; outcome unknown"
-            )
+        self._check_confirmed(confirmed, script.name)
         return reply
+
+    def _wait_command(self) -> tuple[EncodableArg, ...]:
+        """What follows a write step on its connection before the ack: WAITAOF (``fsync``) or WAIT
+        (``replicas``: the write reached ``wait_replicas`` replicas, so a failover that promotes one of them
+        keeps it)."""
+        if self.durability == "fsync":
+            return ("WAITAOF", 1, 0, self.fsync_timeout_ms)
+        return ("WAIT", self.wait_replicas, self.fsync_timeout_ms)
+
+    def _check_confirmed(self, reply: Any, after: str) -> None:
+        """Raise :class:`BackendUnavailable` unless ``reply`` (of :meth:`_wait_command`) confirms the write.
+
+        A timeout is an unknown outcome, never an ack: the write may be applied on the primary and lost by
+        a failover. The client retries the op with the same seq; the dedup answers it if it survived, and it
+        is applied afresh if it did not.
+        """
+        if isinstance(reply, Exception):
+            raise BackendUnavailable(f"{self._wait_command()[0]!s} failed after {after}: {reply}")
+        if self.durability == "fsync":
+            if int(reply[0]) < 1:
+                raise BackendUnavailable(
+                    f"{after}: not fsynced to the AOF within {self.fsync_timeout_ms} ms; outcome unknown"
+                )
+        elif int(reply) < self.wait_replicas:
+            raise BackendUnavailable(
+                f"{after}: {int(reply)} of {self.wait_replicas} replicas confirmed within "
+                f"{self.fsync_timeout_ms} ms; outcome unknown"
+            )
 
     # -- ops ------------------------------------------------------------------------------------------
 
@@ -515,11 +471,11 @@ class RedisStore:
 
     def _fresh_run(
         self, ops: Sequence[frames.Op], start: int, check: Callable[[OpArgs], None] | None
-    ) -> list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]]:
+    ) -> list[tuple[frames.Op, StoreType, OpArgs, _OpFields]]:
         """The longest run of consecutive, valid, permitted ops from ``start`` (at most one pipeline)."""
-        if self._cluster and self.durability == "fsync":
-            return []  # each member script needs its own WAITAOF on its node: the careful path does that
-        run: list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]] = []
+        if self._cluster and self._waits:
+            return []  # each member script needs its own WAIT(AOF) on its node: the careful path does that
+        run: list[tuple[frames.Op, StoreType, OpArgs, _OpFields]] = []
         for op in ops[start : start + PIPELINE_MAX]:
             if run and op.seq != run[-1][0].seq + 1:
                 break
@@ -533,7 +489,7 @@ class RedisStore:
         return run
 
     async def _run_fresh(
-        self, client_id: str, run: list[tuple[frames.Op, _OpSpec, OpArgs, _OpFields]]
+        self, client_id: str, run: list[tuple[frames.Op, StoreType, OpArgs, _OpFields]]
     ) -> list[OpOutcome]:
         """Pipeline the member scripts of a fresh run, then settle the prefix that succeeded.
 
@@ -552,20 +508,19 @@ class RedisStore:
         watermark = f"{client_slot(client_id)}:seq"
         commands: list[tuple[EncodableArg, ...]] = []
         for op, spec, args, fields in run:
-            script = self._scripts[spec.script]
+            script = self._scripts[spec.scripts[op.kind]]
             keys = spec.keys(args, client_id)
             if inline:
                 keys.append(watermark)
             argv = self._op_argv(client_id, op, spec, args, fields, settled=False)
             commands.append(("EVALSHA", script.sha, len(keys), *keys, *argv))
-        if inline and self.durability == "fsync":
-            commands.append(("WAITAOF", 1, 0, self.fsync_timeout_ms))
+        if inline and self._waits:
+            commands.append(self._wait_command())
         with _unavailable("applying ops"):
             replies = await self._pipeliner.execute(commands)
-        if inline and self.durability == "fsync":
-            fsynced, replies = replies[-1], replies[:-1]
-            if isinstance(fsynced, Exception) or int(fsynced[0]) < 1:
-                raise BackendUnavailable(f"ops not fsynced to the AOF within {self.fsync_timeout_ms} ms")
+        if inline and self._waits:
+            confirmed, replies = replies[-1], replies[:-1]
+            self._check_confirmed(confirmed, "ops")
         outcomes: list[OpOutcome] = []
         failure: Exception | None = None
         for index, ((op, _, args, _), reply) in enumerate(zip(run, replies, strict=True)):
@@ -624,9 +579,16 @@ class RedisStore:
         return outcome
 
     def _op_argv(
-        self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
+        self,
+        client_id: str,
+        op: frames.Op,
+        spec: StoreType,
+        args: OpArgs,
+        fields: _OpFields,
+        *,
+        settled: bool,
     ) -> list[EncodableArg]:
-        topic = spec.topic(args)
+        topic = str(spec.topic(args))
         return [
             client_id,
             op.seq,
@@ -645,17 +607,24 @@ class RedisStore:
         ]
 
     async def _run_op(
-        self, client_id: str, op: frames.Op, spec: _OpSpec, args: OpArgs, fields: _OpFields, *, settled: bool
+        self,
+        client_id: str,
+        op: frames.Op,
+        spec: StoreType,
+        args: OpArgs,
+        fields: _OpFields,
+        *,
+        settled: bool,
     ) -> OpOutcome:
         argv = self._op_argv(client_id, op, spec, args, fields, settled=settled)
-        # In a cluster the member's and the client's slots may be on different nodes: each needs a WAITAOF.
-        wait = self.durability == "fsync" and self._cluster
-        reply = await self._eval(spec.script, spec.keys(args, client_id), argv, wait=wait)
+        # In a cluster the member's and the client's slots may be on different nodes: each needs its wait.
+        wait = self._waits and self._cluster
+        reply = await self._eval(spec.scripts[op.kind], spec.keys(args, client_id), argv, wait=wait)
         return _outcome(op.seq, reply)
 
     async def _settle(self, ckeys: list[str], seq: int, record: bytes) -> None:
         ttl_ms = self.dedup_retention_s * 1000
-        await self._eval("client_settle", ckeys, [seq, record, ttl_ms], wait=self.durability == "fsync")
+        await self._eval("client_settle", ckeys, [seq, record, ttl_ms], wait=self._waits)
 
     async def last_seq(self, client_id: str) -> int:
         """The client's watermark: the highest seq settled (``welcome.last_seq``); 0 for a new client."""
@@ -664,6 +633,14 @@ class RedisStore:
         return 0 if raw is None else int(raw)
 
     # -- topics ---------------------------------------------------------------------------------------
+
+    def node_of(self, topic: str) -> str | None:
+        """The ``host:port`` of the cluster node that holds ``topic``, as this hub last knew; ``None`` on a
+        single Redis (every topic is on it)."""
+        if not isinstance(self._client, RedisCluster):
+            return None
+        node = self._client.get_node_from_key(topic_keys(parse_topic(topic))[0])
+        return None if node is None else str(node.name)
 
     async def snapshot(self, topic: str) -> tuple[frames.Cursor, dict[str, Any]]:
         """The topic's state and its cursor, read atomically: events after the cursor are exactly the changes
@@ -674,11 +651,21 @@ class RedisStore:
         loss of its metadata gets a new epoch.
         """
         name = parse_topic(topic)
-        if name.kind is not TopicKind.CART:
+        stype = for_topic(name.kind)
+        if stype is None:
             raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"no snapshot for {name.kind} topics yet")
-        assert name.key is not None  # keyed kind
-        cursor, stored = await self._cart_snapshot(name.key)
-        return cursor, {"lines": stored}  # stored lines are in the wire shape already (_cart.lua enc_line)
+        return await stype.snapshot(self._read_script, name, self._epochs.next())
+
+    async def sweep(self, limit: int = SWEEP_LIMIT) -> int:
+        """Apply every type's time-driven changes now due (holds expiring), each exactly once however many
+        hubs sweep; how many. Raises :class:`BackendUnavailable` when Redis is."""
+        log_argv = (self.log_maxlen, self.log_max_age_s * 1000, self.log_max_bytes)
+        sweep = Sweep(self._client, self._read_script, self._epochs.next, log_argv)
+        with _unavailable("sweep"):
+            return sum([await t.sweep(sweep, limit) for t in STORE_TYPES.values()])
+
+    async def _read_script(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
+        return await self._eval(name, keys, argv, wait=False)
 
     async def load_cart(self, member: str) -> dict[str, Any]:
         """The cart as stored, in :mod:`protocol.cart`'s shape: ``{"lines": {sku: line}, "folds": n}``.
@@ -696,15 +683,6 @@ class RedisStore:
             "lines": {_text(sku): msgspec.msgpack.decode(raw) for sku, raw in lines.items()},
             "folds": int(folds or 0),
         }
-
-    async def _cart_snapshot(self, member: str) -> tuple[frames.Cursor, dict[str, dict[str, Any]]]:
-        top, log = topic_keys(TopicName(TopicKind.CART, member))
-        reply = await self._eval(
-            "cart_snapshot", [top, log, f"{member_slot(member)}:cart"], [self._epochs.next()], wait=False
-        )
-        cursor = frames.Cursor(epoch=_text(reply[0]), offset=int(reply[1]))
-        lines = {_text(reply[i]): msgspec.msgpack.decode(reply[i + 1]) for i in range(2, len(reply), 2)}
-        return cursor, lines
 
     async def events_after(
         self, topic: str, cursor: frames.Cursor, *, limit: int = HISTORY_LIMIT
@@ -724,9 +702,9 @@ class RedisStore:
             raise ValueError("limit must be at least 1")
         name = parse_topic(topic)
         keys = [*topic_keys(name)]
-        state = state_key(name)
-        if state is not None:
-            keys.append(state)
+        stype = for_topic(name.kind)
+        if stype is not None:
+            keys.append(stype.state_key(name))
         reply = await self._eval("history", keys, [cursor.epoch, cursor.offset, limit], wait=False)
         if not int(reply[0]):
             return None
@@ -752,10 +730,10 @@ def _check_identity(client_id: str, seq: int) -> None:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"invalid seq {seq!r}")
 
 
-def _validate(op: frames.Op) -> tuple[_OpSpec, OpArgs, _OpFields]:
+def _validate(op: frames.Op) -> tuple[StoreType, OpArgs, _OpFields]:
     """The op's spec, typed args and fields, or :class:`OpRejected` (``unknown_op``/``bad_args``)."""
     args = parse_args(op.kind, op.args)
-    spec = _OPS[op.kind]
+    spec = for_op(op.kind)
     try:
         fields = msgspec.convert({"hlc": op.hlc, "ctx": op.ctx}, type=_OpFields, strict=True)
     except msgspec.ValidationError as exc:
@@ -793,11 +771,26 @@ def _pairs(flat: list[Any]) -> dict[Any, Any]:
 
 @contextlib.contextmanager
 def _unavailable(what: str) -> Any:
-    """Map Redis being unreachable, loading, down or read-only to :class:`BackendUnavailable`."""
+    """Map Redis being unreachable, loading, down or read-only to :class:`BackendUnavailable`, and so every
+    failure of the client library whatever its class.
+
+    Only a script's own error (``ResponseError``: a bug in a script, docs/traps.md §3) passes through. The
+    cluster client, during a failover, also raises what no documentation lists (an ``AttributeError`` from a
+    connection it closed under a pending command): the op's outcome is just as unknown, and the client's
+    retry with the same seq is just as safe, so it must be ``unavailable`` rather than kill the session
+    that called.
+    """
     try:
         yield
+    except (BackendUnavailable, ProtocolError, OpRejected):
+        raise
     except _UNAVAILABLE as exc:
         raise BackendUnavailable(f"redis unavailable ({what}): {exc}") from exc
+    except rexc.ResponseError:
+        raise
+    except Exception as exc:
+        log.warning("redis client failed (%s): %r", what, exc)
+        raise BackendUnavailable(f"redis client failed ({what}): {exc!r}") from exc
 
 
 def _as_unavailable(what: str, exc: Exception) -> BackendUnavailable:

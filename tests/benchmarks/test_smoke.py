@@ -72,6 +72,31 @@ def test_replay_smoke_reports_its_figures_and_targets() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
+def test_metrics_smoke_compares_the_hub_with_metrics_on_and_off_in_one_run() -> None:
+    result = json.loads(run_smoke("metrics")[-1])
+    assert result["workload"] == "metrics"
+    assert set(result["ratios"]) == {
+        "write_ops_on_vs_off",
+        "cpu_per_op_on_vs_off",
+        "sync_p50_on_vs_off",
+        "sync_p99_on_vs_off",
+        "metrics_share_of_cpu_per_op",
+    }
+    assert 0 < result["syncd_metrics_on"]["metrics_us_per_batch"] < 1000
+    assert 0 < result["syncd_metrics_on"]["report_us_per_ping"] < 1000
+    for variant in ("syncd_metrics_on", "syncd_metrics_off"):
+        figures = result[variant]
+        assert figures["write"]["ops_per_s"] > 0
+        assert figures["cpu_us_per_op"] > 0
+        assert figures["sync"]["by_rate"][-1]["count"] > 0
+    assert [t["target"] for t in result["targets"]][:2] == [
+        "write ops/s with metrics >= 0.95x without",
+        "sync p50 with metrics <= 1.05x without",
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
 def test_isolation_smoke_reports_the_victim_quiet_and_under_every_attack_with_ratios() -> None:
     result = json.loads(run_smoke("isolation")[-1])
     assert result["workload"] == "isolation"

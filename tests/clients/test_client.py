@@ -8,6 +8,7 @@ and Redis are in tests/e2e/test_client_*.py.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,24 @@ async def test_an_op_is_stored_and_shown_before_the_call_returns_then_acked(
         assert status.online and status.pending_ops == 0 and status.oldest_pending_at is None
         assert not cart.has_pending_writes and not cart.from_cache
     assert server.hub.lines("m1")["A"]["qty"] == 2
+
+
+async def test_the_status_shows_when_the_oldest_pending_op_was_made_across_a_restart(
+    server: FakeHubServer, data_dir: Path
+) -> None:
+    now = [1_700_000_000_000]
+    async with client(server, data_dir, online=False, clock=lambda: now[0]) as c:
+        await c.cart("m1").add("A", 1)
+        now[0] += 60_000
+        await c.cart("m2").add("B", 1)
+        first = dt.datetime.fromtimestamp(1_700_000_000, dt.UTC)
+        assert (c.status.pending_ops, c.status.oldest_pending_at) == (2, first)
+    now[0] += 3_600_000  # an hour later the till restarts, still offline: the age is the first op's
+    async with client(server, data_dir, online=False, clock=lambda: now[0]) as c:
+        assert (c.status.pending_ops, c.status.oldest_pending_at) == (2, first)
+        await c.go_online()
+        status = await c.wait_synced(10)
+        assert (status.pending_ops, status.oldest_pending_at) == (0, None)
 
 
 async def test_a_restart_offline_shows_the_same_cart_and_outbox(

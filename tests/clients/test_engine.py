@@ -506,7 +506,9 @@ def test_stats_report_the_backlog_and_latencies() -> None:
     device.pump(T0)
     stats = device.engine.stats(T0 + 10)
     assert stats["outbox"] == 0 and stats["outbox_age_ms"] == 0
-    assert "ack_ms_p50" in stats and "sync_ms_p99" in stats
+    assert "ack_ms_p50" in stats and "sync_ms_p95" in stats and "sync_ms_p99" in stats
+    assert stats["ack_ms_count"] == 1 == sum(v for k, v in stats.items() if k.startswith("ack_ms_le_"))
+    assert set(device.engine.stats(T0 + 20)) == {"outbox", "outbox_age_ms"}  # samples since the last report
 
 
 def test_an_op_whose_context_would_exceed_the_protocol_bound_is_refused() -> None:

@@ -9,6 +9,7 @@ on many handles and follows the status from one thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+import clients.client as client_module
 from clients import (
     AuthRequired,
     ChangeCause,
+    ClientStopped,
     ConnectionClosed,
     ConnectionState,
     OpRejected,
@@ -29,6 +32,7 @@ from clients import (
     SyncClientSync,
 )
 from clients.store import DB_NAME
+from protocol.connection import ClientProtocol
 from syncd.embedded import EmbeddedRedis
 from tests.clients.crash_child import sku_of
 from tests.clients.hubtools import TcpProxy, hub_cart, hub_last_seq, quantities
@@ -129,6 +133,40 @@ async def test_a_token_for_another_client_than_the_data_dir_fails_every_waiter_a
             assert "client_id" in error.reason
         assert client.status.state is ConnectionState.AUTH_REQUIRED and client.status.pending_ops == 1
     assert stored_id != "pos-1"
+
+
+@pytest.fixture
+def speaks_only_version_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's SDK offers only protocol version 2, as a newer build would; the hub speaks 1."""
+    monkeypatch.setattr(client_module, "ClientProtocol", functools.partial(ClientProtocol, versions=(2,)))
+
+
+@pytest.mark.usefixtures("speaks_only_version_2")
+async def test_a_hub_that_speaks_no_common_version_fails_every_waiter_at_once_and_keeps_the_ops(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    async with SyncClient(
+        hub.url, token=token("pos-1"), data_dir=tmp_path / "pos", client_id="pos-1"
+    ) as client:
+        sale = await client.cart("m1").add("SKU-1", 1)
+        waiters = [asyncio.ensure_future(sale.acked()), asyncio.ensure_future(client.wait_synced())]
+        done, _ = await asyncio.wait(waiters, timeout=15)
+        assert len(done) == 2, "a waiter hangs"
+        for waiter in waiters:
+            error = waiter.exception()
+            assert isinstance(error, ClientStopped) and error.code == 4503
+            assert "version" in error.reason
+        assert client.status.state is ConnectionState.STOPPED and client.status.pending_ops == 1
+    assert await hub_last_seq(hub.url, "pos-1") == 0  # nothing reached the hub
+
+
+@pytest.mark.usefixtures("speaks_only_version_2")
+def test_the_blocking_result_fails_at_once_when_no_version_is_common(hub: HubProcess, tmp_path: Path) -> None:
+    with SyncClientSync(hub.url, token=token("pos-1"), data_dir=tmp_path / "pos", client_id="pos-1") as pos:
+        sale = pos.cart("m1").add("SKU-1", 1)
+        with pytest.raises(ClientStopped) as stopped:
+            sale.result(timeout=None)  # returns as soon as the hub refused the version
+        assert stopped.value.code == 4503 and pos.status.pending_ops == 1
 
 
 def test_the_blocking_result_fails_at_once_and_timeouts_name_their_timeout(

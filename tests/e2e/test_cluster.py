@@ -1,6 +1,7 @@
 """Hub processes over a 3-primary Redis Cluster the test creates: the cart scenario, and fan-out failover.
 
-Hubs run with ``SYNCD_REDIS_CLUSTER=1`` and the URL of one node; the store discovers the others. Members are
+Hubs run with ``SYNCD_REDIS_CLUSTER=1`` and the URL of one node; the store discovers the others (durability
+``script``: these clusters have no replicas to wait for, tests/e2e/test_failover.py has). Members are
 picked so that their hash slots live on different primaries, and the tests check where the keys landed, so
 "it works on a cluster" cannot pass by all keys happening to sit on one node.
 """
@@ -120,8 +121,8 @@ async def write(writer: WireClient, ops: list[tuple[str, str]]) -> list[frames.A
 async def test_cart_scenario_through_two_hubs_on_a_three_primary_cluster(
     cluster: list[EmbeddedRedis], hub_factory: HubFactory
 ) -> None:
-    hub_a = hub_factory(cluster[0].url, SYNCD_REDIS_CLUSTER="1")
-    hub_b = hub_factory(cluster[1].url, SYNCD_REDIS_CLUSTER="1")
+    hub_a = hub_factory(cluster[0].url, SYNCD_REDIS_CLUSTER="1", SYNCD_DURABILITY="script")
+    hub_b = hub_factory(cluster[1].url, SYNCD_REDIS_CLUSTER="1", SYNCD_DURABILITY="script")
     health = hub_a.healthz()
     assert health["status"] == "ok", health
     assert (health["redis"]["mode"], health["redis"]["nodes"]) == ("cluster", 3)
@@ -202,7 +203,7 @@ async def test_cart_scenario_through_two_hubs_on_a_three_primary_cluster(
 async def test_fan_out_moves_to_a_surviving_node_when_its_node_dies(
     cluster: list[EmbeddedRedis], hub_factory: HubFactory
 ) -> None:
-    hub = hub_factory(cluster[0].url, SYNCD_REDIS_CLUSTER="1")
+    hub = hub_factory(cluster[0].url, SYNCD_REDIS_CLUSTER="1", SYNCD_DURABILITY="script")
 
     def fanout_node() -> int | None:
         """The node holding the hub's pub/sub connection (it always subscribes ``syncd:fanout``)."""

@@ -14,7 +14,9 @@ def test_defaults_describe_a_local_hub_with_the_embedded_server() -> None:
     assert settings.embedded
     assert settings.data_dir == Path("var")
     assert settings.log_level == "info"
-    assert settings.durability == "script"
+    assert settings.durability == "auto" and settings.ack_durability == "script"
+    assert Settings(redis_url="redis://h:1", redis_cluster=True).ack_durability == "replicas"
+    assert (settings.wait_replicas, settings.redis_timeout_ms) == (1, 5_000)
     assert settings.allowed_origins == ()
     assert (settings.heartbeat_ms, settings.max_frame) == (15_000, 65_536)
 
@@ -50,6 +52,12 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         "SYNCD_REDIS_MAX_CONNECTIONS": "32",
         "SYNCD_REDIS_POOL_WAIT_MS": "250",
         "SYNCD_REDIS_IDLE_S": "5",
+        "SYNCD_METRICS": "off",
+        "SYNCD_ALERT_SYNC_P99_MS": "250",
+        "SYNCD_ALERT_FAILURE_RATE": "0.005",
+        "SYNCD_ALERT_WINDOW_S": "30",
+        "SYNCD_WAIT_REPLICAS": "2",
+        "SYNCD_REDIS_TIMEOUT_MS": "800",
     }
     assert {env_var(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -82,7 +90,13 @@ def test_every_field_is_read_from_its_syncd_variable() -> None:
         token_issuer="https://id.example.com",
         redis_max_connections=32,
         redis_pool_wait_ms=250,
+        wait_replicas=2,
+        redis_timeout_ms=800,
         redis_idle_s=5,
+        metrics=False,
+        alert_sync_p99_ms=250,
+        alert_failure_rate=0.005,
+        alert_window_s=30,
     )
     assert not settings.embedded
 
@@ -209,3 +223,25 @@ def test_hub_limits_and_token_settings_are_validated(variable: str, value: str, 
     with pytest.raises(ConfigError, match=message) as err:
         Settings.from_env({variable: value})
     assert "short" not in str(err.value)  # a secret is never echoed
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SYNCD_ALERT_FAILURE_RATE": "0"}, "a fraction above 0"),
+        ({"SYNCD_ALERT_FAILURE_RATE": "1.5"}, "a fraction above 0"),
+        ({"SYNCD_ALERT_FAILURE_RATE": "1%"}, "expected a number"),
+        ({"SYNCD_ALERT_SYNC_P99_MS": "0"}, "an integer from 1"),
+        ({"SYNCD_ALERT_WINDOW_S": "1"}, "an integer from 5"),
+        ({"SYNCD_METRICS": "maybe"}, "expected one of 1, true"),
+    ],
+)
+def test_metrics_and_alert_settings_refuse_nonsense(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(environ)
+
+
+def test_alert_defaults_are_the_brand_promise_of_500_ms_and_1_percent() -> None:
+    settings = Settings()
+    assert (settings.metrics, settings.alert_sync_p99_ms, settings.alert_failure_rate) == (True, 500, 0.01)
+    assert settings.alert_window_s == 60

@@ -186,28 +186,54 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The shard's generation: the replication id of the node running the script (INFO replication,
+-- master_replid). Redis gives a primary a new one whenever its history may have been rewritten: a replica
+-- promoted by a failover, a primary restarted (from an AOF that may hold less than it had acknowledged), a
+-- node resynchronised from another. Every topic records the generation it was written in ('gen', set with
+-- its epoch by topic_mint); a topic written in another generation gets a new epoch before its next event
+-- (topic_read), a new epoch on its next snapshot, and no history (history.lua): subscribers then take a
+-- reset snapshot instead of trusting offsets the new primary may reuse for other events (docs/traps.md §4c).
+-- Read by the script itself, not passed in ARGV by the hub: a hub whose slot map is stale would pass the
+-- generation of the old primary, and its command, redirected (MOVED) to the new one, would pass the check.
+-- Read once per script run (INFO costs a few microseconds).
+local shard_gen_value = nil
+local function shard_gen()
+    if not shard_gen_value then
+        shard_gen_value = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+    end
+    return shard_gen_value
+end
+
 -- The epoch of a topic without state or history, for which nothing is stored (protocol.frames.EMPTY_EPOCH):
 -- a snapshot of it answers the cursor {EMPTY_EPOCH, 0}, and minted epochs never equal it.
 local EMPTY_EPOCH = '-'
 
 -- The topic's metadata, read before the op writes anything: {epoch, offset, head_at, log_bytes, head_b,
--- state_bytes}; epoch is nil when the topic is unknown (never written, or lost with its data). See trim_head
+-- state_bytes, gen}; epoch is nil when the topic is unknown (never written, or lost with its data) and when it
+-- was written in another generation (shard_gen: it then starts a new epoch, keeping only state_bytes). See trim_head
 -- for head_at, log_bytes and head_b. state_bytes: the encoded size of the topic's state, kept by the scripts
 -- of a type that bounds it (carts); here because the op reads and writes this hash anyway.
 local function topic_read(topkey)
-    return redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at', 'log_bytes', 'head_b', 'state_bytes')
+    local meta = redis.call('HMGET', topkey, 'epoch', 'offset', 'head_at', 'log_bytes', 'head_b', 'state_bytes',
+        'gen')
+    if meta[1] and meta[7] ~= shard_gen() then
+        return {false, false, false, false, false, meta[6]} -- written in another generation: a new epoch
+    end
+    return meta
 end
 
 -- Creates an unknown topic under a new epoch at offset 0, dropping any stale stream: after a total loss every
 -- old cursor then names an epoch that no longer exists and gets a reset. fresh: the topic's state is empty at
 -- offset 0, so a cursor of the empty epoch (a device that saw the topic without state) continues into this
 -- history from offset 1 instead of needing a reset.
+-- The topic hash may hold an older epoch's fields (a new generation): they go, all but the state's size.
 local function topic_mint(topkey, logkey, epoch, fresh)
     redis.call('DEL', logkey)
+    redis.call('HDEL', topkey, 'fresh', 'head_at', 'head_b', 'log_bytes')
     if fresh then
-        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0', 'fresh', '1')
+        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0', 'gen', shard_gen(), 'fresh', '1')
     else
-        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0')
+        redis.call('HSET', topkey, 'epoch', epoch, 'offset', '0', 'gen', shard_gen())
     end
 end
 
@@ -280,8 +306,11 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
         kind = mp(p.kind),
         data = data_enc,
         at = mp(at),
-        origin = mp_arr({mp(p.client), mp(p.seq)}),
+        origin = p.client and mp_arr({mp(p.client), mp(p.seq)}),
     }
+    if not p.client then -- an event no op caused (a hold expiring): no origin
+        keys[#keys] = nil
+    end
     if conflict_enc then
         keys[#keys + 1] = 'conflict'
         enc.conflict = conflict_enc

@@ -1,13 +1,18 @@
+--@include _lib.lua
 -- The events of a topic after a cursor (epoch, offset), oldest first, at most ARGV[3] of them.
 -- KEYS: 1 top (epoch, offset, fresh), 2 log (stream), 3 (optional) the key holding the topic's state.
 -- ARGV: 1 epoch, 2 offset, 3 limit.
 -- Reply: {0} when the cursor cannot be honoured (unknown topic, other epoch, cursor ahead of the topic, or the
--- first needed entry trimmed away): the caller sends a reset snapshot. Else {1, event, event, ...}.
+-- first needed entry trimmed away, or the topic written in another generation of the shard): the caller sends
+-- a reset snapshot. Else {1, event, event, ...}.
 -- A cursor of the empty epoch ('-', protocol.frames.EMPTY_EPOCH) at offset 0 names the empty state: it is
 -- honoured while the topic has neither metadata nor state, and by a history that started from the empty
 -- state ('fresh'), whose events it receives from offset 1 (the caller learns the epoch from them).
 -- Read-only: it never mints an epoch.
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'fresh')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'fresh', 'gen')
+if meta[1] and meta[4] ~= shard_gen() then -- written in another generation (_lib.lua shard_gen)
+    return {0}
+end
 local after = tonumber(ARGV[2])
 if ARGV[1] == '-' then
     if after ~= 0 then

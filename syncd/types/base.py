@@ -1,0 +1,79 @@
+"""What the hub needs of one data type: its keys, its Lua scripts, its op arguments as ARGV, its snapshot.
+
+A store type adds nothing to the op protocol itself (dedup, settle, event, history: :mod:`syncd.store`); it
+says where the type's state lives and which script applies each op. Every op script is called with the
+same leading ARGV (:meth:`syncd.store.redis_store.RedisStore._op_argv`) followed by :meth:`StoreType.argv`,
+and with KEYS ``[dedup hash, the type's own keys…, topic meta, topic stream]`` (:meth:`StoreType.keys`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeAlias
+
+from protocol import frames
+from protocol.datatype import DataType, OpArgs
+from protocol.topics import TopicName
+from syncd.store.keys import dedup_key, topic_keys, topic_slot
+
+EncodableArg: TypeAlias = bytes | str | int
+ScriptRunner: TypeAlias = Callable[[str, Sequence[str], Sequence[EncodableArg]], Awaitable[Any]]
+"""``(script, KEYS, ARGV) -> reply``: runs one of the store's scripts (read-only use: snapshots)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sweep:
+    """What a type's periodic sweep may use: the Redis client (to find its keys), its scripts, a fresh
+    epoch for a topic that needs one, and the history bounds every event append takes."""
+
+    client: Any
+    run: ScriptRunner
+    epoch: Callable[[], str]
+    log_argv: tuple[int, int, int]
+    """``(maxlen, max_age_ms, max_bytes)`` of a topic's history."""
+
+
+class StoreType(abc.ABC):
+    """One data type in Redis. Subclasses set :attr:`datatype` and :attr:`scripts`."""
+
+    datatype: ClassVar[DataType]
+    scripts: ClassVar[dict[str, str]]
+    """Op kind -> the Lua script (``lua/<type>/<script>.lua``) that applies it."""
+    state_keys: ClassVar[tuple[str, ...]]
+    """Suffixes, in the topic's slot, of the keys an op script takes between the dedup hash and the topic's
+    keys (``("cart", "cart:meta")`` -> ``{m:M}:cart``, ``{m:M}:cart:meta``); the first holds the state."""
+
+    def topic(self, args: OpArgs) -> TopicName:
+        return TopicName(self.datatype.kind, getattr(args, self.datatype.key_field))
+
+    def keys(self, args: OpArgs, client_id: str) -> list[str]:
+        """KEYS of an op script: dedup hash, the type's keys, then the topic's meta and stream."""
+        topic = self.topic(args)
+        return [dedup_key(topic_slot(topic), client_id), *self.keys_after_dedup(topic)]
+
+    def keys_after_dedup(self, topic: TopicName) -> list[str]:
+        """The type's keys in the topic's slot, then the topic's meta and stream."""
+        slot = topic_slot(topic)
+        return [*(f"{slot}:{s}" for s in self.state_keys), *topic_keys(topic)]
+
+    def state_key(self, topic: TopicName) -> str:
+        """The key holding a topic's state (``{m:M}:cart`` for ``cart:M``)."""
+        return f"{topic_slot(topic)}:{self.state_keys[0]}"
+
+    @abc.abstractmethod
+    def argv(self, args: OpArgs) -> list[EncodableArg]:
+        """The op's own ARGV, after the common ones."""
+
+    async def sweep(self, sweep: Sweep, limit: int) -> int:
+        """Time-driven changes of this type (holds expiring), each applied exactly once by a script;
+        how many. Types without any: 0."""
+        return 0
+
+    @abc.abstractmethod
+    async def snapshot(
+        self, run: ScriptRunner, topic: TopicName, epoch: str
+    ) -> tuple[frames.Cursor, dict[str, Any]]:
+        """The topic's state (wire shape) and cursor, read atomically; ``epoch`` is a new one, used if the
+        topic needs one."""
