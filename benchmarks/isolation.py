@@ -258,11 +258,13 @@ def _measure(system: System, profile: Profile, attack: str | None, n: int) -> Re
             procs.wait(ready, 30, f"{attack} attacker ready", system)
             time.sleep(profile.isolation_warmup_s)
         cpu_before = cpu_seconds(system.pid)
+        redis_before = cpu_seconds(system.redis_pid())
         started = time.monotonic()
         procs.spawn(victim, system.url, f"victim-{n}", profile.isolation_ops, out)
         latencies: list[float] = _get(out, 600, system)  # type: ignore[assignment]
         elapsed = time.monotonic() - started
         hub_cores = (cpu_seconds(system.pid) - cpu_before) / elapsed
+        redis_cores = (cpu_seconds(system.redis_pid()) - redis_before) / elapsed
     finally:
         stop_flag.set()
         procs.close()
@@ -275,6 +277,7 @@ def _measure(system: System, profile: Profile, attack: str | None, n: int) -> Re
         "p99_ms": summary["p99_ms"],
         "max_ms": summary["max_ms"],
         "hub_cores": round(hub_cores, 2),
+        "redis_cores": round(redis_cores, 2),
     }
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from protocol.connection import HEARTBEAT_MISSES
 from protocol.errors import SyncError
 from syncd import __version__
 from syncd.app import create_app, redact_url
@@ -399,6 +400,8 @@ def _run_uvicorn(settings: Settings) -> int:
         server_header=False,
     )
     config.syncd_handshake_timeout_s = settings.handshake_timeout_ms / 1000  # type: ignore[attr-defined]
+    # A closed connection's peer has the protocol's heartbeat timeout to read its close frame.
+    config.syncd_close_timeout_s = HEARTBEAT_MISSES * settings.heartbeat_ms / 1000  # type: ignore[attr-defined]
     config.load()
     server = uvicorn.Server(config)
     # uvicorn handles SIGTERM/SIGINT while it runs (graceful drain), restores our handlers, then re-raises the

@@ -27,8 +27,9 @@ TURN_S: Final = 0.0005
 SHARE: Final = 0.1
 """Fraction of a core one connection may use, sustained: ten flooding connections still leave a core's worth
 of turns to the rest, and a device syncing normally uses a hundredth of it."""
-BURST_S: Final = 0.02
-"""Work a connection may have done for it at once before it is held to :data:`SHARE`."""
+BURST_S: Final = 0.1
+"""Work a connection may have done for it at once before it is held to :data:`SHARE`: a till replaying a day
+offline (3,000 ops cost about 55 ms, measured with ``benchmarks replay``) is not slowed at all."""
 OP_COST_S: Final = 0.00001
 """What applying one op costs the hub's loop, charged as an estimate: the time is spent between awaits on
 Redis (building the script call, parsing its reply, encoding the ack), not measurable as one span."""

@@ -22,7 +22,9 @@ peer reads. Here:
   data is above the transport's high-water mark: a peer that sends pings and never reads the pongs stops
   being read, instead of growing the hub's memory;
 - closing never waits for the peer to drain: the close frame is written behind what is buffered, and the
-  connection is aborted :data:`CLOSE_GRACE_S` later if the peer has not read it by then.
+  connection is aborted if the peer has not read it within the heartbeat timeout (``config.syncd_close_
+  timeout_s``, set by ``syncd serve``; :data:`CLOSE_TIMEOUT_S_DEFAULT` otherwise) — the time after which
+  the protocol counts a silent peer as gone, so a live client that reads late still finds the close code.
 
 :class:`HubHttpProtocol` is uvicorn's HTTP/1.1 protocol with a deadline for the request line and headers: a
 connection that sends nothing, or a request a byte at a time (slowloris), is closed when it passes.
@@ -55,7 +57,9 @@ READ_CHUNK: Final = 1024
 INBOX_LIMIT: Final = 64 * 1024
 """Received bytes held unparsed before the connection stops being read."""
 CLOSE_GRACE_S: Final = 2.0
-"""How long a closing connection may take to read what is buffered for it (its close frame last)."""
+"""How long the endpoint keeps writing to a closing connection that does not drain before it gives up."""
+CLOSE_TIMEOUT_S_DEFAULT: Final = 10.0
+"""How long a closed connection may take to read its close frame when the server's config names no time."""
 HANDSHAKE_TIMEOUT_S_DEFAULT: Final = 10.0
 """The request-header deadline of :class:`HubHttpProtocol` when the server's config names none."""
 
@@ -209,13 +213,17 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_sent = True
         self.read_paused = False  # read the peer's close reply
         self._sync_reading()
-        self.close_timer = self.loop.call_later(CLOSE_GRACE_S, self._abort)
+        self.close_timer = self.loop.call_later(self._close_timeout_s(), self._abort)
+
+    def _close_timeout_s(self) -> float:
+        timeout: float = getattr(self.config, "syncd_close_timeout_s", CLOSE_TIMEOUT_S_DEFAULT)
+        return timeout
 
     async def run_asgi(self) -> None:
         await super().run_asgi()
         # uvicorn then closes the transport, which waits for its buffer to drain: bound that wait.
         if not self.disconnected and self.close_timer is None:
-            self.close_timer = self.loop.call_later(CLOSE_GRACE_S, self._abort)
+            self.close_timer = self.loop.call_later(self._close_timeout_s(), self._abort)
 
     def _abort(self) -> None:
         self.close_timer = None
