@@ -73,7 +73,11 @@ async def test_a_flash_sale_on_two_hubs_sells_exactly_the_stock(
 async def test_the_same_flash_sale_on_a_three_primary_cluster(
     valkey_cluster: list[EmbeddedRedis], hub_factory: HubFactory
 ) -> None:
-    hubs = [hub_factory(node.url, SYNCD_REDIS_CLUSTER="1") for node in valkey_cluster[:2]]
+    # This cluster has no replicas: `auto` would be `replicas` and refuse every op (docs/scaling.md).
+    hubs = [
+        hub_factory(node.url, SYNCD_REDIS_CLUSTER="1", SYNCD_DURABILITY="script")
+        for node in valkey_cluster[:2]
+    ]
     redis = RedisCluster(host=valkey_cluster[0].host, port=valkey_cluster[0].port)
     try:
         await flash_sale(hubs, redis, "FLASH-C")
