@@ -4,6 +4,7 @@ offline."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -71,4 +72,9 @@ async def test_a_reservation_through_the_sdk_counts_against_the_members_limit(
         assert other_channel.value.code == "not_permitted"
         assert await (await stock.commit("m1", result["rid"])).acked() == {}
         await client.wait_synced(timeout=20)
+        # The ack may come before the event that shows the sale (PROTOCOL.md §7.2): wait for the event.
+        for _ in range(1000):
+            if (stock.state.sold, stock.state.pool) == (2, 8):
+                break
+            await asyncio.sleep(0.02)
         assert (stock.state.sold, stock.state.pool) == (2, 8)
