@@ -36,10 +36,11 @@ RESERVE: Final = "stock.reserve"
 COMMIT: Final = "stock.commit"
 RELEASE: Final = "stock.release"
 SELL: Final = "stock.sell"
-KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, RESERVE, COMMIT, RELEASE, SELL})
+ADJUST: Final = "stock.adjust"
+KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, RESERVE, COMMIT, RELEASE, SELL, ADJUST})
 EXPIRE: Final = "stock.expire"
 """The kind of the event a sweep appends when it returns expired holds (no op causes it: no origin)."""
-ADMIN_KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT})
+ADMIN_KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, ADJUST})
 """Ops only an ``ops`` token may make."""
 
 MAX_QTY: Final = 1_000_000
@@ -83,6 +84,8 @@ class Op:
     store: str = ""
     rid: str = ""
     until: int = 0
+    delta: int = 0
+    """``adjust``: the stock-take correction of ``on_hand`` (negative: units found missing)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -176,8 +179,22 @@ def _apply(s: Stock, op: Op, now: int) -> ErrorCode | None:
         s["on_hand"] -= op.qty
         s["sold"] += op.qty
     else:
-        return ErrorCode.UNKNOWN_OP
+        return _apply_escrow(s, op)
     return None
+
+
+def _apply_escrow(s: Stock, op: Op) -> ErrorCode | None:
+    """The ops that correct or move escrow after the fact: ``adjust`` (a stock take) and, with it, whatever
+    else is not one of the eight original kinds."""
+    if op.kind == ADJUST:
+        # A stock take corrects on_hand through the pool: units found missing can only come from it, since
+        # an allotment belongs to its store and a hold to its shopper.
+        if -op.delta > s["pool"]:
+            return ErrorCode.INSUFFICIENT_STOCK
+        s["on_hand"] += op.delta
+        s["pool"] += op.delta
+        return None
+    return ErrorCode.UNKNOWN_OP
 
 
 def _reserve(s: Stock, op: Op, now: int) -> ErrorCode | None:

@@ -246,7 +246,7 @@ class Hub:
             batch = await self.store.apply_ops(
                 principal.client_id,
                 ops[:granted],
-                check=_scope_check(principal),
+                check=scope_check(principal),
                 known_last=session.known_last,
             )
             if self.metrics is not None:
@@ -378,7 +378,7 @@ class Ticker:
             self._task = None
 
 
-def _scope_check(principal: Principal) -> Callable[[OpArgs], None]:
+def scope_check(principal: Principal) -> Callable[[OpArgs], None]:
     """Ops act for a member: the token must hold it (a rejection, settled like any other); admin ops need an
     ``ops`` token, and an op's ``channel`` or ``store`` must be the token's own."""
 

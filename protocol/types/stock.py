@@ -58,6 +58,15 @@ class StockLimit(AdminArgs, frozen=True):
     qty: Bound
 
 
+class StockAdjust(AdminArgs, frozen=True):
+    """``stock.adjust``: a stock take found ``delta`` units more (or, negative, fewer) on hand than counted;
+    the correction goes through the pool (``insufficient_stock`` when the pool cannot absorb a shortfall).
+    ``reason`` is kept in the event, so the topic's history says why on_hand changed."""
+
+    delta: Annotated[int, msgspec.Meta(ge=-rules.MAX_QTY, le=rules.MAX_QTY)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
 class StockReserve(StockArgs, frozen=True):
     """``stock.reserve``: hold ``qty`` for ``member`` through ``channel`` for ``ttl_ms``; result ``rid``."""
 
@@ -107,6 +116,7 @@ STOCK = DataType(
         rules.COMMIT: StockCommit,
         rules.RELEASE: StockRelease,
         rules.SELL: StockSell,
+        rules.ADJUST: StockAdjust,
     },
     key_field="sku",
     state=StockView,

@@ -667,6 +667,23 @@ class RedisStore:
     async def _read_script(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
         return await self._eval(name, keys, argv, wait=False)
 
+    async def read(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
+        """Run one of the store's read-only scripts (a type's own reads, such as the ops API's full state);
+        raises :class:`BackendUnavailable` when Redis is."""
+        return await self._read_script(name, keys, argv)
+
+    async def retire_client(self, client_id: str) -> None:
+        """Let a one-op client's watermark expire with its dedup records (after the dedup retention).
+
+        The ops HTTP API gives every write its own client id (PROTOCOL.md §18.1): its watermark would
+        otherwise stay forever, one hash per request. Expiring it together with the entity's dedup hash
+        keeps the two in step: within the retention a replay is answered, after it both are gone.
+        """
+        with _unavailable("retire_client"):
+            await self._client.execute_command(
+                "PEXPIRE", f"{client_slot(client_id)}:seq", self.dedup_retention_s * 1000
+            )
+
     async def load_cart(self, member: str) -> dict[str, Any]:
         """The cart as stored, in :mod:`protocol.cart`'s shape: ``{"lines": {sku: line}, "folds": n}``.
 

@@ -128,6 +128,7 @@ OPS = st.one_of(
     st.builds(lambda r: stock.Op(stock.COMMIT, rid=f"r/{r}"), st.integers(0, 30)),
     st.builds(lambda r: stock.Op(stock.RELEASE, rid=f"r/{r}"), st.integers(0, 30)),
     st.builds(lambda s, q: stock.Op(stock.SELL, store=s, qty=q), st.sampled_from(STORES), st.integers(1, 6)),
+    st.builds(lambda d: stock.Op(stock.ADJUST, delta=d), st.integers(-10, 10)),
 )
 
 
@@ -164,3 +165,12 @@ def test_every_op_kind_is_known_to_the_rules(kind: str) -> None:
         stock.apply(run(RESTOCK_10).stock, stock.Op(kind, qty=1, rid="x/1"), T0).rejected
         is not ErrorCode.UNKNOWN_OP
     )
+
+
+def test_an_adjustment_moves_on_hand_through_the_pool_only() -> None:
+    s = run(RESTOCK_10, stock.Op(stock.ALLOT, store="s1", qty=8)).stock
+    short = stock.apply(s, stock.Op(stock.ADJUST, delta=-3), T0)
+    assert short.rejected is ErrorCode.INSUFFICIENT_STOCK and short.stock is s
+    fixed = stock.apply(s, stock.Op(stock.ADJUST, delta=-2), T0).stock
+    assert (fixed["on_hand"], fixed["pool"], fixed["allot"]) == (8, 0, {"s1": 8})
+    stock.check(fixed)
