@@ -63,6 +63,7 @@ from clients.streams import RejectionStream, rejection_of
 from clients.types import TopicHandle, handle_type
 from clients.types.cart import Cart
 from clients.types.stock import Stock
+from clients.types.store import StoreStock
 from protocol import codec, frames
 from protocol import topics as topic_names
 from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
@@ -356,6 +357,15 @@ class SyncClient:
         stock = self._topic_handle(f"stock:{sku}", sku)
         assert isinstance(stock, Stock)
         return stock
+
+    def store(self, store: str) -> StoreStock:
+        """The allotments and recalls of ``store`` (a till's own: its token's store), synced from now on
+        (and across restarts) until unsubscribed."""
+        if not topic_names.is_valid_key(store):
+            raise ValueError(f"store ids are 1-64 of [A-Za-z0-9._@-], not {store[:64]!r}")
+        handle = self._topic_handle(f"store:{store}", store)
+        assert isinstance(handle, StoreStock)
+        return handle
 
     def _topic_handle(self, topic: str, key: str) -> TopicHandle:
         self._engine.subscribe(topic)

@@ -30,6 +30,7 @@ from syncd.metrics import Metrics
 from syncd.session import RateLimit, Session, Subscription
 from syncd.settings import Settings
 from syncd.store.redis_store import HISTORY_LIMIT, OpOutcome, RedisStore
+from syncd.storefeed import StoreFeed
 from syncd.telemetry import REPLAY_AGE_MS, Telemetry
 
 log = logging.getLogger("syncd.hub")
@@ -50,6 +51,8 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.feed = StoreFeed(store)
+        """Feeds the topics of the stores whose allotments ops change (:mod:`syncd.storefeed`)."""
         self.fanout = fanout
         self.verifier = verifier
         self.sessions: set[Session] = set()
@@ -242,6 +245,18 @@ class Hub:
         principal = session.principal
         granted, retry = session.rate.take(now_ms(), len(ops))
         if granted:
+            try:
+                marks = await self.feed.mark(principal.client_id, ops[:granted])
+            except BackendUnavailable as exc:  # not marked: not run either, the client sends them again
+                self.refused(principal, None, ops[0].seq)
+                return self._error(
+                    session,
+                    ErrorCode.UNAVAILABLE,
+                    str(exc),
+                    ops[0].seq,
+                    RETRY_AFTER_UNAVAILABLE_MS,
+                    frames.ABOUT_OP,
+                )
             started = time.perf_counter()
             batch = await self.store.apply_ops(
                 principal.client_id,
@@ -257,6 +272,8 @@ class Hub:
                     self.telemetry.event("rejected", principal, seq=outcome.seq, code=outcome.code or "")
             if batch.outcomes:
                 self._log_replay(session, ops[: len(batch.outcomes)], batch.outcomes)
+            if marks:
+                self.spawn(self.feed.forward(principal.client_id, marks, [o.seq for o in batch.outcomes]))
             if batch.outcomes:
                 session.known_last = max(session.known_last or 0, batch.outcomes[-1].seq)
             if batch.error is not None:

@@ -205,7 +205,9 @@ async def write(
 async def apply(hub: Hub, who: Principal, client_id: str, op: frames.Op) -> Response:
     """Apply ``op`` as the one op of ``client_id`` and answer its outcome as JSON."""
     try:
+        marks = await hub.feed.mark(client_id, [op])  # the stores it may change (syncd/storefeed.py)
         outcome = await hub.store.apply_op(client_id, op, check=scope_check(who))
+        await hub.feed.forward(client_id, marks, [op.seq])
         await hub.store.retire_client(client_id)
     except BackendUnavailable as exc:  # the outcome is unknown: retry with the same Idempotency-Key
         return refusal(ErrorCode.UNAVAILABLE, str(exc), retry=True)

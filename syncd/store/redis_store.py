@@ -659,13 +659,24 @@ class RedisStore:
     async def sweep(self, limit: int = SWEEP_LIMIT) -> int:
         """Apply every type's time-driven changes now due (holds expiring), each exactly once however many
         hubs sweep; how many. Raises :class:`BackendUnavailable` when Redis is."""
-        log_argv = (self.log_maxlen, self.log_max_age_s * 1000, self.log_max_bytes)
-        sweep = Sweep(self._client, self._read_script, self._epochs.next, log_argv)
+        sweep = self.scripting()
         with _unavailable("sweep"):
             return sum([await t.sweep(sweep, limit) for t in STORE_TYPES.values()])
 
     async def _read_script(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
         return await self._eval(name, keys, argv, wait=False)
+
+    def scripting(self) -> Sweep:
+        """What a type's own steps outside an op use (a sweep, a store topic's forward): the client, the
+        script runner, fresh epochs and the history bounds of every event append."""
+        log_argv = (self.log_maxlen, self.log_max_age_s * 1000, self.log_max_bytes)
+        retention_ms = self.dedup_retention_s * 1000
+        return Sweep(self._client, self._read_script, self._epochs.next, log_argv, retention_ms)
+
+    async def write(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
+        """Run one of the store's scripts as a write step: acknowledged as the durability mode says (the
+        mark that must be durable before the op it marks runs, :mod:`syncd.storefeed`)."""
+        return await self._eval(name, keys, argv, wait=self._waits)
 
     async def read(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
         """Run one of the store's read-only scripts (a type's own reads, such as the ops API's full state);

@@ -3,8 +3,6 @@ SDK client (and a raw websocket) sees, in order, exactly once even when the requ
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx2 as httpx
@@ -13,19 +11,11 @@ import pytest
 from clients import OpRejected, SyncClient
 from protocol import frames
 from protocol import stock as rules
-from tests.e2e.harness import HubProcess, WireClient, token
+from tests.e2e.harness import HubProcess, WireClient, token, until
 
 pytestmark = pytest.mark.e2e
 SKU = "HTTP-1"
 OPS = {"Authorization": "Bearer " + token("ops-http", role="ops")}
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never saw {what}")
 
 
 async def test_http_writes_are_events_a_subscribed_sdk_client_sees(hub: HubProcess, tmp_path: Path) -> None:
