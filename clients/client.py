@@ -358,13 +358,17 @@ class SyncClient:
         assert isinstance(stock, Stock)
         return stock
 
-    def store(self, store: str) -> StoreStock:
+    def store(self, store: str, *, answer_recalls: bool = True, member: str | None = None) -> StoreStock:
         """The allotments and recalls of ``store`` (a till's own: its token's store), synced from now on
-        (and across restarts) until unsubscribed."""
-        if not topic_names.is_valid_key(store):
-            raise ValueError(f"store ids are 1-64 of [A-Za-z0-9._@-], not {store[:64]!r}")
+        (and across restarts) until unsubscribed. ``answer_recalls``: give back what ops recall, as ``member``
+        (default: the store id), when online (:class:`~clients.types.store.StoreStock`)."""
+        for key in (store, member or store):
+            if not topic_names.is_valid_key(key):
+                raise ValueError(f"store and member ids are 1-64 of [A-Za-z0-9._@-], not {key[:64]!r}")
         handle = self._topic_handle(f"store:{store}", store)
         assert isinstance(handle, StoreStock)
+        handle.answer_recalls = answer_recalls
+        handle.member = member or store
         return handle
 
     def _topic_handle(self, topic: str, key: str) -> TopicHandle:

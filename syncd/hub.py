@@ -397,13 +397,16 @@ class Ticker:
 
 def scope_check(principal: Principal) -> Callable[[OpArgs], None]:
     """Ops act for a member: the token must hold it (a rejection, settled like any other); admin ops need an
-    ``ops`` token, and an op's ``channel`` or ``store`` must be the token's own."""
+    ``ops`` token, till-only ops a ``pos`` token, and an op's ``channel`` or ``store`` must be the token's
+    own."""
 
     def check(args: OpArgs) -> None:
         if not principal.may_act_for(args.member):
             raise OpRejected(ErrorCode.NOT_PERMITTED, "member outside the token's scope")
-        if principal.role is Role.OPS:
+        if principal.role is Role.OPS and not args.till_only:
             return
+        if args.till_only and principal.role is not Role.POS:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "only the store's own till may make this op")
         if args.admin:
             raise OpRejected(ErrorCode.NOT_PERMITTED, "an ops token is needed for this op")
         # An op acting through a channel or a store acts through the token's own (PROTOCOL.md §18).

@@ -80,6 +80,17 @@ class StoreQtyBody(_Body, frozen=True):
     qty: Qty
 
 
+class RecallBody(_Body, frozen=True):
+    store: Key
+    qty: Bound
+
+
+class RebalanceBody(_Body, frozen=True):
+    source: Key = msgspec.field(name="from")
+    to: Key
+    qty: Bound
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/ops/stock/{sku}", get_stock, methods=["GET"]),
@@ -88,6 +99,8 @@ def routes() -> list[BaseRoute]:
         Route("/ops/stock/{sku}/quota/{channel}", quota, methods=["PUT"]),
         Route("/ops/stock/{sku}/limit", limit, methods=["PUT"]),
         Route("/ops/stock/{sku}/allot", allot, methods=["POST"]),
+        Route("/ops/stock/{sku}/recall", recall, methods=["POST"]),
+        Route("/ops/stock/{sku}/rebalance", rebalance, methods=["POST"]),
     ]
 
 
@@ -250,3 +263,17 @@ async def limit(request: Request) -> Response:
 async def allot(request: Request) -> Response:
     """``POST /ops/stock/{sku}/allot`` ``{"store", "qty"}``."""
     return await write(request, rules.ALLOT, StoreQtyBody, lambda b: {"store": b.store, "qty": b.qty})
+
+
+async def recall(request: Request) -> Response:
+    """``POST /ops/stock/{sku}/recall`` ``{"store", "qty"}``: ask the store to give ``qty`` back to the pool
+    (0 withdraws). A recall, not a move: the store's till yields the units when it is online."""
+    return await write(request, rules.RECALL, RecallBody, lambda b: {"store": b.store, "qty": b.qty})
+
+
+async def rebalance(request: Request) -> Response:
+    """``POST /ops/stock/{sku}/rebalance`` ``{"from", "to", "qty"}``: ask store ``from`` to give ``qty`` to
+    store ``to``; the units move when ``from``'s till yields them."""
+    return await write(
+        request, rules.RECALL, RebalanceBody, lambda b: {"store": b.source, "qty": b.qty, "to": b.to}
+    )

@@ -30,7 +30,7 @@ from syncd.types.store import due_key, forward, marker
 
 log = logging.getLogger("syncd.storefeed")
 
-FEEDS: Final = frozenset({rules.ALLOT, rules.SELL})
+FEEDS: Final = frozenset({rules.ALLOT, rules.SELL, rules.RECALL, rules.YIELD})
 """Op kinds that may change a store's values; their ``store`` (and ``to``) name the stores to feed."""
 
 

@@ -2,13 +2,17 @@
 handle, :class:`StoreStock` (``client.store(store)``).
 
 No op writes a store topic (the hub feeds it), so the view is the hub's state as it is. A till follows its
-own store: it learns what it may sell of every SKU without following each, and it answers the recalls
-ops make of its allotment (:mod:`clients.types.stock`).
+own store: it learns what it may sell of every SKU without following each, and it answers the recalls ops
+make of its allotment: the hub never takes escrow from a store (it may be offline, selling it), so units
+leave a store only when its till gives them back with ``stock.yield`` — in its own op sequence, after the
+sales it made before, and never more than it knows it has (docs/design.md §3, "Inventory").
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,13 +20,17 @@ from clients.errors import SubscriptionRefused
 from clients.events import TopicChanged, TopicRecord
 from clients.models import CartConflict
 from clients.types.base import LocalView
+from clients.types.stock import StockView
 from protocol import frames
+from protocol import stock as rules
 from protocol.datatype import DataType
 from protocol.errors import SyncError
 from protocol.types.store import STORE
 
 if TYPE_CHECKING:
     from clients.client import SyncClient
+
+log = logging.getLogger("clients.store")
 
 
 class StoreAllotView(LocalView):
@@ -82,12 +90,22 @@ class Recall:
 
 
 class StoreStock:
-    """One store's allotments and recalls, as the hub last said. Get one with ``client.store(store)``."""
+    """One store's allotments and recalls, as the hub last said. Get one with ``client.store(store)``.
+
+    While ``answer_recalls`` (the default; ``client.store(store, answer_recalls=False)`` for a tool that only
+    watches), every recall this device sees while online is answered with a ``stock.yield`` of what it asks,
+    capped by the allotment this device knows (its unsynced sales taken off), made by ``member`` (the store
+    id unless given: the token must be a ``pos`` token of the store, able to act for that member).
+    """
 
     def __init__(self, client: SyncClient, store: str) -> None:
         self._client = client
         self.store = store
         self.topic = f"store:{store}"
+        self.answer_recalls = True
+        self.member = store
+        self._answered: dict[str, tuple[int, str | None, int]] = {}  # sku -> the values last answered
+        self._answering: dict[str, asyncio.Task[None]] = {}
 
     def __repr__(self) -> str:
         return f"<StoreStock {self.store}>"
@@ -114,10 +132,44 @@ class StoreStock:
         return self._view.error
 
     def _notify(self, change: TopicChanged) -> CartConflict | None:
+        if self.answer_recalls and self._client._engine.is_open:
+            self._answer()
         return None
 
+    def _answer(self) -> None:
+        """Yield what each recall asks, once per recall as seen (its values): the forward of our own yield
+        changes them, and only then is what is left, if any, answered again."""
+        view = self._client._engine.view(self.topic)
+        if not isinstance(view, StoreAllotView):
+            return
+        for sku, values in view.skus.items():
+            wanted, to = int(values["recall"]), values["to"]
+            seen = (wanted, to, int(values["allot"]))
+            if wanted < 1 or sku in self._answering or self._answered.get(sku) == seen:
+                continue
+            stock = self._client._engine.view(f"stock:{sku}")
+            known = (
+                stock.allotment(self.store) if isinstance(stock, StockView) and stock.has_state else seen[2]
+            )
+            qty = min(wanted, known)
+            if qty < 1:
+                continue
+            self._answered[sku] = seen
+            self._answering[sku] = asyncio.ensure_future(self._give_back(sku, qty, to))
+
+    async def _give_back(self, sku: str, qty: int, to: str | None) -> None:
+        args = {"sku": sku, "member": self.member, "store": self.store, "qty": qty, "to": to}
+        try:
+            handle = await self._client._submit(rules.YIELD, args)
+            await handle.acked()
+        except Exception as exc:  # a rejection is kept for the app like any other (client.rejections())
+            log.warning("answering the recall of %s at %s: %r", sku, self.store, exc)
+        finally:
+            self._answering.pop(sku, None)
+
     def _close(self) -> None:
-        return None
+        for task in self._answering.values():
+            task.cancel()
 
     async def unsubscribe(self) -> None:
         """Stop syncing this store and drop its cached state."""

@@ -67,6 +67,27 @@ class StockAdjust(AdminArgs, frozen=True):
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
+class StockRecall(AdminArgs, frozen=True):
+    """``stock.recall``: ask ``store`` to give back ``qty`` of its allotment, to the pool or (``to``) to
+    another store; 0 withdraws the recall. Nothing moves until the store's till answers with ``stock.yield``:
+    the hub never takes escrow from a store, which may be offline and selling it."""
+
+    store: Key
+    qty: Bound
+    to: Key | None = None
+
+
+class StockYield(StockArgs, frozen=True):
+    """``stock.yield``: a till gives back up to ``qty`` of its store's allotment, answering the recall whose
+    ``to`` it names; the hub moves ``min(qty, recall, allotment)``, result ``{"moved": n}``. Only a ``pos``
+    token of the store may: a store's escrow leaves only with its own acknowledgement."""
+
+    store: Key
+    qty: Qty
+    to: Key | None = None
+    till_only: ClassVar[bool] = True
+
+
 class StockReserve(StockArgs, frozen=True):
     """``stock.reserve``: hold ``qty`` for ``member`` through ``channel`` for ``ttl_ms``; result ``rid``."""
 
@@ -117,6 +138,8 @@ STOCK = DataType(
         rules.RELEASE: StockRelease,
         rules.SELL: StockSell,
         rules.ADJUST: StockAdjust,
+        rules.RECALL: StockRecall,
+        rules.YIELD: StockYield,
     },
     key_field="sku",
     state=StockView,

@@ -21,10 +21,12 @@ from protocol.types.stock import (
     StockCommit,
     StockLimit,
     StockQuota,
+    StockRecall,
     StockRelease,
     StockReserve,
     StockRestock,
     StockSell,
+    StockYield,
 )
 from syncd.store.keys import channel, topic_keys, topic_slot
 from syncd.types.base import EncodableArg, ScriptRunner, StoreType, Sweep
@@ -44,12 +46,22 @@ class StockStore(StoreType):
             return [args.rid]
         if isinstance(args, StockAllot | StockSell):
             return [args.store, args.qty]
+        if isinstance(args, StockRecall | StockYield):
+            return [args.store, args.qty, args.to or ""]
         if isinstance(args, StockAdjust):
             return [args.delta, args.reason]
         if isinstance(args, StockQuota):
             return [args.channel, args.qty]
         assert isinstance(args, StockRestock | StockLimit)
         return [args.qty]
+
+    def keys(self, args: OpArgs, client_id: str) -> list[str]:
+        """A recall and its answer also take the SKU's ``recall`` hash (``lua/stock/_escrow.lua``), after the
+        topic's keys: the other stock ops keep their layout."""
+        keys = super().keys(args, client_id)
+        if isinstance(args, StockRecall | StockYield):
+            keys.append(f"{topic_slot(self.topic(args))}:recall")
+        return keys
 
     async def sweep(self, sweep: Sweep, limit: int) -> int:
         """Return every SKU's expired holds (``stock_expire``). Every hub sweeps; the script makes each

@@ -120,3 +120,18 @@ def test_the_same_key_on_another_sku_is_another_write(redis_server: EmbeddedRedi
         assert http.post("/ops/stock/E1/restock", json={"qty": 3}, headers=keyed).json()["dup"] is False
         assert http.post("/ops/stock/E2/restock", json={"qty": 4}, headers=keyed).json()["dup"] is False
         assert http.get("/ops/stock/E2", headers=OPS).json()["on_hand"] == 4
+
+
+def test_a_rebalance_is_a_recall_the_state_shows_until_the_store_answers(redis_server: EmbeddedRedis) -> None:
+    with app_for(redis_server) as http:
+        http.post("/ops/stock/F1/restock", json={"qty": 10}, headers=OPS)
+        http.post("/ops/stock/F1/allot", json={"store": "s1", "qty": 6}, headers=OPS)
+        moved = http.post("/ops/stock/F1/rebalance", json={"from": "s1", "to": "s2", "qty": 4}, headers=OPS)
+        assert moved.status_code == 200
+        shrink = http.post("/ops/stock/F1/recall", json={"store": "s3", "qty": 1}, headers=OPS)
+        assert shrink.status_code == 200
+        state = http.get("/ops/stock/F1", headers=OPS).json()
+        assert state["allot"] == {"s1": 6} and state["pool"] == 4  # nothing moved: only asked
+        assert state["recall"] == {"s1": {"qty": 4, "to": "s2"}, "s3": {"qty": 1, "to": None}}
+        same = http.post("/ops/stock/F1/rebalance", json={"from": "s1", "to": "s1", "qty": 1}, headers=OPS)
+        assert (same.status_code, same.json()["code"]) == (400, "bad_args")
