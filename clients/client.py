@@ -861,7 +861,11 @@ class SyncClient:
                 log.warning("%s", event.error)
                 self._last_error = event.error
             elif isinstance(event, TopicSynced):
-                pass
+                # A handle that acts on its topic's state as it is (a store answering recalls) hears of every
+                # sync, even one that brought no change (a resume after a restart).
+                synced = getattr(self._topic_handles.get(event.topic), "_synced", None)
+                if synced is not None:
+                    synced()
         self._check_synced()
 
     def _changed(self, change: TopicChanged) -> None:

@@ -132,9 +132,14 @@ class StoreStock:
         return self._view.error
 
     def _notify(self, change: TopicChanged) -> CartConflict | None:
+        self._synced()
+        return None
+
+    def _synced(self) -> None:
+        """The topic changed or was synced (a resume with nothing new included: a recall seen before a
+        restart and not answered yet is answered now)."""
         if self.answer_recalls and self._client._engine.is_open:
             self._answer()
-        return None
 
     def _answer(self) -> None:
         """Yield what each recall asks, once per recall as seen (its values): the forward of our own yield
@@ -164,6 +169,7 @@ class StoreStock:
             await handle.acked()
         except Exception as exc:  # a rejection is kept for the app like any other (client.rejections())
             log.warning("answering the recall of %s at %s: %r", sku, self.store, exc)
+            self._answered.pop(sku, None)  # answered again at the next change or sync
         finally:
             self._answering.pop(sku, None)
 

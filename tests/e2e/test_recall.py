@@ -85,3 +85,23 @@ async def test_a_rebalance_waits_for_the_offline_source_till_then_moves_exactly_
         assert final["allot"] == {"s1": 0, "s2": 6} and final["pool"] == 11
         assert final["recall"] == {"s1": {"qty": 9, "to": None}}
         assert final["on_hand"] == final["pool"] + sum(final["allot"].values())
+
+
+async def test_a_recall_seen_before_a_restart_is_answered_on_the_next_sync(
+    redis_server: EmbeddedRedis, hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    hub = hub_factory(redis_server.url)
+    tok = token("pos-s1", role="pos", store="s1")
+    async with httpx.AsyncClient(base_url=hub.http, headers=OPS) as http:
+        for path, body in (("restock", {"qty": 10}), ("allot", {"store": "s1", "qty": 5})):
+            assert (await http.post(f"/ops/stock/{SKU}/{path}", json=body)).is_success
+        async with SyncClient(hub.url, token=tok, data_dir=tmp_path / "s1", client_id="pos-s1") as till:
+            mine = till.store("s1", answer_recalls=False)  # sees it, does not answer (as a till that died)
+            await till.wait_synced(timeout=20)
+            assert (await http.post(f"/ops/stock/{SKU}/recall", json={"store": "s1", "qty": 2})).is_success
+            await until(lambda: SKU in mine.recalls, "the recall")
+        async with SyncClient(hub.url, token=tok, data_dir=tmp_path / "s1", client_id="pos-s1") as till:
+            mine = till.store("s1")  # restarted: the cached recall, a resume with nothing new
+            await until(lambda: mine.allotments.get(SKU) == 3 and mine.recalls == {}, "the answer")
+        state = (await http.get(f"/ops/stock/{SKU}")).json()
+        assert (state["allot"], state["pool"], state["recall"]) == ({"s1": 3}, 7, {})
