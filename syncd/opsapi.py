@@ -13,7 +13,8 @@ Exactly once: a websocket op is deduplicated by ``(client_id, seq)``. An HTTP wr
 gets a one-op client of its own: with an ``Idempotency-Key`` header, the client id is derived from the token's
 subject, the method, the path and the key (``http.<hash>``) and its op is seq 1, so a retried request is that
 op replayed and answered from the op dedup (``dup: true``, the first outcome, applied once); without one the
-id is random and a retry is a new write. The one-op client's watermark expires with its dedup records
+id is random and a retry is a new write. The same key with another body is refused (422), as it can only be
+a mistake. The one-op client's watermark expires with its dedup records
 (:meth:`~syncd.store.redis_store.RedisStore.retire_client`): a key is honoured for the dedup retention.
 """
 
@@ -212,7 +213,16 @@ async def write(
     member = who.client_id if is_valid_key(who.client_id) else "ops"
     op_args = {"member": member, "sku": request.path_params["sku"], **args(body)}
     client_id = client_for(who, request, key)
-    return await apply(hub, who, client_id, frames.Op(seq=1, kind=kind, args=op_args))
+    op = frames.Op(seq=1, kind=kind, args=op_args)
+    if key is not None:
+        fingerprint = hashlib.sha256(msgspec.json.encode([kind, op_args])).hexdigest()
+        try:
+            same = await hub.store.claim_request(client_id, fingerprint)
+        except BackendUnavailable as exc:
+            return refusal(ErrorCode.UNAVAILABLE, str(exc), retry=True)
+        if not same:
+            return refusal(ErrorCode.BAD_ARGS, "this Idempotency-Key was used for another request", 422)
+    return await apply(hub, who, client_id, op)
 
 
 async def apply(hub: Hub, who: Principal, client_id: str, op: frames.Op) -> Response:

@@ -683,6 +683,15 @@ class RedisStore:
         raises :class:`BackendUnavailable` when Redis is."""
         return await self._read_script(name, keys, argv)
 
+    async def claim_request(self, client_id: str, fingerprint: str) -> bool:
+        """Tie a one-op client (an HTTP write's, PROTOCOL.md §18.1) to what its op does: ``True`` the first
+        time and for the same ``fingerprint`` again (a retry), ``False`` when the client already did
+        something else (an idempotency key reused for another request). Kept for the dedup retention."""
+        with _unavailable("claim_request"):
+            key, ttl_ms = f"{client_slot(client_id)}:fp", self.dedup_retention_s * 1000
+            before = await self._client.set(key, fingerprint, nx=True, get=True, px=ttl_ms)
+        return before is None or (isinstance(before, bytes | str) and _text(before) == fingerprint)
+
     async def retire_client(self, client_id: str) -> None:
         """Let a one-op client's watermark expire with its dedup records (after the dedup retention).
 

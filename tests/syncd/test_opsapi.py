@@ -114,6 +114,17 @@ def test_a_write_retried_with_its_idempotency_key_applies_once(redis_server: Emb
         assert http.get("/ops/stock/D1", headers=OPS).json()["on_hand"] == 112
 
 
+def test_a_key_reused_for_another_body_is_refused_not_answered(redis_server: EmbeddedRedis) -> None:
+    with app_for(redis_server) as http:
+        keyed = {**OPS, "Idempotency-Key": "k-body"}
+        assert http.post("/ops/stock/G1/restock", json={"qty": 3}, headers=keyed).status_code == 200
+        other = http.post("/ops/stock/G1/restock", json={"qty": 30}, headers=keyed)
+        assert (other.status_code, other.json()["code"]) == (422, "bad_args")
+        same = http.post("/ops/stock/G1/restock", content=b'{ "qty" : 3 }', headers=keyed)  # same request
+        assert same.status_code == 200 and same.json()["dup"] is True
+        assert http.get("/ops/stock/G1", headers=OPS).json()["on_hand"] == 3
+
+
 def test_the_same_key_on_another_sku_is_another_write(redis_server: EmbeddedRedis) -> None:
     with app_for(redis_server) as http:
         keyed = {**OPS, "Idempotency-Key": "same"}
