@@ -33,7 +33,7 @@ async def sweep_forever(store: RedisStore) -> None:
             log.warning("sweep skipped: %s", exc)
             returned = 0
         if returned:
-            log.info("returned %d expired holds", returned)
+            log.info("applied %d time-driven changes (expired holds, store topics' forwards)", returned)
             wait_s = SWEEP_EVERY_S
         else:
             wait_s = min(SWEEP_IDLE_S, wait_s * 2)

@@ -202,3 +202,15 @@ def test_a_recall_moves_nothing_until_the_store_yields_and_then_at_most_what_was
     assert again.result == {"moved": 0}
     same = stock.apply(s, stock.Op(stock.RECALL, store="s1", qty=1, to="s1"), T0)
     assert same.rejected is ErrorCode.BAD_ARGS
+
+
+def test_a_yield_to_the_pool_gives_what_the_store_has_and_the_rest_stays_asked() -> None:
+    s = run(
+        RESTOCK_10, stock.Op(stock.ALLOT, store="s1", qty=3), stock.Op(stock.RECALL, store="s1", qty=5)
+    ).stock
+    out = stock.apply(s, stock.Op(stock.YIELD, store="s1", qty=5), T0)
+    assert out.result == {"moved": 3} and out.stock["pool"] == 10 and out.stock["allot"] == {"s1": 0}
+    assert out.stock["recall"] == {"s1": {"qty": 2, "to": ""}}
+    withdrawn = stock.apply(out.stock, stock.Op(stock.RECALL, store="s1", qty=0), T0).stock
+    assert withdrawn["recall"] == {}
+    stock.check(withdrawn)

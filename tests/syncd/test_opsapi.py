@@ -3,6 +3,7 @@ bounded and typed bodies, typed JSON errors, and an Idempotency-Key that makes a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.testclient import TestClient
@@ -146,3 +147,20 @@ def test_a_rebalance_is_a_recall_the_state_shows_until_the_store_answers(redis_s
         assert state["recall"] == {"s1": {"qty": 4, "to": "s2"}, "s3": {"qty": 1, "to": None}}
         same = http.post("/ops/stock/F1/rebalance", json={"from": "s1", "to": "s1", "qty": 1}, headers=OPS)
         assert (same.status_code, same.json()["code"]) == (400, "bad_args")
+
+
+def test_redis_down_is_503_with_retry_after_and_a_bad_sku_is_400(
+    redis_server_factory: Callable[..., EmbeddedRedis],
+) -> None:
+    server = redis_server_factory()
+    with app_for(server) as http:
+        bad = http.get("/ops/stock/no%20spaces", headers=OPS)
+        assert (bad.status_code, bad.json()["code"]) == (400, "bad_args")
+        server.stop()
+        for response in (
+            http.get("/ops/stock/H1", headers=OPS),
+            http.post("/ops/stock/H1/restock", json={"qty": 1}, headers=OPS),
+            http.post("/ops/stock/H1/restock", json={"qty": 1}, headers={**OPS, "Idempotency-Key": "k"}),
+        ):
+            assert (response.status_code, response.json()["code"]) == (503, "unavailable")
+            assert response.headers["retry-after"] == "1"

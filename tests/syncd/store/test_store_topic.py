@@ -4,13 +4,14 @@ forward loses nothing (the sweep forwards the mark), and a forward replayed or o
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from protocol import frames
 from protocol import stock as rules
 from protocol.types.store import SKU_CHANGED
 from syncd.store import OpOutcome, RedisStore
-from syncd.storefeed import StoreFeed
+from syncd.storefeed import StoreFeed, marks_of
 from syncd.types.store import forward
 
 SKU = "SKU-T"
@@ -115,3 +116,36 @@ async def test_an_overtaken_forward_never_shows_an_older_value(store: RedisStore
     assert (await tools.run("store_put", keys, argv))[0] == 0  # the older read arrives last: refused
     _, state = await store.snapshot("store:s1")
     assert state["skus"][SKU]["allot"] == 5
+
+
+async def test_the_sweep_drops_marks_it_can_never_forward(store: RedisStore, redis_client: Any) -> None:
+    await redis_client.hset("{s:s1}:due", mapping={"garbage": "1", f"{SKU}|gone|7": "0"})  # 0: long ago
+    now = str(time.time_ns() // 1_000_000)
+    await redis_client.hset("{s:s1}:due", f"{SKU}|late|1", now)  # recent, its op not settled yet: kept
+    assert await store.sweep() == 0
+    assert await redis_client.hkeys("{s:s1}:due") == [f"{SKU}|late|1".encode()]
+
+
+def test_only_ops_that_may_change_a_store_are_marked_and_only_with_valid_keys() -> None:
+    def op(seq: int, kind: str, **args: Any) -> frames.Op:
+        return frames.Op(seq=seq, kind=kind, args={"member": "m", **args})
+
+    ops = [
+        op(1, rules.RESERVE, sku=SKU, channel="web", qty=1, ttl_ms=1),
+        op(2, rules.SELL, sku="bad sku", store="s1", qty=1),
+        op(3, rules.YIELD, sku=SKU, store="s1", qty=1, to="s2"),
+        op(4, rules.ALLOT, sku=SKU, store="no:colons", qty=1),
+    ]
+    marks = marks_of("c", ops)
+    assert [(m.seq, m.store, m.name) for m in marks] == [(3, "s1", f"{SKU}|c|3"), (3, "s2", f"{SKU}|c|3")]
+
+
+async def test_a_mark_whose_op_did_not_settle_in_the_batch_is_left_to_the_sweep(store: RedisStore) -> None:
+    ops = Hubside(store, "ops")
+    await ops.op(rules.RESTOCK, qty=10)
+    op = frames.Op(seq=2, kind=rules.ALLOT, args={"member": "m1", "sku": SKU, "store": "s1", "qty": 2})
+    marks = await ops.feed.mark("ops", [op])
+    await store.apply_op("ops", op)
+    await ops.feed.forward("ops", marks, [])  # the batch stopped before it (as the hub reports)
+    assert await events(store, "store:s1") == []
+    assert await store.sweep() == 1
