@@ -1,5 +1,6 @@
 """``store:<store>`` against real hub processes: a till follows its store's allotments, fed by every allot
-(the ops HTTP API) and every sale (the till's own, made on another hub); no other store's till may read it."""
+(the ops HTTP API) and every sale (the till's own, made on another hub), and by the sweep when a hub died
+between an op and its forward; no other store's till may read it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from redis.asyncio import Redis
 
 from clients import SyncClient
 from protocol import frames
+from protocol import stock as rules
 from protocol.errors import ErrorCode
 from syncd.embedded import EmbeddedRedis
+from syncd.store import RedisStore
+from syncd.storefeed import StoreFeed
 from tests.e2e.conftest import HubFactory
 from tests.e2e.harness import WireClient, token, until
 
@@ -49,3 +54,25 @@ async def test_a_till_follows_its_stores_allotments_fed_from_every_hub(
     await other.send(frames.Subscribe(id=2, topic="store:s2"))
     snap = await other.recv_type(frames.Snapshot)
     assert snap.state == {"skus": {"A": {"allot": 1, "recall": 0, "to": None}}}
+
+
+async def test_an_allotment_a_dead_hub_did_not_forward_reaches_the_till_through_the_sweep(
+    redis_server: EmbeddedRedis, hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    hub = hub_factory(redis_server.url)
+    tok = token("pos-1", role="pos", store="s1")
+    async with SyncClient(hub.url, token=tok, data_dir=tmp_path / "pos", client_id="pos-1") as till:
+        mine = till.store("s1")
+        await till.wait_synced(timeout=20)
+        # Another hub marked and applied the allot, then died before its forward (steps 1-2 of 3).
+        client = Redis.from_url(redis_server.url)
+        dead = RedisStore(client)
+        ops = [
+            frames.Op(seq=1, kind=rules.RESTOCK, args={"member": "ops", "sku": "Z", "qty": 9}),
+            frames.Op(seq=2, kind=rules.ALLOT, args={"member": "ops", "sku": "Z", "store": "s1", "qty": 4}),
+        ]
+        for op in ops:
+            await StoreFeed(dead).mark("dead-hub-ops", [op])
+            assert (await dead.apply_op("dead-hub-ops", op)).ok
+        await client.aclose()
+        await until(lambda: mine.allotments == {"Z": 4}, "the sweep's forward")
