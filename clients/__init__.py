@@ -28,9 +28,9 @@ from clients.handles import OpHandle
 from clients.models import CartChange, CartConflict, CartLine, CartState, ConnectionState, Rejection, Status
 from clients.reconnect import backoff
 from clients.store import SQLiteOutbox
-from clients.sync import CartSync, OpHandleSync, SyncClientSync
+from clients.sync import CartSync, OpHandleSync, StockSync, SyncClientSync
 from clients.types.cart import Cart
-from clients.types.stock import Stock, StockState
+from clients.types.stock import Stock, StockChange, StockState
 
 __all__ = [
     "AuthRequired",
@@ -55,7 +55,9 @@ __all__ = [
     "SQLiteOutbox",
     "Status",
     "Stock",
+    "StockChange",
     "StockState",
+    "StockSync",
     "SubscriptionRefused",
     "SyncClient",
     "SyncClientSync",

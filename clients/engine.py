@@ -592,6 +592,8 @@ class SyncEngine:
         keep = False
         if ack.ok:
             keep = view is not None and op.seq > view.reflected
+            if keep and view is not None and view.acked(op, ack.result):
+                self._events.append(TopicChanged(topic, ChangeCause.ACKED, None, kind=op.kind))
         elif view is not None:
             skus = view.remove(op.seq)
             self._events.append(TopicChanged(topic, ChangeCause.REJECTED, skus, kind=op.kind))

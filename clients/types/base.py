@@ -96,6 +96,13 @@ class LocalView(abc.ABC):
     def reflect(self, upto: int) -> Keys:
         """The server state now shows our ops up to ``upto``: they leave the overlay."""
 
+    def acked(self, op: frames.Op, result: Mapping[str, Any] | None) -> bool:
+        """The hub applied our op ``op`` (still above ``reflected``: its state does not show it yet); whether
+        the view changed. A type whose ops are only shown once the hub accepts them (stock: a reservation
+        may be refused) shows the effect from here until :meth:`reflect`, so a read between the ack and the
+        event never shows the op undone; the default does nothing (cart ops show from when they are made)."""
+        return False
+
     @property
     @abc.abstractmethod
     def has_pending_writes(self) -> bool:

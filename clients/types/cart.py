@@ -386,7 +386,7 @@ class Cart:
         """Why the hub refused this cart's subscription, if it did (retried on the next connection)."""
         return self._view.error
 
-    def changes(self) -> Changes:
+    def changes(self) -> Changes[CartChange]:
         """Each change of this cart from the moment of this call, merged while the reader is busy.
 
         The iterator is registered at once (not at its first ``anext``), so a change made right after this
