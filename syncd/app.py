@@ -188,6 +188,7 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str, watch: Wat
         dedup_retention_s=settings.dedup_retention_s,
         log_maxlen=settings.history_maxlen,
         log_max_age_s=settings.history_max_age_s,
+        holds=settings.hold_policy,
     )
     try:
         await store.load_scripts()  # so no node starts with some scripts and not others

@@ -8,7 +8,7 @@ counts against (purchase limit), the one a till sells to, or the operator of an 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -58,12 +58,26 @@ class StockLimit(AdminArgs, frozen=True):
     qty: Bound
 
 
+Instant = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+"""Unix milliseconds."""
+
+
 class StockReserve(StockArgs, frozen=True):
-    """``stock.reserve``: hold ``qty`` for ``member`` through ``channel`` for ``ttl_ms``; result ``rid``."""
+    """``stock.reserve``: hold ``qty`` for ``member`` through ``channel``; result ``rid`` and ``until``.
+
+    The hold lasts ``ttl_ms``, or ``until`` an absolute instant (Unix ms) or ``"clearing"`` (the brand's
+    next daily clearing time); at most one of the two; with neither, the hub's default hold
+    (``--stock-default-hold``). The hub resolves it to one instant when it applies the op (PROTOCOL.md §18).
+    """
 
     channel: Key
     qty: Qty
-    ttl_ms: Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_TTL_MS)]
+    ttl_ms: Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_TTL_MS)] | None = None
+    until: Instant | Literal["clearing"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ttl_ms is not None and self.until is not None:
+            raise ValueError("give ttl_ms or until, not both")
 
 
 class StockCommit(StockArgs, frozen=True):

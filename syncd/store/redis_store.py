@@ -110,12 +110,13 @@ from protocol import frames
 from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import OpArgs, parse_args
 from protocol.topics import parse_topic
+from syncd.holds import HoldPolicy
 from syncd.settings import DURABILITY_MODES, Durability
 from syncd.store.keys import channel, client_slot, member_slot, topic_keys
 from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
 from syncd.types import STORE_TYPES, StoreType, for_op, for_topic
-from syncd.types.base import EncodableArg, Sweep
+from syncd.types.base import EncodableArg, OpEnv, Sweep
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -266,6 +267,7 @@ class RedisStore:
         log_max_bytes: int = LOG_MAX_BYTES,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
         wait_replicas: int = 1,
+        holds: HoldPolicy | None = None,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
@@ -291,6 +293,7 @@ class RedisStore:
         self.log_max_bytes = log_max_bytes
         self.fsync_timeout_ms = fsync_timeout_ms
         self.wait_replicas = wait_replicas
+        self._env = OpEnv(holds=holds or HoldPolicy())
         self._waits = durability != "script"
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
@@ -603,7 +606,7 @@ class RedisStore:
             op.kind,
             self.log_max_age_s * 1000,
             self.log_max_bytes,
-            *spec.argv(args),
+            *spec.argv_in(args, self._env),
         ]
 
     async def _run_op(

@@ -4,16 +4,27 @@ stream tells each change with its cause, and the blocking facade offers the same
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from clients import ChangeCause, OpRejected, StockChange, SyncClient, SyncClientSync
 from protocol import stock as rules
+from syncd.embedded import EmbeddedRedis
+from tests.e2e.conftest import HubFactory
 from tests.e2e.harness import HubProcess, token
 from tests.e2e.test_client_stock import SKU, setup_stock
 
 pytestmark = pytest.mark.e2e
+BRAND = {
+    "SYNCD_STOCK_CLEARING_TIME": "03:30",
+    "SYNCD_STOCK_CLEARING_TZ": "America/New_York",
+    "SYNCD_STOCK_DEFAULT_HOLD": "900000",
+}
+"""A brand that clears holds at 03:30 New York time and holds a cart's reservation 15 minutes by default."""
 
 
 async def test_an_acked_reservation_and_commit_show_in_the_view_at_once(
@@ -95,3 +106,31 @@ def test_the_blocking_facade_reserves_commits_sells_and_streams(hub: HubProcess,
         state = stock.state
         assert (state.on_hand, state.pool, state.sold, state.allot) == (5, 5, 5, {"s1": 0})
         stock.unsubscribe()
+
+
+async def test_holds_end_at_the_brands_clearing_time_or_the_hubs_default(
+    redis_server: EmbeddedRedis, hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    hub = hub_factory(redis_server.url, **BRAND)
+    await setup_stock(hub, (rules.RESTOCK, {"qty": 10}))
+    tok = token("app-1", channel="web")
+    async with SyncClient(hub.url, token=tok, data_dir=tmp_path / "app", client_id="app-1") as client:
+        stock = client.stock(SKU)
+        await client.wait_synced(timeout=20)
+        before = int(time.time() * 1000)
+        clearing = await (await stock.reserve("m1", 1, channel="web", until=rules.CLEARING)).acked()
+        assert clearing is not None
+        local = dt.datetime.fromtimestamp(clearing["until"] / 1000, ZoneInfo("America/New_York"))
+        assert (local.hour, local.minute, local.second) == (3, 30, 0)
+        assert before < clearing["until"] <= before + 24 * 3600 * 1000
+        default = await (await stock.reserve("m1", 1, channel="web")).acked()
+        after = int(time.time() * 1000)
+        assert default is not None and before + 900_000 <= default["until"] <= after + 900_000
+        absolute = await (await stock.reserve("m1", 1, channel="web", until=before + 7_200_000)).acked()
+        assert absolute is not None and absolute["until"] == before + 7_200_000
+        with pytest.raises(OpRejected) as past:
+            await (await stock.reserve("m1", 1, channel="web", until=before - 1)).acked()
+        assert past.value.code == "bad_args"
+        with pytest.raises(OpRejected) as both:
+            await stock.reserve("m1", 1, channel="web", ttl_ms=1000, until=rules.CLEARING)
+        assert both.value.code == "bad_args"  # refused at the call site: nothing stored
