@@ -25,7 +25,16 @@ from clients.errors import (
     UnexpectedEvent,
 )
 from clients.handles import OpHandle
-from clients.models import CartChange, CartConflict, CartLine, CartState, ConnectionState, Rejection, Status
+from clients.models import (
+    CartChange,
+    CartConflict,
+    CartLine,
+    CartState,
+    ConnectionState,
+    Rejection,
+    SoldOut,
+    Status,
+)
 from clients.reconnect import backoff
 from clients.store import SQLiteOutbox
 from clients.sync import CartSync, OpHandleSync, StockSync, SyncClientSync
@@ -53,6 +62,7 @@ __all__ = [
     "ProtocolError",
     "Rejection",
     "SQLiteOutbox",
+    "SoldOut",
     "Status",
     "Stock",
     "StockChange",

@@ -30,6 +30,8 @@ class PendingChange:
     origin: tuple[str, int] | None
     conflicts: list[CartConflict]
     kind: str | None
+    stock: bool = False
+    """A sold-out change is merged in (the cart makes it a ``SoldOut``)."""
 
 
 class ChangeStream:
@@ -56,6 +58,7 @@ class ChangeStream:
                     p.skus = None
                 else:
                     p.skus.update(change.skus)
+        p.stock = p.stock or change.cause is ChangeCause.STOCK
         if conflict is not None:
             p.conflicts.append(conflict)
             del p.conflicts[:-_MAX_CONFLICTS]
