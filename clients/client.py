@@ -551,9 +551,9 @@ class SyncClient:
         """Follow the stock of the SKUs on ``cart``'s lines (bounded), and let go of those gone from it.
         ``changed``: only these lines may have changed (a big cart is then not read in full)."""
         view = self._engine.view(cart.topic)
-        if not isinstance(view, CartView):
-            return
         followed = self._follows.skus_of(cart.topic)
+        if not isinstance(view, CartView) or (self._follows.limit == 0 and not followed):
+            return  # following is off: nothing to read
         if changed is not None:
             present = {sku for sku in changed if view.line(sku) is not None}
             if not (changed - present) & followed:  # no followed line gone: nothing to take its place

@@ -282,6 +282,11 @@ class CartSync:
     def from_cache(self) -> bool:
         return self._owner._call(lambda: self._cart.from_cache)
 
+    @property
+    def sold_out(self) -> frozenset[str]:
+        """Lines whose SKU has nothing left to promise online (``follow_stock``; ``Cart.sold_out``)."""
+        return self._owner._call(lambda: self._cart.sold_out)
+
     def changes(self, timeout: float | None = None) -> Iterator[CartChange]:
         """Changes from now on; stops after ``timeout`` seconds without one, or when the client closes.
 

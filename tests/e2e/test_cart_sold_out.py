@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clients import Cart, CartChange, SoldOut, SyncClient
+from clients import Cart, CartChange, SoldOut, SyncClient, SyncClientSync
 from protocol import stock as rules
 from tests.e2e.harness import HubProcess, token
 from tests.e2e.test_client_stock import SKU, setup_stock
@@ -104,3 +104,19 @@ async def test_a_sku_followed_for_a_cart_is_not_stored_and_is_followed_again_aft
         assert stored == ["cart:m1", "stock:KEPT-1"]
         assert app.cart("m1").following == frozenset({SKU})  # followed again with its stored cart
         assert f"stock:{SKU}" in app._engine.topics
+
+
+def test_the_blocking_facade_shows_sold_out_lines_and_their_change(hub: HubProcess, tmp_path: Path) -> None:
+    asyncio.run(setup_stock(hub, (rules.RESTOCK, {"qty": 1})))
+    tok = token("pos-s", channel="web")
+    with SyncClientSync(
+        hub.url, token=tok, data_dir=tmp_path / "p", client_id="pos-s", follow_stock=4
+    ) as pos:
+        cart = pos.cart("m1")
+        cart.add(SKU, 1).result(timeout=20)
+        pos.wait_synced(timeout=20)
+        assert cart.sold_out == frozenset()
+        changes = cart.changes(timeout=20)
+        pos.stock(SKU).reserve("m2", 1, channel="web", ttl_ms=60_000).result(timeout=20)
+        heard = next(change for change in changes if isinstance(change, SoldOut))
+        assert heard.sold_out == frozenset({SKU}) and cart.sold_out == frozenset({SKU})
