@@ -20,6 +20,8 @@ Qty = Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_QTY)]
 Bound = Annotated[int, msgspec.Meta(ge=0, le=rules.MAX_QTY)]
 Rid = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}/[0-9]{1,16}\Z")]
 """A reservation id: ``<client_id>/<seq>`` of the ``stock.reserve`` that made it."""
+Instant = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+"""Unix milliseconds."""
 
 
 class StockArgs(OpArgs, frozen=True):
@@ -56,10 +58,6 @@ class StockLimit(AdminArgs, frozen=True):
     """``stock.limit``: a member may hold or buy at most ``qty`` units, on every channel (0: no limit)."""
 
     qty: Bound
-
-
-Instant = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
-"""Unix milliseconds."""
 
 
 class StockReserve(StockArgs, frozen=True):
