@@ -5,16 +5,21 @@ the script's clock and a replay is answered with the same one."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from protocol import frames
 from protocol import stock as rules
 from syncd.holds import HoldPolicy
 from syncd.store import RedisStore
+from tests.profiles import examples
 from tests.syncd.store.test_store_stock import SKU, Till
 
 
@@ -93,3 +98,59 @@ def test_the_hold_policy_candidates_cover_a_hub_clock_skewed_by_hours() -> None:
     for skew in (-3 * 3600_000, 0, 3 * 3600_000):
         instants = policy.clearing_argv(now + skew)
         assert rules.resolve_until(now, clearing=[int(x) for x in instants]) is not None
+
+
+ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "Australia/Lord_Howe"]
+_sku = itertools.count()
+
+
+@given(
+    zone=st.sampled_from(ZONES),
+    at=st.times().map(lambda t: t.replace(second=0, microsecond=0)),
+    mode=st.sampled_from(["ttl", "until", "clearing", "default"]),
+    amount=st.integers(-3_600_000, rules.MAX_TTL_MS + 3_600_000),
+    default_ttl=st.none() | st.integers(1, rules.MAX_TTL_MS),
+)
+@settings(
+    max_examples=examples(40), suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
+async def test_the_reserve_script_ends_holds_as_the_reference_says(
+    redis_client: Any, zone: str, at: dt.time, mode: str, amount: int, default_ttl: int | None
+) -> None:
+    tz = ZoneInfo(zone)
+    store = RedisStore(
+        redis_client, holds=HoldPolicy(clearing_at=at, clearing_tz=tz, default_ttl_ms=default_ttl)
+    )
+    sku = f"H{next(_sku)}"
+    restock = frames.Op(seq=1, kind=rules.RESTOCK, args={"member": "o", "sku": sku, "qty": 1})
+    assert (await store.apply_op(f"{sku}-ops", restock)).ok
+    args: dict[str, Any] = {"member": "m1", "sku": sku, "channel": "web", "qty": 1}
+    before = await redis_ms(redis_client)
+    if mode == "ttl":
+        args["ttl_ms"] = max(1, min(amount, rules.MAX_TTL_MS))
+    elif mode == "until":
+        args["until"] = max(1, before + amount)
+    elif mode == "clearing":
+        args["until"] = rules.CLEARING
+    got = await store.apply_op(f"{sku}-c", frames.Op(seq=1, kind=rules.RESERVE, args=args))
+    after = await redis_ms(redis_client)
+
+    def want(now: int) -> int | None:
+        if "ttl_ms" in args or ("until" not in args and default_ttl is not None):
+            return rules.resolve_until(now, ttl_ms=args.get("ttl_ms", default_ttl))
+        if isinstance(args.get("until"), int):
+            return rules.resolve_until(now, until=args["until"])
+        return rules.resolve_until(now, clearing=rules.clearing_instants(now, at, tz))
+
+    answers = {want(before), want(after)} if "ttl_ms" not in args and "until" in args else None
+    if answers is not None and len(answers) > 1:
+        return  # a boundary crossed while the op ran: either answer is right
+    if got.ok:
+        assert got.result is not None
+        until = got.result["until"]
+        if answers is not None:
+            assert answers == {until}, (args, answers, until)
+        else:  # a ttl: now + ttl, with now somewhere in [before, after]
+            assert want(before) is not None and want(before) <= until <= (want(after) or until), (args, until)
+    else:
+        assert got.code == "bad_args" and want(after) is None and want(before) is None, (args, got.code)
