@@ -273,6 +273,9 @@ class SyncClient:
                 view = engine.load_topic(record)
                 async for op in store.load_overlay(record.topic, record.reflected):
                     engine.add_overlay(view, op)
+                if view.shows_when_acked:
+                    for op in await store.load_acked(record.topic, record.reflected):
+                        view.acked(op, None)
                 key = record.topic.partition(":")[2]
                 self._topic_handles.setdefault(record.topic, handle_type(record.topic)(self, key))
         except BaseException:

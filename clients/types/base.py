@@ -63,6 +63,9 @@ class LocalView(abc.ABC):
     datatype: ClassVar[DataType]
     offline_ops: ClassVar[frozenset[str]]
     """Op kinds this device may make while offline (the rest need the hub's answer first)."""
+    shows_when_acked: ClassVar[bool] = False
+    """Some ops show only once the hub applied them (:meth:`acked`): the client tells the view again of those
+    its store kept as applied, after a restart."""
 
     def __init__(self, record: TopicRecord, me: str) -> None:
         self._me = me  # our client_id: the overlay's ops are ours

@@ -49,6 +49,7 @@ class StockView(LocalView):
 
     datatype: ClassVar[DataType] = STOCK
     offline_ops: ClassVar[frozenset[str]] = frozenset({rules.SELL})
+    shows_when_acked: ClassVar[bool] = True
 
     def __init__(self, record: TopicRecord, me: str) -> None:
         super().__init__(record, me)

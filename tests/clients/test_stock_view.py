@@ -1,12 +1,14 @@
-"""The stock view on the engine without I/O: an acked op's effect stays in the view until the hub's state
-shows it (the ack may come before the event that carries it, PROTOCOL.md §7.2), so a read between the two
-never shows the op undone."""
+"""The stock view: an acked op's effect stays in the view until the hub's state shows it (the ack may come
+before the event that carries it, PROTOCOL.md §7.2), so a read between the two never shows the op undone —
+on the engine without I/O, and across a restart of the client from its store."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from clients.engine import SyncEngine
+from clients import SQLiteOutbox, SyncClient
+from clients.engine import OpSettled, SyncEngine, TopicRecord
 from clients.types.stock import StockView
 from protocol import frames
 from protocol import stock as rules
@@ -101,3 +103,22 @@ def test_a_rejected_commit_changes_nothing_and_an_ack_after_the_event_is_not_cou
     commit = make(engine, rules.COMMIT, rid="app-1/1")
     engine.receive(frames.Ack(seq=commit.seq, ok=False, code="reservation_expired"), T0)
     assert view.view() == held and not view.has_pending_writes
+
+
+async def test_an_acked_reservation_the_cached_state_does_not_show_is_shown_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    store = await SQLiteOutbox.open(tmp_path)
+    await store.client_id("app-1")
+    reserve = frames.Op(
+        seq=1,
+        kind=rules.RESERVE,
+        args={"sku": SKU, "member": "m1", "channel": "web", "qty": 2, "ttl_ms": 60_000},
+    )
+    await store.append([reserve], next_seq=2, hlc=0)
+    acked = OpSettled(reserve, True, {"rid": "app-1/1"}, None, "", dup=False, keep=True, at=T0)
+    await store.save([acked], [TopicRecord(TOPIC, START, frames.Cursor("e1", 1), reflected=0)])
+    await store.close()
+    async with SyncClient("ws://127.0.0.1:9/ws", token="t", data_dir=tmp_path, online=False) as client:
+        state = client.stock(SKU).state
+        assert (state.pool, state.atp, state.has_pending_writes) == (8, {"*": 8, "web": 2}, True)
