@@ -893,6 +893,11 @@ class SyncClient:
             elif isinstance(event, LoadOps):
                 self._load = event
             elif isinstance(event, SubscriptionFailed):
+                if self._transient(event.error.topic):  # a follow for carts only: do without it
+                    log.warning("not following %s for carts: %s", event.error.topic, event.error)
+                    self._follows.refuse(event.error.topic.partition(":")[2])
+                    self._unfollow([event.error.topic.partition(":")[2]])
+                    continue
                 self._last_error = event.error
                 self._synced.set()  # wait_synced() waiters: this cart cannot be in sync, say so
                 handle = self._topic_handles.get(event.error.topic)

@@ -32,6 +32,7 @@ class StockFollows:
         self._by_cart: dict[str, set[str]] = {}
         self._carts: dict[str, set[str]] = {}
         self._claimed: set[str] = set()
+        self._refused: set[str] = set()  # the hub refused to serve these (too many subscriptions): not again
 
     def update(self, cart: str, skus: Iterable[str]) -> tuple[list[str], list[str]]:
         """``cart`` now has lines for ``skus``: ``(skus to subscribe, skus to unsubscribe)``. Lines already
@@ -48,7 +49,7 @@ class StockFollows:
                 if sku not in self._claimed:
                     dropped.append(sku)
         added: list[str] = []
-        for sku in sorted(on_lines - current):
+        for sku in sorted(on_lines - current - self._refused):
             if sku not in self._carts and len(self._carts) >= self.limit:
                 continue  # at the bound: only SKUs other carts already follow
             if sku not in self._carts and sku not in self._claimed:
@@ -62,6 +63,13 @@ class StockFollows:
     def forget(self, cart: str) -> list[str]:
         """The cart was unsubscribed: the SKUs to unsubscribe."""
         return self.update(cart, ())[1]
+
+    def refuse(self, sku: str) -> None:
+        """The hub would not serve ``sku``'s stock to this connection: stop following it for carts, for the
+        rest of this client's life (a cart does without; the application's own ``client.stock`` says why)."""
+        self._refused.add(sku)
+        for cart in self._carts.pop(sku, ()):
+            self._by_cart[cart].discard(sku)
 
     def skus_of(self, cart: str) -> frozenset[str]:
         return frozenset(self._by_cart.get(cart, ()))

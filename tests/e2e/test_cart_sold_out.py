@@ -11,6 +11,8 @@ import pytest
 
 from clients import Cart, CartChange, SoldOut, SyncClient, SyncClientSync
 from protocol import stock as rules
+from syncd.embedded import EmbeddedRedis
+from tests.e2e.conftest import HubFactory
 from tests.e2e.harness import HubProcess, token
 from tests.e2e.test_client_stock import SKU, setup_stock
 
@@ -120,3 +122,19 @@ def test_the_blocking_facade_shows_sold_out_lines_and_their_change(hub: HubProce
         pos.stock(SKU).reserve("m2", 1, channel="web", ttl_ms=60_000).result(timeout=20)
         heard = next(change for change in changes if isinstance(change, SoldOut))
         assert heard.sold_out == frozenset({SKU}) and cart.sold_out == frozenset({SKU})
+
+
+async def test_a_follow_the_hub_refuses_is_dropped_without_failing_the_client(
+    redis_server: EmbeddedRedis, hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    hub = hub_factory(redis_server.url, SYNCD_MAX_SUBSCRIPTIONS="2")  # the cart and one stock topic
+    tok = token("app-x")
+    async with SyncClient(
+        hub.url, token=tok, data_dir=tmp_path / "x", client_id="app-x", follow_stock=8
+    ) as app:
+        cart = app.cart("m1")
+        for sku in ("A-1", "B-1", "C-1"):
+            await (await cart.add(sku, 1)).acked()
+        await app.wait_synced(timeout=20)  # a refused follow is the SDK's own business: not an error here
+        assert len(cart.following) == 1 and cart.following <= {"A-1", "B-1", "C-1"}
+        assert len(cart.lines) == 3
