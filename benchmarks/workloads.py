@@ -108,6 +108,17 @@ class _Cpu:
         return {name: round(value, 2) for name, value in used.items()}
 
 
+def merge_parts(parts: list[Result]) -> tuple[Histogram, dict[str, int]]:
+    """The latency histograms and the refusals by code of several load generators, added up."""
+    hist = Histogram()
+    refused: dict[str, int] = {}
+    for part in parts:
+        hist.merge(part["hist"])
+        for code, n in part["refused"].items():
+            refused[code] = refused.get(code, 0) + n
+    return hist, refused
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
@@ -309,12 +320,7 @@ def _write_measure(profile: Profile) -> Callable[[System], Result]:
             parts = [_get(out, 60, system) for _ in shares]
         finally:
             procs.close()
-        hist = Histogram()
-        refused: dict[str, int] = {}
-        for part in parts:
-            hist.merge(part["hist"])
-            for code, n in part["refused"].items():
-                refused[code] = refused.get(code, 0) + n
+        hist, refused = merge_parts(parts)
         acked = sum(part["acked"] for part in parts)
         cores["loadgen"] = round(sum(part["cpu_s"] for part in parts) / profile.write_s, 2)
         return {
