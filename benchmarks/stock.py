@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
 from benchmarks import stockload
+from benchmarks.dialects import Dialect
 from benchmarks.profiles import Profile
 from benchmarks.stats import Histogram
 from benchmarks.systems import System, raise_fd_limit, wait_for_quiet
@@ -22,17 +24,22 @@ from benchmarks.workloads import (
     Result,
     _brief,
     _Cpu,
+    _each_system,
     _finish,
     _get,
     _Procs,
     _ratio,
     _target,
+    fanout_measure,
     log,
     merge_parts,
 )
 from syncd.embedded import EmbeddedRedis
 
 SKU = "FLASH-1"
+SKU_WATCH = "WATCH-1"
+WATCH_UNITS = 1_000_000
+"""On hand for ``stockwatch``: more than the whole ramp reserves, so every reserve changes ATP."""
 TARGET_RESERVATIONS_S = 5000.0
 
 
@@ -187,3 +194,72 @@ async def _read_stock(redis_url: str) -> tuple[dict[str, int], int]:
     finally:
         await redis.aclose()
     return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}, holds
+
+
+# --- stockwatch ------------------------------------------------------------------------------------------
+
+
+def stockwatch(profile: Profile, workdir: Path) -> Result:
+    """For each count in ``watch_subs``: that many subscribers of ``stock:<sku>`` (Node receivers) while one
+    writer reserves units of the SKU at a rate that ramps up step by step (the ``fanout`` ramp), so every
+    event is an ATP change. Counted per step: events, deliveries expected (events x subscribers) and
+    delivered; the figure of merit is the highest step sustained (all delivered, p99 <= ``sustain_p99_ms``).
+    The floor: the fan-out floor (:mod:`benchmarks.floor`) with the same subscribers and ramp, same run."""
+    raise_fd_limit()
+    systems: tuple[Dialect, ...] = ("floor", "syncd")
+    by_subs: dict[str, Result] = {}
+    ratios: Result = {}
+    targets = []
+    for subs in profile.watch_subs:
+        measure = fanout_measure(profile, subs, sku=SKU_WATCH)
+
+        def restocked(system: System, measure: Callable[[System], Result] = measure) -> Result:
+            if system.name == "syncd":
+                asyncio.run(stockload.restock(system.url, SKU_WATCH, WATCH_UNITS))
+            return measure(system)
+
+        results = _each_system(
+            profile,
+            workdir / f"subs-{subs}",
+            restocked,
+            score=lambda r: float(r["deliveries_per_s"]),
+            systems=systems,
+        )
+        key = f"{subs}_subs"
+        by_subs[key] = results
+        ours, floor = results["syncd"], results["floor"]
+        first = ours["steps"][0] if ours["steps"] else {}
+        ratios[key] = {
+            "vs_floor": _ratio(ours["deliveries_per_s"], floor["deliveries_per_s"]),
+            "p99_vs_floor": _ratio(ours["p99_ms"], floor["p99_ms"]),
+        }
+        targets += [
+            _target(
+                f"{subs} subs: every ATP change of the first step delivered to every subscriber",
+                first.get("delivered"),
+                "==",
+                first.get("expected", -1),
+            ),
+            _target(
+                f"{subs} subs: a step sustained (all delivered, p99 <= {profile.sustain_p99_ms} ms)",
+                ours["p99_ms"],
+                "<=",
+                profile.sustain_p99_ms,
+            ),
+        ]
+    params = {
+        "subscribers": list(profile.watch_subs),
+        "receiver_processes": profile.fanout_procs,
+        "sustained_means": f"all delivered and p99 <= {profile.sustain_p99_ms} ms",
+        "event": f"stock.reserve of 1 unit of stock:{SKU_WATCH} (each one an ATP change)",
+    }
+    out = {"workload": "stockwatch", "profile": profile.name, "params": params, **_flatten(by_subs)}
+    out["ratios"] = ratios
+    out["targets"] = targets
+    out["pass"] = all(t["pass"] for t in targets)
+    return out
+
+
+def _flatten(by_subs: dict[str, Result]) -> Result:
+    """``{"syncd": {"1000_subs": ...}, "floor": {...}}``: each system's figures, by subscriber count."""
+    return {name: {key: results[name] for key, results in by_subs.items()} for name in ("syncd", "floor")}
