@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -110,7 +111,7 @@ class Sampler:
 
 SHOPPERS = 1000
 UNITS = 100
-FLASH_TTL_MS = 8000
+FLASH_TTL_MS = 10_000
 """Long enough that no hold expires before the last of the 1,000 reserves is answered (a hold returned early
 would let a 101st reservation in, and the test would say so)."""
 
@@ -157,11 +158,10 @@ async def test_a_flash_sale_of_1000_shoppers_on_3_hubs_sells_100_and_every_hold_
         assert sum(bought.values()) == UNITS
 
         # Every hold expires; the hubs' sweepers (three of them, uncoordinated) return each exactly once.
-        for _ in range(400):
-            stock, holds, bought = await read_stock(redis, sku)
-            if not holds:
-                break
+        deadline = time.monotonic() + FLASH_TTL_MS / 1000 + 60  # a deadline for a hang, not a timing check
+        while holds and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+            stock, holds, bought = await read_stock(redis, sku)
         samples = await sampler.stop()
         assert samples > 0
         assert holds == {} and await redis.zcard(f"{{sku:{sku}}}:exp") == 0
@@ -230,6 +230,8 @@ async def test_a_capped_channel_refuses_unit_31_while_others_sell_and_a_member_a
 
 KILL_SHOPPERS = 150
 KILL_UNITS = 100
+LATE_SHOPPERS_FROM = 70
+"""Shoppers from this one on start once Redis is killed (the kill comes after the 50th answer)."""
 
 
 async def test_redis_kill_9_during_reservations_keeps_every_acked_hold_once_and_the_invariant(
@@ -240,7 +242,7 @@ async def test_redis_kill_9_during_reservations_keeps_every_acked_hold_once_and_
     hub = hub_factory(server.url)
     await admin(hub, sku, (rules.RESTOCK, {"qty": KILL_UNITS}))
     answered = 0
-    outage, first_error = asyncio.Event(), asyncio.Event()
+    outage, killed, first_error = asyncio.Event(), asyncio.Event(), asyncio.Event()
     retries: list[str] = []
     in_flight = asyncio.Semaphore(10)  # shoppers keep arriving: some reserve before, during and after
 
@@ -253,6 +255,8 @@ async def test_redis_kill_9_during_reservations_keeps_every_acked_hold_once_and_
                 if client.welcome is not None:
                     return client
                 await client.close()
+            retries.append("hello refused")  # the hub refuses hellos while Redis is away
+            first_error.set()
             await asyncio.sleep(0.05)
         raise AssertionError(f"shopper {i} was never welcomed")
 
@@ -264,9 +268,10 @@ async def test_redis_kill_9_during_reservations_keeps_every_acked_hold_once_and_
             kind=rules.RESERVE,
             args={"member": f"m{i}", "sku": sku, "channel": "web", "qty": 1, "ttl_ms": 600_000},
         )
-        client: WireClient | None = None
+        if i >= LATE_SHOPPERS_FROM:
+            await killed.wait()  # these arrive during the outage (or after it), whatever the machine's speed
         async with in_flight:
-            return await until_answered(i, op, client)
+            return await until_answered(i, op, None)
 
     async def until_answered(i: int, op: frames.Op, client: WireClient | None) -> frames.Ack:
         nonlocal answered
@@ -299,8 +304,8 @@ async def test_redis_kill_9_during_reservations_keeps_every_acked_hold_once_and_
     async def kill_and_restart() -> None:
         await outage.wait()
         await asyncio.to_thread(server.kill)
-        with contextlib.suppress(TimeoutError):  # when no shopper meets the outage, the test says so below
-            await asyncio.wait_for(first_error.wait(), 20)
+        killed.set()
+        await first_error.wait()
         await asyncio.sleep(0.5)  # an outage that more shoppers meet (fault injection, not a timing check)
         await asyncio.to_thread(server.restart)
 
@@ -310,7 +315,7 @@ async def test_redis_kill_9_during_reservations_keeps_every_acked_hold_once_and_
             results = await asyncio.gather(kill_and_restart(), *(shop(i) for i in range(KILL_SHOPPERS)))
         acks = [ack for ack in results[1:] if ack is not None]
         assert len(acks) == KILL_SHOPPERS
-        assert retries, "no shopper met the outage"
+        assert retries, "no shopper met the outage"  # cannot pass unnoticed: the late ones arrive in it
         acked = {a.result["rid"] for a in acks if a.ok and a.result is not None}
         assert sum(a.ok for a in acks) == len(acked) == KILL_UNITS
         assert {a.code for a in acks if not a.ok} == {ErrorCode.INSUFFICIENT_STOCK}
