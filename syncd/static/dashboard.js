@@ -49,9 +49,10 @@ function render(s) {
   charts.latency.push(s.ts, p99);
   rows("latency", latency.map(([channel, f]) => {
     const cell = (v) => `<td class="${v > s.alert_sync_p99_ms ? "over" : ""}">${v === undefined ? "–" : fmt(v)}</td>`;
-    return `<tr data-channel="${escape(channel)}"><td>${escape(channel)}</td>${cell(f.p50)}${cell(f.p95)}${cell(f.p99)}</tr>`;
+    return `<tr data-channel="${escape(channel)}"><td>${escape(channel)}</td>${cell(f.p50)}${cell(f.p95)}${cell(f.p99)}
+      <td class="samples">${f.samples}</td></tr>`;
   }));
-  if (!latency.length) rows("latency", ['<tr><td colspan="4" class="muted">暂无设备上报 · no device reports yet</td></tr>']);
+  if (!latency.length) rows("latency", ['<tr><td colspan="5" class="muted">暂无设备上报 · no device reports yet</td></tr>']);
 
   $("success").textContent = s.success_rate === null ? "–" : `${(s.success_rate * 100).toFixed(2)} %`;
   charts.success.push(s.ts, { "success %": s.success_rate === null ? null : s.success_rate * 100 });
