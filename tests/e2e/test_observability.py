@@ -213,3 +213,31 @@ async def test_the_dashboard_feed_gives_latency_percentiles_of_every_sample_on_e
     assert pos["p50"] == 50.0
     assert pos["p99"] == pytest.approx(990.0)
     assert [(a["kind"], a["channel"]) for a in state["alerts"]] == [("sync", "pos")]
+
+
+async def test_stock_metrics_count_reservations_refusals_by_code_and_expiries_with_no_sku_label(
+    hub: HubProcess,
+) -> None:
+    admin = await WireClient.open(hub.url, "ops-1", tok=token("ops-1", role="ops"))
+    for kind, args in (("stock.restock", {"qty": 5}), ("stock.quota", {"channel": "web", "qty": 3})):
+        await admin.op(kind, {"member": "ops", "sku": "SKU-9", **args})
+        assert (await admin.recv_type(frames.Ack)).ok
+    app = await WireClient.open(hub.url, "app-1", tok=token("app-1", channel="web"))
+    for qty, ttl_ms, code in (
+        (2, 60_000, None),
+        (10, 60_000, "insufficient_stock"),
+        (2, 60_000, "quota_exceeded"),
+    ):
+        await app.op(
+            "stock.reserve", {"member": "m1", "sku": "SKU-9", "channel": "web", "qty": qty, "ttl_ms": ttl_ms}
+        )
+        assert (await app.recv_type(frames.Ack)).code == code
+    await app.op("stock.reserve", {"member": "m2", "sku": "SKU-9", "channel": "web", "qty": 1, "ttl_ms": 1})
+    assert (await app.recv_type(frames.Ack)).ok  # held for a millisecond: the sweeper returns it
+    samples = [scrape(hub)]
+    assert total(samples, "syncd_stock_reservations_total", channel="web") == 2
+    assert total(samples, "syncd_stock_refusals_total", channel="web", code="insufficient_stock") == 1
+    assert total(samples, "syncd_stock_refusals_total", channel="web", code="quota_exceeded") == 1
+    assert total(samples, "syncd_stock_refusals_total") == 2
+    await until(lambda: total([scrape(hub)], "syncd_stock_expired_total") == 1, timeout=20)
+    assert not any("SKU-9" in value for _, labels in scrape(hub) for _, value in labels)
