@@ -7,7 +7,8 @@ per process, and whichever process serves the page folds all fresh fields togeth
 from the difference of each process's counters between two reads; sync latency percentiles fleet-wide, from
 the differences of each process's latency histograms (every device's samples, :mod:`protocol.stats`) added
 up over ``alert_window_s`` — a percentile of all samples, which no fold of per-process percentiles can give;
-fleet and log merged. A process that stops publishing drops out after :data:`STALE_MS`.
+fleet and log merged; the stock panel shows the SKUs with the most subscribers over every process, their state
+read from Redis (:mod:`syncd.stockwatch`). A process that stops publishing drops out after :data:`STALE_MS`.
 
 Processes publish only while someone watches: a page's feed announces itself on :data:`WATCH_CHANNEL` every
 :data:`WATCH_EVERY_S`, which every process hears through its fan-out connection (:class:`Watch`). A hub nobody
@@ -32,7 +33,9 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 from protocol import stats as report_stats
+from syncd.masking import mask
 from syncd.settings import Settings
+from syncd.stockwatch import most_watched, read_stock, watched
 
 if TYPE_CHECKING:
     from syncd.hub import Hub
@@ -51,6 +54,8 @@ WATCH_TTL_MS: Final = 15_000
 MIN_OPS_FOR_RATE: Final = 20
 FLEET_ROWS: Final = 200
 LOG_ROWS: Final = 200
+STOCK_ROWS: Final = 10
+"""SKUs on the stock panel: the most watched."""
 PERCENTILES: Final = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 _COUNTERS: Final = {
     "syncd_ops_accepted_total": "accepted",
@@ -58,6 +63,9 @@ _COUNTERS: Final = {
     "syncd_ops_refused_total": "refused",
     "syncd_ops_conflicts_total": "conflicts",
     "syncd_ops_duplicates_total": "duplicates",
+    "syncd_stock_reservations_total": "reservations",
+    "syncd_stock_refusals_total": "stock_refused",
+    "syncd_stock_expired_total": "expired",
 }
 
 
@@ -89,6 +97,7 @@ def snapshot(hub: Hub, hub_id: str) -> dict[str, Any]:
             "sync": {chan: counts for chan, (counts, _) in hub.telemetry.histograms["sync"].items()}
         },
         "fleet": hub.telemetry.fleet(FLEET_ROWS),
+        "stock": watched(hub.fanout.listeners(), STOCK_ROWS),
         "log": list(hub.telemetry.recent)[-LOG_ROWS:],
     }
 
@@ -162,7 +171,17 @@ class Board:
             raw: dict[bytes, bytes] = await redis.hgetall(KEY)
         except Exception as exc:
             return {"ts": _now_ms(), "redis_ok": False, "error": str(exc)[:200], "alerts": []}
-        return self.fold([json.loads(value) for value in raw.values()], _now_ms())
+        state = self.fold([json.loads(value) for value in raw.values()], _now_ms())
+        try:
+            stock = await read_stock(redis, [row["sku"] for row in state["stock"]])
+        except Exception as exc:  # the rest of the board is still worth showing
+            log.debug("could not read the watched stock: %s", exc)
+            stock = {}
+        state["stock"] = [
+            {"sku": mask(row["sku"]), "watchers": row["watchers"], "state": stock.get(row["sku"])}
+            for row in state["stock"]
+        ]
+        return state
 
     def fold(self, hubs: list[dict[str, Any]], now: int) -> dict[str, Any]:
         alive = [h for h in hubs if now - int(h["ts"]) <= STALE_MS]
@@ -221,6 +240,8 @@ class Board:
             "alert_failure_rate": self.settings.alert_failure_rate,
             "connections": dict(connections),
             "fleet": _fleet(alive),
+            "stock": _watched(alive),
+            "stock_counts": {name: window[name] for name in ("reservations", "stock_refused", "expired")},
             "log": sorted((e for h in alive for e in h["log"]), key=lambda e: e["ts"])[-LOG_ROWS:],
         }
         state["alerts"] = self._judge(latency, failure_rate, settled, now)
@@ -261,6 +282,15 @@ def _percentiles(samples: dict[str, list[int]]) -> dict[str, dict[str, float]]:
             figures = {name: report_stats.quantile(counts, q) or 0.0 for name, q in PERCENTILES}
             latency[chan] = figures | {"samples": float(count)}
     return latency
+
+
+def _watched(hubs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The :data:`STOCK_ROWS` SKUs with the most subscribers over every process."""
+    watchers: dict[str, int] = collections.defaultdict(int)
+    for h in hubs:
+        for sku, count in h.get("stock", []):
+            watchers[sku] += int(count)
+    return [{"sku": sku, "watchers": n} for sku, n in most_watched(watchers.items(), STOCK_ROWS)]
 
 
 def _fleet(hubs: list[dict[str, Any]]) -> list[dict[str, Any]]:

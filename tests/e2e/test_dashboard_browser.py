@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.async_api import async_playwright
 
-from clients import SyncClient
+from clients import OpRejected, SyncClient
 from protocol import frames
 from tests.e2e.harness import HubProcess, WireClient, token
 
@@ -313,3 +313,40 @@ async def test_the_pos_fleet_shows_an_offline_tills_backlog_growing_then_drainin
     after = [n for offline, n in states[grown:] if not offline]
     assert after and after[0] > offline_with_backlog[-1], states  # the first report back: grown offline
     assert after[-1] == 0 and after == sorted(after, reverse=True), states  # then only draining
+
+
+async def test_the_stock_panel_shows_a_watched_skus_buckets_atp_and_holds_after_a_reservation(
+    hub: HubProcess, browser: Any, tmp_path: Path
+) -> None:
+    admin = await WireClient.open(hub.url, "ops-2", tok=token("ops-2", role="ops"))
+    for kind, args in (
+        ("stock.restock", {"qty": 10}),
+        ("stock.quota", {"channel": "web", "qty": 6}),
+        ("stock.allot", {"store": "s1", "qty": 2}),
+    ):
+        await admin.op(kind, {"member": "ops", "sku": "SKU-7", **args})
+        assert (await admin.recv_type(frames.Ack)).ok
+    page = await open_dashboard(browser, hub)
+    row = "#stock tr[data-sku=SKU-7]"
+    shopper = SyncClient(
+        hub.url, token=token("web-1", channel="web"), data_dir=tmp_path / "web", client_id="web-1"
+    )
+    async with shopper:
+        stock = shopper.stock("SKU-7")
+        await shopper.wait_synced(20)
+        await page.wait_for_selector(f"{row} .pool:text-is('8')", timeout=10_000)
+        assert await text_of(page, f"{row} .held") == "0 (0)"
+        assert await (await stock.reserve("m1", 3, channel="web", ttl_ms=600_000)).acked()
+        await page.wait_for_selector(f"{row} .pool:text-is('5')", timeout=10_000)
+        assert await text_of(page, f"{row} .watchers") == "1"
+        assert await text_of(page, f"{row} .on_hand") == "10"
+        assert await text_of(page, f"{row} .sold") == "0"
+        assert await text_of(page, f"{row} .held") == "3 (1)"
+        assert "web: 3" in await text_of(page, f"{row} .atp")  # min(pool 5, quota 6 - 3 taken)
+        assert await text_of(page, f"{row} .allot") == "s1: 2"
+        with pytest.raises(OpRejected, match="insufficient_stock"):
+            await (await stock.reserve("m2", 50, channel="web", ttl_ms=600_000)).acked()
+        await page.wait_for_selector("#stock-counts .refused:text-is('1')", timeout=10_000)
+        assert await text_of(page, "#stock-counts .reservations") == "1"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-stock.png"), full_page=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from protocol.stats import BOUNDS_MS, bucket
-from syncd.rollup import MIN_OPS_FOR_RATE, STALE_MS, WATCH_TTL_MS, Board, Watch
+from syncd.rollup import MIN_OPS_FOR_RATE, STALE_MS, STOCK_ROWS, WATCH_TTL_MS, Board, Watch
 from syncd.settings import Settings
 from tests.e2e.harness import free_port
 
@@ -16,7 +17,12 @@ T0 = 1_767_225_600_000
 
 
 def hub(
-    name: str, ts: int, accepted: float = 0, refused: float = 0, sync: dict[float, int] | None = None
+    name: str,
+    ts: int,
+    accepted: float = 0,
+    refused: float = 0,
+    sync: dict[float, int] | None = None,
+    stock: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """A process's published figures; ``sync``: its devices' sync latency samples so far, ``{ms: count}``."""
     counts = [0] * (len(BOUNDS_MS) + 1)
@@ -31,7 +37,7 @@ def hub(
         "histograms": {"sync": {"pos": counts}} if sync else {},
         "fleet": [],
         "log": [],
-        "stock": [],
+        "stock": [list(row) for row in stock],
     }
 
 
@@ -70,6 +76,16 @@ def test_latency_percentiles_cover_every_sample_of_every_process_in_the_window()
         [hub("a", T0 + 12_500, sync={40: 31}), hub("b", T0 + 12_500, sync={700: 10})], T0 + 12_500
     )
     assert state["latency"]["pos"]["samples"] == 1  # the older samples left the 10 s window
+
+
+def test_the_stock_panel_shows_the_skus_with_the_most_watchers_over_every_process() -> None:
+    many = [(f"SKU-{n}", 1) for n in range(STOCK_ROWS + 5)]
+    state = Board(Settings()).fold(
+        [hub("a", T0, stock=[("HOT", 40), ("WARM", 3), *many]), hub("b", T0, stock=[("WARM", 39)])], T0
+    )
+    watched = [(row["sku"], row["watchers"]) for row in state["stock"]]
+    assert watched[:2] == [("WARM", 42), ("HOT", 40)]
+    assert len(watched) == STOCK_ROWS
 
 
 def test_the_latency_alert_is_raised_over_the_threshold_and_cleared_on_recovery() -> None:
