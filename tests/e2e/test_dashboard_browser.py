@@ -4,7 +4,10 @@ One hub process, real devices: a writer making ops, an SDK client on the ``pos``
 through a proxy that can delay its traffic, a till that goes offline with unsynced ops. The page must load
 only with an ops token, move while the load runs, raise the latency alert within 10 s of a delay and clear
 it on recovery, show the offline till's backlog ageing then drained, and never show a phone number or a token.
-Two screenshots are kept under ``test-artifacts/``: the alert raised, and the offline till in the fleet.
+An SDK till behind a network that is cut twice shows its backlog grown offline, then drained by the replay;
+the stock panel shows a watched SKU's buckets, ATP and holds after a reservation. Screenshots are kept under
+``test-artifacts/``: the alert raised (``dashboard-alert.png``), the offline till in the fleet
+(``dashboard.png``, ``dashboard-fleet-offline.png``) and the stock panel (``dashboard-stock.png``).
 """
 
 from __future__ import annotations
