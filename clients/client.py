@@ -88,6 +88,8 @@ Clock: TypeAlias = Callable[[], int]
 
 _MAX_MESSAGES_PER_TURN: Final = 512
 """Messages processed between two flushes of outgoing frames."""
+REPORT_INTERVAL_MS: Final = 15_000
+"""Default longest time between two reports (``ping.stats``) while online, however busy the connection."""
 PERSIST_EVERY_MS: Final = 100
 """Settlements and topic states are written at most this often while messages stream in (one transaction
 for all of them). Losing them in a crash costs only resends answered as duplicates and events fetched
@@ -171,6 +173,10 @@ class SyncClient:
     offline: ops are stored and shown, nothing is sent until :meth:`go_online`. ``follow_stock``: SKUs whose
     stock the client follows for its carts' lines at once, so a cart hears a SKU sell out (``cart.sold_out``,
     ``SoldOut`` changes); 0, the default, follows none (:mod:`clients.follow`).
+
+    The client reports its backlog and latency to the hub (``ping.stats``, PROTOCOL.md §6.12) as soon as a
+    session opens — before it replays its outbox, so the hub's POS fleet view sees what a till kept while
+    offline — and then at least every ``report_interval_ms``: a busy connection is never idle, so never pings.
     """
 
     def __init__(
@@ -184,6 +190,7 @@ class SyncClient:
         on_conflict: ConflictHook | None = None,
         agent: str = "",
         window: int = DEFAULT_WINDOW,
+        report_interval_ms: int = REPORT_INTERVAL_MS,
         handshake_timeout_ms: int = 10_000,
         backoff: Callable[[], Iterator[float]] = reconnect.backoff,
         clock: Clock = wall_ms,
@@ -198,6 +205,9 @@ class SyncClient:
         self._on_conflict = on_conflict
         self._agent = f"syncd-python/{__version__}" + (f" ({agent})" if agent else "")
         self._window = window
+        if report_interval_ms <= 0:
+            raise ValueError(f"report_interval_ms must be positive, not {report_interval_ms}")
+        self._report_interval_ms = report_interval_ms
         self._handshake_timeout_ms = handshake_timeout_ms
         self._backoff = backoff
         self._clock = clock
@@ -771,12 +781,14 @@ class SyncClient:
         engine = self._engine
         proto.connect(self._clock())
         opened_ms: int | None = None
+        report_due: int | None = None  # the next report, whether or not the connection goes idle
         while True:
             await self._send(ws, proto)
             if not self._want_online or self._closing:
                 await self._close_ws(ws, proto, CloseCode.NORMAL, "going offline")
                 return _Ended(CloseCode.NORMAL, "going offline", by_hub=False, opened_ms=opened_ms)
             deadline = _min(_min(proto.next_deadline(), engine.next_deadline()), self._persist_due)
+            deadline = _min(deadline, report_due)
             await inputs.wait(None if deadline is None else max(0.0, (deadline - self._clock()) / 1000))
             now = self._clock()
             for item in inputs.take(_MAX_MESSAGES_PER_TURN):
@@ -791,9 +803,13 @@ class SyncClient:
                     return dataclasses.replace(ended, opened_ms=opened_ms)
                 if opened_ms is None and engine.is_open:
                     opened_ms = now
+                    report_due = now  # the backlog as it stands, before _pump_engine replays any of it
             due = proto.next_deadline()
-            if due is not None and now >= due:
+            if (due is not None and now >= due) or (report_due is not None and now >= report_due):
                 proto.set_stats(engine.stats(now))  # the ping about to go out carries them
+                if report_due is not None and now >= report_due and proto.state is State.OPEN:
+                    proto.ping(now)  # a report now; the heartbeat ping is then due a beat later
+                report_due = now + self._report_interval_ms if report_due is not None else None
             proto.handle_timer(now)
             engine.handle_timer(now)
             ended = self._protocol_events(proto, None, now)
