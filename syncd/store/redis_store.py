@@ -496,8 +496,8 @@ class RedisStore:
     ) -> list[OpOutcome]:
         """Pipeline the member scripts of a fresh run, then settle the prefix that succeeded.
 
-        Redis runs a pipeline's commands in order, so the scripts apply in seq order (the pipeline may be
-        shared with other clients' runs: :class:`~syncd.store.pipeliner.Pipeliner`). The watermark is
+        The pipeliner runs a caller's commands in order, so the scripts apply in seq order (in turns that
+        share pipelines with other clients' runs: :class:`~syncd.store.pipeliner.Pipeliner`). The watermark is
         raised only past ops whose script replied, never past one that failed: a failed op is retried by
         the client (same seq) and the dedup of any later op that did run answers it as a dup.
 
@@ -520,7 +520,7 @@ class RedisStore:
         if inline and self._waits:
             commands.append(self._wait_command())
         with _unavailable("applying ops"):
-            replies = await self._pipeliner.execute(commands)
+            replies = await self._pipeliner.execute(commands, tail=1 if inline and self._waits else 0)
         if inline and self._waits:
             confirmed, replies = replies[-1], replies[:-1]
             self._check_confirmed(confirmed, "ops")
