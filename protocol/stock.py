@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
+from collections.abc import Sequence
 from typing import Any, Final, NotRequired, TypedDict
 
 from protocol.errors import ErrorCode
@@ -53,6 +55,8 @@ MAX_TTL_MS: Final = 7 * 24 * 3600 * 1000
 """Longest hold a reservation may ask for."""
 NO_LIMIT: Final = 0
 """``limit`` value meaning "no per-member purchase limit"."""
+CLEARING: Final = "clearing"
+"""``stock.reserve`` ``until`` value: hold until the brand's next daily clearing time (PROTOCOL.md §18)."""
 
 
 class Hold(TypedDict):
@@ -149,6 +153,37 @@ def apply(stock: Stock, op: Op, now: int) -> Outcome:
     if op.kind == YIELD:
         result = {"moved": stock["allot"].get(op.store, 0) - s["allot"].get(op.store, 0)}
     return Outcome(s, None, result)
+
+
+def clearing_instants(now: int, at: dt.time, tz: dt.tzinfo) -> list[int]:
+    """The brand's daily clearing instants (Unix ms, ascending) from the day before ``now`` to two days after,
+    as wall time ``at`` in ``tz`` (daylight saving included: a ``zoneinfo.ZoneInfo``).
+
+    The hub computes these around its own clock and the script that applies the reservation picks the first
+    one after *its* clock (:func:`resolve_until`): so the instant is decided once, at apply time, by the
+    clock expiry is judged by, and a replay is answered with it from the dedup record.
+    """
+    day = dt.datetime.fromtimestamp(now / 1000, tz).date()
+    out = set()
+    for offset in range(-1, 3):
+        local = dt.datetime.combine(day + dt.timedelta(days=offset), at, tzinfo=tz)
+        out.add(int(local.timestamp() * 1000))
+    return sorted(out)
+
+
+def resolve_until(
+    now: int, *, ttl_ms: int | None = None, until: int | None = None, clearing: Sequence[int] = ()
+) -> int | None:
+    """When a reservation made at ``now`` expires: ``now + ttl_ms``, the absolute ``until``, or the first
+    clearing instant after ``now``; ``None`` (``bad_args``) when that is not in ``(now, now + MAX_TTL_MS]``.
+    The hub's script does the same with its own clock (``stock_reserve.lua``)."""
+    if ttl_ms is not None:
+        out = now + ttl_ms
+    elif until is not None:
+        out = until
+    else:
+        out = next((c for c in clearing if c > now), now)
+    return out if now < out <= now + MAX_TTL_MS else None
 
 
 def expire(stock: Stock, now: int) -> tuple[Stock, list[str]]:
@@ -253,7 +288,10 @@ def _yield(s: Stock, op: Op) -> None:
 
 
 def _reserve(s: Stock, op: Op, now: int) -> ErrorCode | None:
-    """Atomic against the pool, the channel's quota and the member's purchase limit, in that order."""
+    """Atomic against the pool, the channel's quota and the member's purchase limit, in that order.
+    ``op.until`` is the resolved expiry (:func:`resolve_until`): one not after ``now`` holds nothing."""
+    if op.until <= now:
+        return ErrorCode.BAD_ARGS
     if op.qty > s["pool"]:
         return ErrorCode.INSUFFICIENT_STOCK
     cap = s["quota"].get(op.channel)

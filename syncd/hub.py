@@ -265,7 +265,7 @@ class Hub:
                 known_last=session.known_last,
             )
             if self.metrics is not None:
-                self.metrics.settled(principal.channel, batch.outcomes, time.perf_counter() - started)
+                self.metrics.settled(principal.channel, ops, batch.outcomes, time.perf_counter() - started)
             for outcome in batch.outcomes:
                 session.send(codec.encode(outcome.ack()))
                 if not outcome.ok and not outcome.dup:

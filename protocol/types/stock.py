@@ -8,7 +8,7 @@ counts against (purchase limit), the one a till sells to, or the operator of an 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -20,6 +20,8 @@ Qty = Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_QTY)]
 Bound = Annotated[int, msgspec.Meta(ge=0, le=rules.MAX_QTY)]
 Rid = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}/[0-9]{1,16}\Z")]
 """A reservation id: ``<client_id>/<seq>`` of the ``stock.reserve`` that made it."""
+Instant = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+"""Unix milliseconds."""
 
 
 class StockArgs(OpArgs, frozen=True):
@@ -89,11 +91,21 @@ class StockYield(StockArgs, frozen=True):
 
 
 class StockReserve(StockArgs, frozen=True):
-    """``stock.reserve``: hold ``qty`` for ``member`` through ``channel`` for ``ttl_ms``; result ``rid``."""
+    """``stock.reserve``: hold ``qty`` for ``member`` through ``channel``; result ``rid`` and ``until``.
+
+    The hold lasts ``ttl_ms``, or ``until`` an absolute instant (Unix ms) or ``"clearing"`` (the brand's
+    next daily clearing time); at most one of the two; with neither, the hub's default hold
+    (``--stock-default-hold``). The hub resolves it to one instant when it applies the op (PROTOCOL.md §18).
+    """
 
     channel: Key
     qty: Qty
-    ttl_ms: Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_TTL_MS)]
+    ttl_ms: Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_TTL_MS)] | None = None
+    until: Instant | Literal["clearing"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ttl_ms is not None and self.until is not None:
+            raise ValueError("give ttl_ms or until, not both")
 
 
 class StockCommit(StockArgs, frozen=True):

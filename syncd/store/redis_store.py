@@ -110,12 +110,13 @@ from protocol import frames
 from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import OpArgs, parse_args
 from protocol.topics import parse_topic
+from syncd.holds import HoldPolicy
 from syncd.settings import DURABILITY_MODES, Durability
 from syncd.store.keys import channel, client_slot, member_slot, topic_keys
 from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
 from syncd.types import STORE_TYPES, StoreType, for_op, for_topic
-from syncd.types.base import EncodableArg, Sweep
+from syncd.types.base import EncodableArg, OpEnv, Sweep
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -266,6 +267,7 @@ class RedisStore:
         log_max_bytes: int = LOG_MAX_BYTES,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
         wait_replicas: int = 1,
+        holds: HoldPolicy | None = None,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
@@ -291,6 +293,7 @@ class RedisStore:
         self.log_max_bytes = log_max_bytes
         self.fsync_timeout_ms = fsync_timeout_ms
         self.wait_replicas = wait_replicas
+        self._env = OpEnv(holds=holds or HoldPolicy())
         self._waits = durability != "script"
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
@@ -493,8 +496,8 @@ class RedisStore:
     ) -> list[OpOutcome]:
         """Pipeline the member scripts of a fresh run, then settle the prefix that succeeded.
 
-        Redis runs a pipeline's commands in order, so the scripts apply in seq order (the pipeline may be
-        shared with other clients' runs: :class:`~syncd.store.pipeliner.Pipeliner`). The watermark is
+        The pipeliner runs a caller's commands in order, so the scripts apply in seq order (in turns that
+        share pipelines with other clients' runs: :class:`~syncd.store.pipeliner.Pipeliner`). The watermark is
         raised only past ops whose script replied, never past one that failed: a failed op is retried by
         the client (same seq) and the dedup of any later op that did run answers it as a dup.
 
@@ -517,7 +520,7 @@ class RedisStore:
         if inline and self._waits:
             commands.append(self._wait_command())
         with _unavailable("applying ops"):
-            replies = await self._pipeliner.execute(commands)
+            replies = await self._pipeliner.execute(commands, tail=1 if inline and self._waits else 0)
         if inline and self._waits:
             confirmed, replies = replies[-1], replies[:-1]
             self._check_confirmed(confirmed, "ops")
@@ -603,7 +606,7 @@ class RedisStore:
             op.kind,
             self.log_max_age_s * 1000,
             self.log_max_bytes,
-            *spec.argv(args),
+            *spec.argv_in(args, self._env),
         ]
 
     async def _run_op(

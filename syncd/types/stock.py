@@ -29,7 +29,7 @@ from protocol.types.stock import (
     StockYield,
 )
 from syncd.store.keys import channel, topic_keys, topic_slot
-from syncd.types.base import EncodableArg, ScriptRunner, StoreType, Sweep
+from syncd.types.base import EncodableArg, OpEnv, ScriptRunner, StoreType, Sweep
 
 _EXP_SUFFIX: Final = "}:exp"
 
@@ -40,8 +40,14 @@ class StockStore(StoreType):
     state_keys: ClassVar[tuple[str, ...]] = ("stock", "holds", "bought", "exp")
 
     def argv(self, args: OpArgs) -> list[EncodableArg]:
+        return self.argv_in(args, OpEnv())
+
+    def argv_in(self, args: OpArgs, env: OpEnv) -> list[EncodableArg]:
         if isinstance(args, StockReserve):
-            return [args.channel, args.member, args.qty, args.ttl_ms]
+            return [args.channel, args.member, args.qty, *env.holds.reserve_argv(args.ttl_ms, args.until)]
+        return self._argv(args)
+
+    def _argv(self, args: OpArgs) -> list[EncodableArg]:
         if isinstance(args, StockCommit | StockRelease):
             return [args.rid]
         if isinstance(args, StockAllot | StockSell):

@@ -19,6 +19,7 @@ nothing doubles (values are absolute and versioned: a second forward of the same
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, ClassVar, Final
 
@@ -30,6 +31,7 @@ from syncd.store.keys import channel, dedup_key, topic_keys, topic_slot
 from syncd.types.base import EncodableArg, ScriptRunner, StoreType, Sweep
 
 _DUE_SUFFIX: Final = "}:due"
+log = logging.getLogger("syncd.storefeed")
 
 
 def _text(value: bytes | str) -> str:
@@ -77,8 +79,9 @@ class StoreTopicStore(StoreType):
 
     async def sweep(self, sweep: Sweep, limit: int) -> int:
         """Forward the ops a hub marked and did not forward (it died, or Redis failed it in between), once
-        each is settled; drop marks older than the dedup retention (an op never sent again). How many were
-        forwarded. Stores are found by their ``due`` key (SCAN: every primary, on a cluster)."""
+        each is settled; drop marks older than the dedup retention (an op never sent again). Stores are
+        found by their ``due`` key (SCAN: every primary, on a cluster). Returns 0: the sweep's count is of
+        holds returned (a metric); forwards are logged instead, being the repair of a hub's failure."""
         forwarded = 0
         async for raw in sweep.client.scan_iter(match="{s:*" + _DUE_SUFFIX, count=1000):
             key = _text(raw)
@@ -97,7 +100,9 @@ class StoreTopicStore(StoreType):
                     forwarded += 1
                 elif int(_text(at_raw)) < time.time_ns() // 1_000_000 - sweep.retention_ms:
                     await sweep.client.hdel(key, name)  # its op was never sent again: nothing to forward
-        return forwarded
+        if forwarded:
+            log.info("forwarded %d store-topic changes a hub left marked", forwarded)
+        return 0
 
     async def snapshot(
         self, run: ScriptRunner, topic: TopicName, epoch: str
