@@ -108,13 +108,13 @@ async def full_state(run: ScriptRunner, sku: str) -> dict[str, Any]:
     keys = [f"{slot}:stock", f"{slot}:holds", f"{slot}:recall"]
     flat, holds, recall_flat = await run("stock_state", keys, [])
     fields = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-    prefixed: dict[str, dict[str, int]] = {"q:": {}, "t:": {}, "a:": {}}
+    stock = rules.empty()
+    buckets: dict[str, dict[str, int]] = {"q:": stock["quota"], "t:": stock["taken"], "a:": stock["allot"]}
     for name, value in fields.items():
-        if name[:2] in prefixed:
-            prefixed[name[:2]][name[2:]] = value
-    quota, taken = prefixed["q:"], prefixed["t:"]
-    pool = fields.get("pool", 0)
-    atp = {"*": pool, **{ch: max(0, min(pool, cap - taken.get(ch, 0))) for ch, cap in quota.items()}}
+        if name[:2] in buckets:
+            buckets[name[:2]][name[2:]] = value
+    stock["pool"] = fields.get("pool", 0)
+    atp = {"*": rules.atp(stock, "*"), **{ch: rules.atp(stock, ch) for ch in sorted(stock["quota"])}}
     recall: dict[str, dict[str, Any]] = {}
     for i in range(0, len(recall_flat), 2):
         qty, _, to = _text(recall_flat[i + 1]).partition("|")
@@ -122,13 +122,13 @@ async def full_state(run: ScriptRunner, sku: str) -> dict[str, Any]:
     return {
         "sku": sku,
         "on_hand": fields.get("on_hand", 0),
-        "pool": pool,
+        "pool": stock["pool"],
         "sold": fields.get("sold", 0),
         "held": fields.get("held", 0),
         "holds": int(holds),
-        "allot": prefixed["a:"],
-        "quota": quota,
-        "taken": taken,
+        "allot": stock["allot"],
+        "quota": stock["quota"],
+        "taken": stock["taken"],
         "limit": fields.get("limit", rules.NO_LIMIT),
         "atp": atp,
         "recall": recall,
