@@ -3,8 +3,8 @@
 A back-office tool or a script changes stock with plain HTTP and JSON instead of the websocket protocol. The
 API is thin on purpose: each write becomes one stock op applied through the same store path as a websocket
 op (:meth:`~syncd.store.redis_store.RedisStore.apply_op`), so the same scripts check the same rules, every
-change is an event on ``stock:<sku>`` that subscribed devices see, and the durability mode holds for the
-HTTP answer as for an ``ack``.
+change is an event on ``stock:<sku>`` that subscribed devices see (and, for allotments and recalls, on the
+store's topic: :mod:`syncd.storefeed`), and the durability mode holds for the HTTP answer as for an ``ack``.
 
 Who: a bearer token in ``Authorization``, verified like a ``hello``'s (signature, issuer, expiry, claim
 types, revocation); only ``ops`` tokens pass. A missing or invalid token is 401, another role 403.
@@ -24,7 +24,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import msgspec
 from starlette.requests import Request
@@ -36,7 +36,7 @@ from protocol import stock as rules
 from protocol.datatype import Key
 from protocol.errors import BackendUnavailable, ErrorCode, ProtocolError
 from protocol.topics import is_valid_key
-from protocol.types.stock import Bound, Qty
+from protocol.types.stock import Bound, Delta, Qty, Reason
 from syncd.auth import AuthError, Principal, Role, principal_from_claims
 from syncd.hub import Hub, scope_check
 from syncd.types.stock import full_state
@@ -72,8 +72,8 @@ class BoundBody(_Body, frozen=True):
 
 
 class AdjustBody(_Body, frozen=True):
-    delta: Annotated[int, msgspec.Meta(ge=-rules.MAX_QTY, le=rules.MAX_QTY)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    delta: Delta
+    reason: Reason
 
 
 class StoreQtyBody(_Body, frozen=True):

@@ -18,6 +18,9 @@ from protocol.topics import TopicKind
 
 Qty = Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_QTY)]
 Bound = Annotated[int, msgspec.Meta(ge=0, le=rules.MAX_QTY)]
+Delta = Annotated[int, msgspec.Meta(ge=-rules.MAX_QTY, le=rules.MAX_QTY)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+"""Why a stock take changed ``on_hand`` (``stock.adjust``), kept in its event."""
 Rid = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}/[0-9]{1,16}\Z")]
 """A reservation id: ``<client_id>/<seq>`` of the ``stock.reserve`` that made it."""
 Instant = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
@@ -65,8 +68,8 @@ class StockAdjust(AdminArgs, frozen=True):
     the correction goes through the pool (``insufficient_stock`` when the pool cannot absorb a shortfall).
     ``reason`` is kept in the event, so the topic's history says why on_hand changed."""
 
-    delta: Annotated[int, msgspec.Meta(ge=-rules.MAX_QTY, le=rules.MAX_QTY)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    delta: Delta
+    reason: Reason
 
 
 class StockRecall(AdminArgs, frozen=True):
