@@ -14,7 +14,8 @@ and the store's keys are in another. So a change reaches the store in two steps,
 then :func:`forward` (read the SKU's values with their version; ``store_put`` them into the store's slot if
 newer, dropping the op's marker). A hub that dies between the two leaves the marker; every hub's sweep
 forwards marked ops once they are settled. Nothing is lost (the marker is durable before the op runs) and
-nothing doubles (values are absolute and versioned: a second forward of the same version is a no-op).
+nothing doubles (values are absolute and versioned: a second forward of the same version is a no-op;
+docs/traps.md §8b).
 """
 
 from __future__ import annotations
