@@ -69,19 +69,25 @@ class StoreFeed:
         mark cannot be made durable (then the ops must not run: the client sends them again)."""
         marks = marks_of(client_id, ops)
         now = time.time_ns() // 1_000_000
-        for m in marks:
-            await self.store.write("store_mark", [due_key(m.store)], [m.name, now])
+        by_store: dict[str, list[str]] = {}
+        for m in marks:  # one write per store (a till's replayed batch: one), not one per op
+            by_store.setdefault(m.store, []).append(m.name)
+        for store, names in by_store.items():
+            await self.store.write("store_mark", [due_key(store)], [now, *names])
         return marks
 
     async def forward(self, client_id: str, marks: Sequence[Mark], settled: Iterable[int]) -> None:
-        """Forward the marked ops that were settled (applied or rejected: either way the mark goes). A failure
-        is left to the sweep, which finds the mark."""
+        """Forward the marked ops that were settled (applied or rejected: either way the mark goes), one
+        forward per SKU and store however many ops of the batch changed it. A failure is left to the sweep,
+        which finds the marks."""
         done = set(settled)
-        tools = self.store.scripting()
+        groups: dict[tuple[str, str], list[str]] = {}
         for m in marks:
-            if m.seq not in done:
-                continue
+            if m.seq in done:
+                groups.setdefault((m.sku, m.store), []).append(m.name)
+        tools = self.store.scripting()
+        for (sku, store), names in groups.items():
             try:
-                await forward(tools, m.sku, m.store, m.name, client_id, 0)
-            except Exception as exc:  # the mark stays: the sweep forwards it
-                log.warning("forward of %s to store %s left to the sweep: %r", m.sku, m.store, exc)
+                await forward(tools, sku, store, names, client_id, 0)
+            except Exception as exc:  # the marks stay: the sweep forwards them
+                log.warning("forward of %s to store %s left to the sweep: %r", sku, store, exc)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
 from protocol import frames
@@ -49,10 +50,11 @@ def due_key(store: str) -> str:
 
 
 async def forward(
-    sweep: Sweep, sku: str, store: str, mark: str = "", client_id: str = "", seq: int = 0
+    sweep: Sweep, sku: str, store: str, marks: Sequence[str] = (), client_id: str = "", seq: int = 0
 ) -> bool:
-    """Bring ``store``'s topic up to date with ``sku``'s values for it; ``False`` (and nothing written) when
-    the marked op ``(client_id, seq)`` is not settled on the SKU yet (``seq`` 0: no op to wait for)."""
+    """Bring ``store``'s topic up to date with ``sku``'s values for it, dropping ``marks`` (ops settled
+    before the read); ``False`` (and nothing written) when the marked op ``(client_id, seq)`` is not settled
+    on the SKU yet (``seq`` 0: the caller knows they are)."""
     sku_topic = TopicName(TopicKind.STOCK, sku)
     sku_slot = topic_slot(sku_topic)
     read_keys = [f"{sku_slot}:stock", f"{sku_slot}:recall", topic_keys(sku_topic)[0]]
@@ -65,7 +67,7 @@ async def forward(
     slot = topic_slot(topic)
     keys = [f"{slot}:store", *topic_keys(topic), f"{slot}:due"]
     argv: list[EncodableArg] = [sweep.epoch(), channel(name), name, *sweep.log_argv]
-    argv += [sku, int(allot), int(recall), _text(to), _text(epoch), int(offset), mark]
+    argv += [sku, int(allot), int(recall), _text(to), _text(epoch), int(offset), *marks]
     await sweep.run("store_put", keys, argv)
     return True
 
@@ -97,7 +99,7 @@ class StoreTopicStore(StoreType):
                 if not (sku and client_id and seq.isdigit()):
                     await sweep.client.hdel(key, name)
                     continue
-                if await forward(sweep, sku, store, name, client_id, int(seq)):
+                if await forward(sweep, sku, store, [name], client_id, int(seq)):
                     forwarded += 1
                 elif int(_text(at_raw)) < time.time_ns() // 1_000_000 - sweep.retention_ms:
                     await sweep.client.hdel(key, name)  # its op was never sent again: nothing to forward

@@ -151,3 +151,23 @@ async def test_a_mark_whose_op_did_not_settle_in_the_batch_is_left_to_the_sweep(
     assert await events(store, "store:s1") == []
     assert await store.sweep() == 0  # the sweep's count is of holds returned: forwards are not counted
     assert [e.data["allot"] for e in await events(store, "store:s1")] == [2]
+
+
+async def test_a_batch_is_marked_in_one_write_per_store_and_forwarded_once_per_sku(
+    store: RedisStore, redis_client: Any
+) -> None:
+    ops = Hubside(store, "ops")
+    await ops.op(rules.RESTOCK, qty=10)
+    await ops.op(rules.ALLOT, store="s1", qty=6)
+    till = StoreFeed(store)
+    batch = [
+        frames.Op(seq=i, kind=rules.SELL, args={"member": "m1", "sku": SKU, "store": "s1", "qty": 1})
+        for i in range(1, 5)
+    ]
+    marks = await till.mark("till", batch)
+    assert sorted(await redis_client.hkeys("{s:s1}:due")) == sorted(m.name.encode() for m in marks)
+    for op in batch:
+        assert (await store.apply_op("till", op)).ok
+    await till.forward("till", marks, [op.seq for op in batch])
+    assert await redis_client.hlen("{s:s1}:due") == 0
+    assert [e.data["allot"] for e in await events(store, "store:s1")] == [6, 2]  # one forward for the batch

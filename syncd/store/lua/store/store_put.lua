@@ -3,17 +3,19 @@
 -- docs/design.md §3, "Inventory"). The values are absolute and carry the version they were read at (the SKU
 -- topic's epoch and offset), so a forward applies only if it is newer than the one stored: a replayed,
 -- duplicated or overtaken forward changes nothing, and the store's view never goes back. An event (kind
--- store.sku, no origin) is appended only when a value changed. The forward's marker, if any, is dropped in
--- the same step: once this script ran, what the marked op changed is in the store's topic.
+-- store.sku, no origin) is appended only when a value changed. The forward's markers are dropped in the same
+-- step: once this script ran, what the marked ops changed (settled before the read) is in the store's topic.
 -- KEYS: 1 {s:X}:store, 2 {s:X}:top:store, 3 {s:X}:log:store, 4 {s:X}:due.
 -- ARGV: 1 epoch, 2 channel, 3 topic, 4 maxlen, 5 maxage_ms, 6 maxbytes, 7 sku, 8 allot, 9 recall, 10 to
--- ('' none), 11 the SKU topic's epoch, 12 its offset, 13 marker ('' none).
+-- ('' none), 11 the SKU topic's epoch, 12 its offset, 13.. the markers this forward covers (none, or '').
 -- {s:X}:store holds sku -> '<allot>|<recall>|<to>|<sku epoch>|<sku offset>'.
 -- Reply: {1 when the forward was newer, event frame or ''}.
 local sku, allot, recall, to = ARGV[7], fmt(tonumber(ARGV[8])), fmt(tonumber(ARGV[9])), ARGV[10]
 local src_epoch, src_offset = ARGV[11], tonumber(ARGV[12])
-if ARGV[13] ~= '' then
-    redis.call('HDEL', KEYS[4], ARGV[13])
+for i = 13, #ARGV do
+    if ARGV[i] ~= '' then
+        redis.call('HDEL', KEYS[4], ARGV[i])
+    end
 end
 local cur = redis.call('HGET', KEYS[1], sku)
 local changed = true
