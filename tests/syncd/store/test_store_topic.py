@@ -156,9 +156,8 @@ async def test_a_mark_whose_op_did_not_settle_in_the_batch_is_left_to_the_sweep(
 async def test_a_batch_is_marked_in_one_write_per_store_and_forwarded_once_per_sku(
     store: RedisStore, redis_client: Any
 ) -> None:
-    ops = Hubside(store, "ops")
-    await ops.op(rules.RESTOCK, qty=10)
-    await ops.op(rules.ALLOT, store="s1", qty=6)
+    for kind, args in ((rules.RESTOCK, {"qty": 12}), (rules.ALLOT, {"store": "s1", "qty": 6})):
+        await Hubside(store, f"ops-{kind}").op(kind, **args)
     till = StoreFeed(store)
     batch = [
         frames.Op(seq=i, kind=rules.SELL, args={"member": "m1", "sku": SKU, "store": "s1", "qty": 1})
