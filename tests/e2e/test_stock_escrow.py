@@ -111,7 +111,7 @@ class Sampler:
 
 SHOPPERS = 1000
 UNITS = 100
-FLASH_TTL_MS = 10_000
+FLASH_TTL_MS = 6000
 """Long enough that no hold expires before the last of the 1,000 reserves is answered (a hold returned early
 would let a 101st reservation in, and the test would say so)."""
 
