@@ -1,4 +1,4 @@
-"""Joins the Redis commands of concurrent callers into shared pipelines.
+"""Joins the Redis commands of concurrent callers into shared pipelines, serving them in turns.
 
 Under load, many connections each have a few ops to apply at the same moment. Sent as one pipeline per
 caller, each pays redis-py's per-pipeline cost (a pooled connection, a retry wrapper, a timed socket write,
@@ -8,14 +8,25 @@ that arrived meanwhile as the next one, with up to :data:`IN_FLIGHT` pipelines u
 connections) so the hub prepares and reads one while Redis runs another: a batch grows with the load, and
 an idle hub still sends a lone op at once.
 
-Each caller's commands stay contiguous and in order, and Redis runs a pipeline in order on one connection,
-so a caller sees the same order and the same per-command replies (or errors) as with a pipeline of its own.
-Callers that must not interleave with themselves (a client's ops) serialise above this layer.
+Callers are served in turns, not in arrival order (docs/traps.md §20), the way a fair-queueing router
+serves flows (deficit round-robin with new flows first, as in fq_codel): a caller puts at most
+:data:`QUANTUM` commands into a pipeline, the rest of its commands join the *backlog*, and the backlog is
+served round-robin, one quantum per pipeline and one such pipeline under way at a time, while every caller
+that has just arrived gets its first turn in the next pipeline. A connection flooding hundreds of ops
+(0.1–0.3 ms of Lua each) then holds Redis for a few of them at a time, and another device's single op
+waits for a turn, not for the flood's backlog. A caller alone takes turns of :data:`LONE_QUANTUM`, so a
+device replaying its outbox on a quiet hub keeps most of the batching.
+
+A caller's commands run in order and a caller sees the same replies (or errors) as with a pipeline of its
+own: its turns are contiguous within their pipelines, and its next turn is sent only after the previous
+one's pipeline has returned, so Redis has run it, whichever connection the next one goes out on. Callers
+that must not interleave with themselves (a client's ops) serialise above this layer.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -26,60 +37,135 @@ Command = Sequence[Any]
 
 IN_FLIGHT: Final = 2
 """Pipelines under way at once. Two keep both the hub and Redis busy; more only split the batches."""
+QUANTUM: Final = 8
+"""Commands of one caller per pipeline, and of the backlog per pipeline, while other callers have commands
+under way: what a newly arrived op waits behind in Redis (8 cart scripts, 1–2 ms)."""
+LONE_QUANTUM: Final = 64
+"""Commands per pipeline for a caller that is the only one under way (a replay on a quiet hub)."""
+
+
+def chunk_end(*, total: int, start: int, quantum: int, tail: int) -> int:
+    """Where a turn that starts at command ``start`` of ``total`` ends: ``quantum`` commands on, except that
+    the last ``tail`` commands never go alone — a WAIT/WAITAOF confirms the writes made before it on *its*
+    connection, so it must share a pipeline with the writes it follows."""
+    end = min(total, start + quantum)
+    return total if total - end <= tail else end
+
+
+class _Caller:
+    """One :meth:`Pipeliner.execute` call: its commands, how many are sent, its replies so far."""
+
+    __slots__ = ("commands", "future", "replies", "sent", "tail")
+
+    def __init__(self, commands: Sequence[Command], tail: int, future: asyncio.Future[list[Any]]) -> None:
+        self.commands = commands
+        self.tail = tail
+        self.future = future
+        self.sent = 0
+        self.replies: list[Any] = []
 
 
 class Pipeliner:
-    """Runs groups of commands for concurrent callers, several groups per pipeline."""
+    """Runs groups of commands for concurrent callers, several groups per pipeline, in turns."""
 
     def __init__(self, client: RedisClient) -> None:
         self._client = client
-        self._waiting: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
+        self._fresh: deque[_Caller] = deque()  # callers none of whose commands is sent yet
+        self._backlog: deque[_Caller] = deque()  # callers that had a turn and have more to send
+        self._backlog_under_way = False  # a pipeline with turns from the backlog has not returned
+        self._callers = 0  # execute() calls not answered yet: who shares Redis now
         self._running = 0  # flushers under way, counted synchronously (a done callback would come late)
         self._tasks: set[asyncio.Task[None]] = set()  # held here: the loop keeps only weak references
 
-    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+    async def execute(self, commands: Sequence[Command], *, tail: int = 0) -> list[Any]:
         """The replies to ``commands``, run in order: each a value or the exception its command raised.
 
-        Raises what stopped the whole pipeline (a lost connection: then any of the commands may or may not
-        have run).
+        ``tail``: how many last commands must be sent in one pipeline with the command before them (a
+        WAIT after writes). Raises what stopped a pipeline (a lost connection: then any of the commands
+        may or may not have run; those of later turns were not sent).
         """
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((commands, future))
-        if self._running < IN_FLIGHT:
-            self._running += 1
-            task = asyncio.create_task(self._flush(), name="syncd-pipeliner")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await future
+        self._fresh.append(_Caller(commands, tail, future))
+        self._callers += 1
+        try:
+            if self._running < IN_FLIGHT:
+                self._running += 1
+                task = asyncio.create_task(self._flush(), name="syncd-pipeliner")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return await future
+        finally:
+            self._callers -= 1
+
+    def _ready(self) -> bool:
+        return bool(self._fresh) or (bool(self._backlog) and not self._backlog_under_way)
+
+    def _turns(self) -> tuple[list[tuple[_Caller, int, int]], bool]:
+        """The next pipeline's turns: a first turn for every new caller, then turns from the backlog (in
+        order, round-robin) up to one quantum in all, unless a pipeline of backlog turns is under way."""
+        quantum = LONE_QUANTUM if self._callers == 1 else QUANTUM
+        turns: list[tuple[_Caller, int, int]] = []
+        fresh, self._fresh = self._fresh, deque()
+        for caller in fresh:
+            if not caller.future.done():  # a caller cancelled before its first turn sends nothing
+                end = chunk_end(total=len(caller.commands), start=0, quantum=quantum, tail=caller.tail)
+                turns.append((caller, 0, end))
+        backlog = False
+        budget = quantum
+        while self._backlog and budget > 0 and not self._backlog_under_way:
+            caller = self._backlog.popleft()
+            if caller.future.done():  # cancelled between turns: the rest is not sent
+                continue
+            start = caller.sent
+            end = chunk_end(total=len(caller.commands), start=start, quantum=budget, tail=caller.tail)
+            turns.append((caller, start, end))
+            budget -= end - start
+            backlog = True
+        for caller, _, end in turns:
+            caller.sent = end
+        return turns, backlog
 
     async def _flush(self) -> None:
         try:
-            while self._waiting:
-                groups, self._waiting = self._waiting, []
-                pipe: Any = self._client.pipeline(transaction=False)
-                for commands, _ in groups:
-                    for command in commands:
-                        pipe.execute_command(*command)
+            while self._ready():
+                turns, backlog = self._turns()
+                if not turns:
+                    continue
+                self._backlog_under_way |= backlog
                 try:
+                    pipe: Any = self._client.pipeline(transaction=False)
+                    for caller, start, end in turns:
+                        for command in caller.commands[start:end]:
+                            pipe.execute_command(*command)
                     replies = await pipe.execute(raise_on_error=False)
                 except Exception as exc:
-                    for _, future in groups:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for caller, _, _ in turns:
+                        if not caller.future.done():
+                            caller.future.set_exception(exc)
                     continue
                 except BaseException:
-                    for _, future in groups:
-                        future.cancel()
+                    for caller, _, _ in turns:
+                        caller.future.cancel()
                     raise
-                start = 0
-                for commands, future in groups:
-                    end = start + len(commands)
-                    if not future.done():  # a caller cancelled meanwhile no longer wants its replies
-                        future.set_result(replies[start:end])
-                    start = end
+                finally:
+                    if backlog:
+                        self._backlog_under_way = False
+                offset = 0
+                for caller, start, end in turns:
+                    mine = replies[offset : offset + end - start]
+                    offset += end - start
+                    if caller.future.done():  # cancelled meanwhile: it no longer wants its replies (or turns)
+                        continue
+                    caller.replies.extend(mine)
+                    if end == len(caller.commands):
+                        caller.future.set_result(caller.replies)
+                    else:  # its next turn, behind the backlog and after whoever arrived meanwhile
+                        self._backlog.append(caller)
         finally:
             self._running -= 1
             if self._running == 0:  # callers still waiting now only if this one was cancelled (hub shutdown):
-                waiting, self._waiting = self._waiting, []  # nobody would send their commands
-                for _, future in waiting:
-                    future.cancel()
+                waiting = [*self._fresh, *self._backlog]  # nobody would send their commands
+                self._fresh.clear()
+                self._backlog.clear()
+                for caller in waiting:
+                    caller.future.cancel()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import itertools
+from collections.abc import AsyncIterator, Callable
 
+import pytest
 import redis.exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from syncd.embedded import EmbeddedRedis
-from syncd.store.pipeliner import IN_FLIGHT, Pipeliner
+from syncd.store.pipeliner import IN_FLIGHT, LONE_QUANTUM, QUANTUM, Pipeliner, chunk_end
 
 
 async def test_each_caller_gets_its_own_replies_in_order_and_its_own_errors(
@@ -90,3 +92,84 @@ async def test_callers_one_after_another_each_get_through(standalone_server: Emb
             assert await pipeliner.execute([("INCR", "lone")]) == [n + 1]
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def standalone(standalone_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    """A client of the standalone server with no ``order`` list yet (where the tests' commands log)."""
+    client = Redis.from_url(standalone_server.url)
+    await client.delete("order")
+    yield client
+    await client.aclose()
+
+
+async def _order(client: Redis) -> list[str]:
+    """What the commands pushed to ``order``, in the order Redis ran them."""
+    return [item.decode() for item in await client.lrange("order", 0, -1)]
+
+
+async def test_a_caller_queued_behind_a_long_backlog_is_served_within_one_quantum(standalone: Redis) -> None:
+    # One connection's run of ops (a flood: hundreds at once) and another's single op are queued at the same
+    # moment. Served in arrival order, the single op would run after the whole run; served round-robin, it
+    # runs within the first turn. Redis's own record of the order (RPUSH) is the evidence, not a clock.
+    pipeliner = Pipeliner(standalone)
+    backlog = pipeliner.execute([("RPUSH", "order", f"a{i}") for i in range(300)])
+    single = pipeliner.execute([("RPUSH", "order", "b")])
+    await asyncio.gather(backlog, single)
+    order = await _order(standalone)
+    assert order.index("b") <= QUANTUM
+    assert [item for item in order if item != "b"] == [f"a{i}" for i in range(300)]
+
+
+async def test_a_caller_arriving_while_backlogs_are_served_waits_for_a_turn_of_them(
+    standalone: Redis,
+) -> None:
+    pipeliner = Pipeliner(standalone)
+    flood = [
+        asyncio.create_task(pipeliner.execute([("RPUSH", "order", f"{name}{i}") for i in range(200)]))
+        for name in "xyz"
+    ]
+    before = 0
+    while before < 3 * QUANTUM:  # until the flood is under way, in turns
+        before = len(await _order(standalone))
+    assert before < 500  # most of it still to come
+    await pipeliner.execute([("RPUSH", "order", "late")])
+    # Ahead of it: at most the turns under way when it arrived (one pipeline of backlog, one of first turns).
+    assert (await _order(standalone)).index("late") - before <= 4 * QUANTUM
+    await asyncio.gather(*flood)
+
+
+async def test_backlogs_of_several_callers_are_served_in_turns_each_in_its_own_order(
+    standalone: Redis,
+) -> None:
+    pipeliner = Pipeliner(standalone)
+    count = 5 * QUANTUM + 3
+    results = await asyncio.gather(
+        *(pipeliner.execute([("RPUSH", "order", f"{name}{i}") for i in range(count)]) for name in "xyz")
+    )
+    order = await _order(standalone)
+    for name in "xyz":
+        assert [o for o in order if o[0] == name] == [f"{name}{i}" for i in range(count)]
+    runs = [len(list(run)) for _, run in itertools.groupby(order, key=lambda o: o[0])]
+    assert max(runs) <= QUANTUM  # nobody ran a whole backlog while the others waited
+    # Each caller's replies are its own, in order, however its commands were split into turns.
+    assert [len(r) for r in results] == [count] * 3
+    for replies in results:
+        assert replies == sorted(replies)
+
+
+async def test_a_lone_caller_is_served_in_large_turns(standalone: Redis) -> None:
+    # Nobody else waits: a device replaying its outbox is not slowed to the turns that share Redis fairly.
+    pipeliner = Pipeliner(standalone)
+    replies = await pipeliner.execute([("INCR", "n")] * (LONE_QUANTUM + 1))
+    assert replies == list(range(1, LONE_QUANTUM + 2))
+
+
+def test_a_turn_never_ends_between_the_writes_and_the_wait_that_follows_them() -> None:
+    # WAIT/WAITAOF confirm the writes made earlier *on their connection*: a turn that ended just before
+    # the wait would send it alone, on whatever connection, confirming nothing of the writes.
+    assert chunk_end(total=10, start=0, quantum=8, tail=0) == 8
+    assert chunk_end(total=9, start=0, quantum=8, tail=1) == 9  # the wait goes with the last write
+    assert chunk_end(total=10, start=0, quantum=8, tail=1) == 8  # two commands left: a write and the wait
+    assert chunk_end(total=10, start=8, quantum=8, tail=1) == 10
+    assert chunk_end(total=3, start=0, quantum=8, tail=1) == 3
