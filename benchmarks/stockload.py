@@ -18,7 +18,7 @@ import msgspec
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from benchmarks.dialects import TOKEN_SECRET, Client, Reply, _as_bytes
+from benchmarks.dialects import TOKEN_SECRET, Client, Reply, _as_bytes, syncd_reserve
 from benchmarks.loadgen import Event, Queue, _report, _wait
 from benchmarks.stats import Histogram
 from protocol import codec, frames
@@ -36,11 +36,6 @@ TTL_MS: Final = 600_000
 CHANNEL: Final = "app"
 """The channel of an ``app`` token that names none: the shoppers reserve through it."""
 _reply = msgspec.msgpack.Decoder(Reply).decode
-
-
-def reserve_frame(seq: int, sku: str, member: str) -> bytes:
-    args = {"member": member, "sku": sku, "channel": CHANNEL, "qty": 1, "ttl_ms": TTL_MS}
-    return codec.encode(frames.Op(seq=seq, kind=rules.RESERVE, args=args))
 
 
 async def restock(url: str, sku: str, qty: int) -> None:
@@ -97,7 +92,7 @@ async def _shopper_pool(
         nonlocal ok, last_ok
         while True:
             client.seq += 1
-            data = reserve_frame(client.seq, sku, member)
+            data = syncd_reserve(client.seq, sku, member, TTL_MS)
             sent = time.monotonic_ns()
             await client.ws.send(data)
             while True:
