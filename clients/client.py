@@ -64,6 +64,7 @@ from clients.streams import RejectionStream, rejection_of
 from clients.types import TopicHandle, handle_type
 from clients.types.cart import Cart, CartView
 from clients.types.stock import Stock
+from clients.types.store import StoreStock
 from protocol import codec, frames
 from protocol import topics as topic_names
 from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
@@ -384,6 +385,19 @@ class SyncClient:
         stock = self._topic_handle(f"stock:{sku}", sku)
         assert isinstance(stock, Stock)
         return stock
+
+    def store(self, store: str, *, answer_recalls: bool = True, member: str | None = None) -> StoreStock:
+        """The allotments and recalls of ``store`` (a till's own: its token's store), synced from now on
+        (and across restarts) until unsubscribed. ``answer_recalls``: give back what ops recall, as ``member``
+        (default: the store id), when online (:class:`~clients.types.store.StoreStock`)."""
+        for key in (store, member or store):
+            if not topic_names.is_valid_key(key):
+                raise ValueError(f"store and member ids are 1-64 of [A-Za-z0-9._@-], not {key[:64]!r}")
+        handle = self._topic_handle(f"store:{store}", store)
+        assert isinstance(handle, StoreStock)
+        handle.answer_recalls = answer_recalls
+        handle.member = member or store
+        return handle
 
     def _topic_handle(self, topic: str, key: str) -> TopicHandle:
         self._engine.subscribe(topic)
@@ -933,7 +947,11 @@ class SyncClient:
                 log.warning("%s", event.error)
                 self._last_error = event.error
             elif isinstance(event, TopicSynced):
-                pass
+                # A handle that acts on its topic's state as it is (a store answering recalls) hears of every
+                # sync, even one that brought no change (a resume after a restart).
+                synced = getattr(self._topic_handles.get(event.topic), "_synced", None)
+                if synced is not None:
+                    synced()
         self._check_synced()
 
     def _changed(self, change: TopicChanged) -> None:

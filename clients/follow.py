@@ -1,4 +1,4 @@
-"""Which SKUs' stock the client follows for its open carts: sold-out reaching open carts (PROTOCOL.md §18.5).
+"""Which SKUs' stock the client follows for its open carts: sold-out reaching open carts (PROTOCOL.md §18.6).
 
 A cart holding a SKU hears when it sells out: the SDK subscribes ``stock:<sku>`` for the SKUs on the lines of
 every cart handle, and lets go once no cart line needs one. The hub does nothing special: it would otherwise

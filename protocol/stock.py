@@ -26,7 +26,7 @@ import copy
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Final, TypedDict
+from typing import Any, Final, NotRequired, TypedDict
 
 from protocol.errors import ErrorCode
 
@@ -38,10 +38,15 @@ RESERVE: Final = "stock.reserve"
 COMMIT: Final = "stock.commit"
 RELEASE: Final = "stock.release"
 SELL: Final = "stock.sell"
-KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, RESERVE, COMMIT, RELEASE, SELL})
+ADJUST: Final = "stock.adjust"
+RECALL: Final = "stock.recall"
+YIELD: Final = "stock.yield"
+KINDS: Final = frozenset(
+    {RESTOCK, ALLOT, QUOTA, LIMIT, RESERVE, COMMIT, RELEASE, SELL, ADJUST, RECALL, YIELD}
+)
 EXPIRE: Final = "stock.expire"
 """The kind of the event a sweep appends when it returns expired holds (no op causes it: no origin)."""
-ADMIN_KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT})
+ADMIN_KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, ADJUST, RECALL})
 """Ops only an ``ops`` token may make."""
 
 MAX_QTY: Final = 1_000_000
@@ -62,6 +67,13 @@ class Hold(TypedDict):
     """Unix ms after which the hold is expired: it can no longer be committed and returns to the pool."""
 
 
+class Recall(TypedDict):
+    qty: int
+    """Units ops ask the store to give back and have not got yet."""
+    to: str
+    """The store they go to (a rebalance), or ``""``: the pool."""
+
+
 class Stock(TypedDict):
     on_hand: int
     pool: int
@@ -73,6 +85,8 @@ class Stock(TypedDict):
     limit: int
     bought: dict[str, int]
     holds: dict[str, Hold]
+    recall: NotRequired[dict[str, Recall]]
+    """Store -> what ops recall of its allotment: nothing moves until the store's till yields it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +101,10 @@ class Op:
     store: str = ""
     rid: str = ""
     until: int = 0
+    delta: int = 0
+    """``adjust``: the stock-take correction of ``on_hand`` (negative: units found missing)."""
+    to: str = ""
+    """``recall``/``yield``: the store a rebalance moves units to (``""``: the pool)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,7 +149,9 @@ def apply(stock: Stock, op: Op, now: int) -> Outcome:
     code = _apply(s, op, now)
     if code is not None:
         return Outcome(stock, code)
-    result = {"rid": op.rid} if op.kind == RESERVE else None
+    result: dict[str, Any] | None = {"rid": op.rid} if op.kind == RESERVE else None
+    if op.kind == YIELD:
+        result = {"moved": stock["allot"].get(op.store, 0) - s["allot"].get(op.store, 0)}
     return Outcome(s, None, result)
 
 
@@ -211,8 +231,60 @@ def _apply(s: Stock, op: Op, now: int) -> ErrorCode | None:
         s["on_hand"] -= op.qty
         s["sold"] += op.qty
     else:
-        return ErrorCode.UNKNOWN_OP
+        return _apply_escrow(s, op)
     return None
+
+
+def _apply_escrow(s: Stock, op: Op) -> ErrorCode | None:
+    """The ops that correct or move escrow after the fact: ``adjust`` (a stock take) and, with it, whatever
+    else is not one of the eight original kinds."""
+    if op.kind == ADJUST:
+        # A stock take corrects on_hand through the pool: units found missing can only come from it, since
+        # an allotment belongs to its store and a hold to its shopper.
+        if -op.delta > s["pool"]:
+            return ErrorCode.INSUFFICIENT_STOCK
+        s["on_hand"] += op.delta
+        s["pool"] += op.delta
+        return None
+    if op.kind in (RECALL, YIELD) and op.to == op.store:
+        return ErrorCode.BAD_ARGS  # a rebalance moves units to another store
+    if op.kind == RECALL:
+        # A recall moves nothing: the hub never takes escrow from a store (it may be offline and selling).
+        # It asks; the store's till answers with ``yield`` in its own op sequence, after its sales.
+        recalls = s.setdefault("recall", {})
+        if op.qty == 0:
+            recalls.pop(op.store, None)
+        else:
+            recalls[op.store] = {"qty": op.qty, "to": op.to}
+        return None
+    if op.kind == YIELD:
+        _yield(s, op)
+        return None
+    return ErrorCode.UNKNOWN_OP
+
+
+def yielded(stock: Stock, op: Op) -> int:
+    """The units a ``yield`` moves: what it offers, capped by the recall it answers (same ``to``: a recall
+    redirected meanwhile is not the one it answers, so 0) and by the store's allotment, never below zero."""
+    recall = stock.get("recall", {}).get(op.store)
+    if recall is None or recall["to"] != op.to:
+        return 0
+    return max(0, min(op.qty, recall["qty"], stock["allot"].get(op.store, 0)))
+
+
+def _yield(s: Stock, op: Op) -> None:
+    moved = yielded(s, op)
+    if moved == 0:
+        return
+    s["allot"][op.store] -= moved
+    if op.to:
+        s["allot"][op.to] = s["allot"].get(op.to, 0) + moved
+    else:
+        s["pool"] += moved
+    recalls = s["recall"]
+    recalls[op.store]["qty"] -= moved
+    if recalls[op.store]["qty"] == 0:
+        del recalls[op.store]
 
 
 def _reserve(s: Stock, op: Op, now: int) -> ErrorCode | None:

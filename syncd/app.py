@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol.errors import BackendUnavailable
-from syncd import __version__, dashboard
+from syncd import __version__, dashboard, opsapi
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
 from syncd.generations import GenerationWatcher
@@ -139,6 +139,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *dashboard.routes(),
+            *opsapi.routes(),
             *_websocket_routes(),
         ],
         lifespan=lifespan,

@@ -30,6 +30,7 @@ from syncd.metrics import Metrics
 from syncd.session import RateLimit, Session, Subscription
 from syncd.settings import Settings
 from syncd.store.redis_store import HISTORY_LIMIT, OpOutcome, RedisStore
+from syncd.storefeed import StoreFeed
 from syncd.telemetry import REPLAY_AGE_MS, Telemetry
 
 log = logging.getLogger("syncd.hub")
@@ -50,6 +51,8 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.feed = StoreFeed(store)
+        """Feeds the topics of the stores whose allotments ops change (:mod:`syncd.storefeed`)."""
         self.fanout = fanout
         self.verifier = verifier
         self.sessions: set[Session] = set()
@@ -242,11 +245,23 @@ class Hub:
         principal = session.principal
         granted, retry = session.rate.take(now_ms(), len(ops))
         if granted:
+            try:
+                marks = await self.feed.mark(principal.client_id, ops[:granted])
+            except BackendUnavailable as exc:  # not marked: not run either, the client sends them again
+                self.refused(principal, None, ops[0].seq)
+                return self._error(
+                    session,
+                    ErrorCode.UNAVAILABLE,
+                    str(exc),
+                    ops[0].seq,
+                    RETRY_AFTER_UNAVAILABLE_MS,
+                    frames.ABOUT_OP,
+                )
             started = time.perf_counter()
             batch = await self.store.apply_ops(
                 principal.client_id,
                 ops[:granted],
-                check=_scope_check(principal),
+                check=scope_check(principal),
                 known_last=session.known_last,
             )
             if self.metrics is not None:
@@ -257,6 +272,8 @@ class Hub:
                     self.telemetry.event("rejected", principal, seq=outcome.seq, code=outcome.code or "")
             if batch.outcomes:
                 self._log_replay(session, ops[: len(batch.outcomes)], batch.outcomes)
+            if marks:
+                self.spawn(self.feed.forward(principal.client_id, marks, [o.seq for o in batch.outcomes]))
             if batch.outcomes:
                 session.known_last = max(session.known_last or 0, batch.outcomes[-1].seq)
             if batch.error is not None:
@@ -378,15 +395,18 @@ class Ticker:
             self._task = None
 
 
-def _scope_check(principal: Principal) -> Callable[[OpArgs], None]:
+def scope_check(principal: Principal) -> Callable[[OpArgs], None]:
     """Ops act for a member: the token must hold it (a rejection, settled like any other); admin ops need an
-    ``ops`` token, and an op's ``channel`` or ``store`` must be the token's own."""
+    ``ops`` token, till-only ops a ``pos`` token, and an op's ``channel`` or ``store`` must be the token's
+    own."""
 
     def check(args: OpArgs) -> None:
         if not principal.may_act_for(args.member):
             raise OpRejected(ErrorCode.NOT_PERMITTED, "member outside the token's scope")
-        if principal.role is Role.OPS:
+        if principal.role is Role.OPS and not args.till_only:
             return
+        if args.till_only and principal.role is not Role.POS:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "only the store's own till may make this op")
         if args.admin:
             raise OpRejected(ErrorCode.NOT_PERMITTED, "an ops token is needed for this op")
         # An op acting through a channel or a store acts through the token's own (PROTOCOL.md §18).

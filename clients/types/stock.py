@@ -55,7 +55,8 @@ class StockView(LocalView):
         super().__init__(record, me)
         self.sku = record.topic.partition(":")[2]
         self.server: dict[str, Any] = dict(record.state) if record.state is not None else dict(_EMPTY)
-        self._sales: dict[int, tuple[str, int]] = {}  # seq -> (store, qty) of our sales not reflected
+        # seq -> (store, qty, sold) of our sales (sold) and yields not reflected: both leave the allotment
+        self._sales: dict[int, tuple[str, int, bool]] = {}
         self._acked: dict[
             int, _Effect
         ] = {}  # seq -> effect of our acked reserve/commit/release not reflected
@@ -65,8 +66,10 @@ class StockView(LocalView):
         return TopicRecord(self.topic, self.server if self.has_state else None, self.cursor, self.reflected)
 
     def add_op(self, op: frames.Op) -> None:
-        if op.kind == rules.SELL and op.seq > self.reflected:
-            self._sales[op.seq] = (op.args["store"], op.args["qty"])
+        if op.kind in (rules.SELL, rules.YIELD) and op.seq > self.reflected:
+            # A yield counts in full until reflected (the hub may move less): a sale made after it must fit
+            # what is left even if all of it moves.
+            self._sales[op.seq] = (op.args["store"], op.args["qty"], op.kind == rules.SELL)
         elif op.kind == rules.RESERVE:  # its rid is ours to know: "<client_id>/<seq>" (PROTOCOL.md §18)
             self._holds[f"{self._me}/{op.seq}"] = (op.args["qty"], op.args["channel"])
             while len(self._holds) > _MAX_HOLDS:  # forget the oldest (long expired, most likely)
@@ -128,17 +131,18 @@ class StockView(LocalView):
 
     def allotment(self, store: str) -> int:
         """What ``store``'s tills may still sell: its allotment as last synced minus our unreflected sales."""
-        own = sum(qty for s, qty in self._sales.values() if s == store)
+        own = sum(qty for s, qty, _ in self._sales.values() if s == store)
         return int(self.server["allot"].get(store, 0)) - own
 
     def view(self) -> dict[str, Any]:
         """The server's view with our unreflected sales applied."""
         out = dict(self.server)
         allot = dict(out["allot"])
-        for store, qty in self._sales.values():
+        for store, qty, sold in self._sales.values():
             allot[store] = allot.get(store, 0) - qty
-            out["on_hand"] -= qty
-            out["sold"] += qty
+            if sold:
+                out["on_hand"] -= qty
+                out["sold"] += qty
         out["allot"] = allot
         if self._acked:
             atp = dict(out["atp"])

@@ -60,6 +60,36 @@ class StockLimit(AdminArgs, frozen=True):
     qty: Bound
 
 
+class StockAdjust(AdminArgs, frozen=True):
+    """``stock.adjust``: a stock take found ``delta`` units more (or, negative, fewer) on hand than counted;
+    the correction goes through the pool (``insufficient_stock`` when the pool cannot absorb a shortfall).
+    ``reason`` is kept in the event, so the topic's history says why on_hand changed."""
+
+    delta: Annotated[int, msgspec.Meta(ge=-rules.MAX_QTY, le=rules.MAX_QTY)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class StockRecall(AdminArgs, frozen=True):
+    """``stock.recall``: ask ``store`` to give back ``qty`` of its allotment, to the pool or (``to``) to
+    another store; 0 withdraws the recall. Nothing moves until the store's till answers with ``stock.yield``:
+    the hub never takes escrow from a store, which may be offline and selling it."""
+
+    store: Key
+    qty: Bound
+    to: Key | None = None
+
+
+class StockYield(StockArgs, frozen=True):
+    """``stock.yield``: a till gives back up to ``qty`` of its store's allotment, answering the recall whose
+    ``to`` it names; the hub moves ``min(qty, recall, allotment)``, result ``{"moved": n}``. Only a ``pos``
+    token of the store may: a store's escrow leaves only with its own acknowledgement."""
+
+    store: Key
+    qty: Qty
+    to: Key | None = None
+    till_only: ClassVar[bool] = True
+
+
 class StockReserve(StockArgs, frozen=True):
     """``stock.reserve``: hold ``qty`` for ``member`` through ``channel``; result ``rid`` and ``until``.
 
@@ -119,6 +149,9 @@ STOCK = DataType(
         rules.COMMIT: StockCommit,
         rules.RELEASE: StockRelease,
         rules.SELL: StockSell,
+        rules.ADJUST: StockAdjust,
+        rules.RECALL: StockRecall,
+        rules.YIELD: StockYield,
     },
     key_field="sku",
     state=StockView,

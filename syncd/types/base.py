@@ -34,6 +34,8 @@ class Sweep:
     epoch: Callable[[], str]
     log_argv: tuple[int, int, int]
     """``(maxlen, max_age_ms, max_bytes)`` of a topic's history."""
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    """How long an op may still be replayed (the dedup retention): what waits on an op forgets it after."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
