@@ -177,7 +177,8 @@ class SyncClient:
 
     The client reports its backlog and latency to the hub (``ping.stats``, PROTOCOL.md §6.12) as soon as a
     session opens — before it replays its outbox, so the hub's POS fleet view sees what a till kept while
-    offline — and then at least every ``report_interval_ms``: a busy connection is never idle, so never pings.
+    offline — again as soon as that replay has drained the outbox, and then at least every
+    ``report_interval_ms``: a busy connection is never idle, so never pings.
     """
 
     def __init__(
@@ -796,6 +797,7 @@ class SyncClient:
         proto.connect(self._clock())
         opened_ms: int | None = None
         report_due: int | None = None  # the next report, whether or not the connection goes idle
+        replaying = False  # the session opened with a backlog: report again once it is drained
         while True:
             await self._send(ws, proto)
             if not self._want_online or self._closing:
@@ -818,6 +820,10 @@ class SyncClient:
                 if opened_ms is None and engine.is_open:
                     opened_ms = now
                     report_due = now  # the backlog as it stands, before _pump_engine replays any of it
+                    replaying = engine.pending > 0
+            if replaying and not engine.pending:
+                replaying = False
+                report_due = now  # drained: say so now, not a heartbeat or an interval later
             due = proto.next_deadline()
             if (due is not None and now >= due) or (report_due is not None and now >= report_due):
                 proto.set_stats(engine.stats(now))  # the ping about to go out carries them

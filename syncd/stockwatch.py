@@ -62,8 +62,12 @@ def _row(flat: dict[Any, Any], holds: int) -> dict[str, Any] | None:
             stock["taken"][key] = value
         elif kind == "a:":
             stock["allot"][key] = value
-        elif name in ("on_hand", "pool", "sold"):
-            stock[name] = value  # type: ignore[literal-required]
+        elif name == "on_hand":
+            stock["on_hand"] = value
+        elif name == "pool":
+            stock["pool"] = value
+        elif name == "sold":
+            stock["sold"] = value
         elif name == "held":
             held = value
     atp = {"*": rules.atp(stock, "*")} | {

@@ -282,6 +282,21 @@ async def test_a_reconnecting_client_reports_its_backlog_before_it_replays_the_o
     assert any(kind in ("Op", "OpBatch") for kind in kinds[1:])
 
 
+async def test_a_client_reports_again_as_soon_as_its_replay_has_drained_the_outbox(data_dir: Path) -> None:
+    """The fleet view must not show a drained till's old backlog until its next heartbeat or interval."""
+    async with (
+        FakeHubServer(heartbeat_ms=600_000) as server,
+        client(server, data_dir, online=False, report_interval_ms=600_000) as c,
+    ):
+        for sku in ("A", "B", "C"):
+            await c.cart("m1").add(sku, 1)
+        await c.go_online()
+        first = await asyncio.wait_for(server.next_stats(), 10)
+        drained = await asyncio.wait_for(server.next_stats(), 10)
+    assert (first["outbox"], drained["outbox"]) == (3.0, 0.0)
+    assert drained["outbox_age_ms"] == 0.0
+
+
 async def test_a_busy_client_reports_every_report_interval_however_long_its_heartbeat(
     data_dir: Path,
 ) -> None:

@@ -1,4 +1,5 @@
-"""What ops see of real hub processes: /metrics (parsed as Prometheus does), labels, the structured log."""
+"""What ops see of real hub processes: /metrics (parsed as Prometheus does), labels, stock counters, the
+structured log, and the dashboard feed's latency percentiles over two processes."""
 
 from __future__ import annotations
 
