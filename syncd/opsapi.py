@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
@@ -227,9 +228,12 @@ async def write(
 
 async def apply(hub: Hub, who: Principal, client_id: str, op: frames.Op) -> Response:
     """Apply ``op`` as the one op of ``client_id`` and answer its outcome as JSON."""
+    started = time.perf_counter()
     try:
         marks = await hub.feed.mark(client_id, [op])  # the stores it may change (syncd/storefeed.py)
         outcome = await hub.store.apply_op(client_id, op, check=scope_check(who))
+        if hub.metrics is not None:  # an HTTP write is an op like a websocket one: counted the same way
+            hub.metrics.settled(who.channel, [op], [outcome], time.perf_counter() - started)
         await hub.feed.forward(client_id, marks, [op.seq])
         await hub.store.retire_client(client_id)
     except BackendUnavailable as exc:  # the outcome is unknown: retry with the same Idempotency-Key

@@ -164,3 +164,26 @@ def test_redis_down_is_503_with_retry_after_and_a_bad_sku_is_400(
         ):
             assert (response.status_code, response.json()["code"]) == (503, "unavailable")
             assert response.headers["retry-after"] == "1"
+
+
+def test_http_writes_count_in_the_metrics_like_websocket_ops(redis_server: EmbeddedRedis) -> None:
+    """An ops change made over HTTP is an op like any other: /metrics counts it, accepted or by code."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples(http: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = http.get("/metrics").text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    with app_for(redis_server) as http:
+        assert http.post("/ops/stock/M1/restock", json={"qty": 3}, headers=OPS).status_code == 200
+        too_many = http.post("/ops/stock/M1/allot", json={"store": "s1", "qty": 9}, headers=OPS)
+        assert too_many.status_code == 409
+        got = samples(http)
+    accepted = {k: v for k, v in got.items() if k[0] == "syncd_ops_accepted_total"}
+    rejected = {k: v for k, v in got.items() if k[0] == "syncd_ops_rejected_total"}
+    assert sum(accepted.values()) == 1
+    assert [dict(k[1])["code"] for k, v in rejected.items() if v] == ["insufficient_stock"]
