@@ -23,7 +23,6 @@ so an orchestrator can start hub and Redis in any order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -62,6 +61,7 @@ from syncd.settings import ConfigError, Settings
 from syncd.store.keys import channel
 from syncd.store.redis_store import RedisStore
 from syncd.sweeper import sweep_forever
+from syncd.tasks import stop
 
 log = logging.getLogger("syncd.app")
 
@@ -121,17 +121,13 @@ def create_app(settings: Settings) -> Starlette:
                 yield
             finally:
                 for task in background:  # hub-wide loops, stopped before the hub closes
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await stop(task)
                 if publisher is not None:
                     await publisher.withdraw()
                 await hub.close()
                 await hub.fanout.close()
         finally:
-            reaping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaping
+            await stop(reaping)
             await close_client(client)
 
     app = Starlette(

@@ -10,7 +10,6 @@ Cluster), and :class:`~syncd.fanout.Fanout` brings changes applied anywhere to e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -31,6 +30,7 @@ from syncd.session import RateLimit, Session, Subscription
 from syncd.settings import Settings
 from syncd.store.redis_store import HISTORY_LIMIT, OpOutcome, RedisStore
 from syncd.storefeed import StoreFeed
+from syncd.tasks import stop
 from syncd.telemetry import REPLAY_AGE_MS, Telemetry
 
 log = logging.getLogger("syncd.hub")
@@ -345,9 +345,7 @@ class Hub:
     async def close(self) -> None:
         await self.ticker.close()
         for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
         for session in list(self.sessions):
             session.close(CloseCode.GOING_AWAY, "hub shutting down")
 
@@ -389,9 +387,7 @@ class Ticker:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop(self._task)
             self._task = None
 
 
