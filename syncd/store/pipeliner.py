@@ -9,13 +9,13 @@ connections) so the hub prepares and reads one while Redis runs another: a batch
 an idle hub still sends a lone op at once.
 
 Callers are served in turns, not in arrival order (docs/traps.md §20), the way a fair-queueing router
-serves flows (deficit round-robin with new flows first, as in fq_codel): a caller puts at most
-:data:`QUANTUM` commands into a pipeline, the rest of its commands join the *backlog*, and the backlog is
-served round-robin, one quantum per pipeline and one such pipeline under way at a time, while every caller
-that has just arrived gets its first turn in the next pipeline. A connection flooding hundreds of ops
-(0.1–0.3 ms of Lua each) then holds Redis for a few of them at a time, and another device's single op
-waits for a turn, not for the flood's backlog. A caller alone takes turns of :data:`LONE_QUANTUM`, so a
-device replaying its outbox on a quiet hub keeps most of the batching.
+serves flows (deficit round-robin with sparse flows first, as in fq_codel): a short request (at most
+:data:`QUANTUM` commands: a device's op or few) goes whole into the next pipeline; a longer one joins the
+*backlog*, served round-robin a quantum at a time, one quantum per pipeline and one such pipeline under way
+at a time. A connection flooding hundreds of ops (0.1–0.3 ms of Lua each) then holds Redis for a few of
+them at a time, and another device's op waits for one turn, not for the flood's backlog. A caller alone
+takes turns of :data:`LONE_QUANTUM`, so a device replaying its outbox on a quiet hub keeps most of the
+batching.
 
 A caller's commands run in order and a caller sees the same replies (or errors) as with a pipeline of its
 own: its turns are contiguous within their pipelines, and its next turn is sent only after the previous
@@ -70,8 +70,8 @@ class Pipeliner:
 
     def __init__(self, client: RedisClient) -> None:
         self._client = client
-        self._fresh: deque[_Caller] = deque()  # callers none of whose commands is sent yet
-        self._backlog: deque[_Caller] = deque()  # callers that had a turn and have more to send
+        self._fresh: deque[_Caller] = deque()  # short requests, sent whole in the next pipeline
+        self._backlog: deque[_Caller] = deque()  # long requests, served a turn at a time, round-robin
         self._backlog_under_way = False  # a pipeline with turns from the backlog has not returned
         self._callers = 0  # execute() calls not answered yet: who shares Redis now
         self._running = 0  # flushers under way, counted synchronously (a done callback would come late)
@@ -85,7 +85,9 @@ class Pipeliner:
         may or may not have run; those of later turns were not sent).
         """
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._fresh.append(_Caller(commands, tail, future))
+        caller = _Caller(commands, tail, future)
+        # A short request (a device's op or few) goes first; a long one (a flood, a replay) joins the backlog.
+        (self._fresh if len(commands) <= QUANTUM else self._backlog).append(caller)
         self._callers += 1
         try:
             if self._running < IN_FLIGHT:
@@ -101,8 +103,8 @@ class Pipeliner:
         return bool(self._fresh) or (bool(self._backlog) and not self._backlog_under_way)
 
     def _turns(self) -> tuple[list[tuple[_Caller, int, int]], bool]:
-        """The next pipeline's turns: a first turn for every new caller, then turns from the backlog (in
-        order, round-robin) up to one quantum in all, unless a pipeline of backlog turns is under way."""
+        """The next pipeline's turns: every short request, whole, then turns from the backlog (in order,
+        round-robin) up to one quantum in all, unless a pipeline of backlog turns is under way."""
         quantum = LONE_QUANTUM if self._callers == 1 else QUANTUM
         turns: list[tuple[_Caller, int, int]] = []
         fresh, self._fresh = self._fresh, deque()

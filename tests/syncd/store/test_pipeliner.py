@@ -121,6 +121,17 @@ async def test_a_caller_queued_behind_a_long_backlog_is_served_within_one_quantu
     assert [item for item in order if item != "b"] == [f"a{i}" for i in range(300)]
 
 
+async def test_a_short_request_goes_whole_ahead_of_a_long_one_queued_before_it(standalone: Redis) -> None:
+    # A device's few ops are a short request: sent whole in the next pipeline, before any turn of the long
+    # one (a flood's run) that was queued first.
+    pipeliner = Pipeliner(standalone)
+    long = pipeliner.execute([("RPUSH", "order", f"a{i}") for i in range(100)])
+    short = pipeliner.execute([("RPUSH", "order", f"b{i}") for i in range(QUANTUM)])
+    await asyncio.gather(long, short)
+    order = await _order(standalone)
+    assert order[:QUANTUM] == [f"b{i}" for i in range(QUANTUM)]
+
+
 async def test_a_caller_arriving_while_backlogs_are_served_waits_for_a_turn_of_them(
     standalone: Redis,
 ) -> None:
