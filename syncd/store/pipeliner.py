@@ -10,12 +10,12 @@ an idle hub still sends a lone op at once.
 
 Callers are served in turns, not in arrival order (docs/traps.md §20), the way a fair-queueing router
 serves flows (deficit round-robin with sparse flows first, as in fq_codel): a short request (at most
-:data:`QUANTUM` commands: a device's op or few) goes whole into the next pipeline; a longer one joins the
-*backlog*, served round-robin a quantum at a time, one quantum per pipeline and one such pipeline under way
-at a time. A connection flooding hundreds of ops (0.1–0.3 ms of Lua each) then holds Redis for a few of
-them at a time, and another device's op waits for one turn, not for the flood's backlog. A caller alone
-takes turns of :data:`LONE_QUANTUM`, so a device replaying its outbox on a quiet hub keeps most of the
-batching.
+:data:`QUANTUM` commands: a device's op or few) goes whole into the next pipeline of short requests; a
+longer one joins the *backlog*, served round-robin a quantum at a time, one quantum per pipeline and one
+such pipeline under way at a time. The two never share a pipeline, whose replies come back together. A
+connection flooding hundreds of ops (0.1–0.3 ms of Lua each) then holds Redis for a few of them at a time,
+and another device's op waits for one turn, not for the flood's backlog. A caller alone takes turns of
+:data:`LONE_QUANTUM`, so a device replaying its outbox on a quiet hub keeps most of the batching.
 
 A caller's commands run in order and a caller sees the same replies (or errors) as with a pipeline of its
 own: its turns are contiguous within their pipelines, and its next turn is sent only after the previous
@@ -90,11 +90,7 @@ class Pipeliner:
         (self._fresh if len(commands) <= QUANTUM else self._backlog).append(caller)
         self._callers += 1
         try:
-            if self._running < IN_FLIGHT:
-                self._running += 1
-                task = asyncio.create_task(self._flush(), name="syncd-pipeliner")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._start_flusher()
             return await future
         finally:
             self._callers -= 1
@@ -102,30 +98,35 @@ class Pipeliner:
     def _ready(self) -> bool:
         return bool(self._fresh) or (bool(self._backlog) and not self._backlog_under_way)
 
+    def _start_flusher(self) -> None:
+        if self._running < IN_FLIGHT and self._ready():
+            self._running += 1
+            task = asyncio.create_task(self._flush(), name="syncd-pipeliner")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     def _turns(self) -> tuple[list[tuple[_Caller, int, int]], bool]:
-        """The next pipeline's turns: every short request, whole, then turns from the backlog (in order,
-        round-robin) up to one quantum in all, unless a pipeline of backlog turns is under way."""
-        quantum = LONE_QUANTUM if self._callers == 1 else QUANTUM
-        turns: list[tuple[_Caller, int, int]] = []
-        fresh, self._fresh = self._fresh, deque()
-        for caller in fresh:
-            if not caller.future.done():  # a caller cancelled before its first turn sends nothing
-                end = chunk_end(total=len(caller.commands), start=0, quantum=quantum, tail=caller.tail)
-                turns.append((caller, 0, end))
-        backlog = False
-        budget = quantum
-        while self._backlog and budget > 0 and not self._backlog_under_way:
-            caller = self._backlog.popleft()
-            if caller.future.done():  # cancelled between turns: the rest is not sent
-                continue
-            start = caller.sent
-            end = chunk_end(total=len(caller.commands), start=start, quantum=budget, tail=caller.tail)
-            turns.append((caller, start, end))
-            budget -= end - start
-            backlog = True
+        """The next pipeline's turns, and whether they are the backlog's: every short request, whole, if
+        there is any — alone, as a pipeline's replies come back together and a device's op must not wait
+        for a flood's turn — else turns from the backlog (in order, round-robin) up to one quantum in all."""
+        fresh = [caller for caller in self._fresh if not caller.future.done()]  # cancelled: nothing sent
+        self._fresh.clear()
+        if fresh:
+            turns = [(caller, 0, len(caller.commands)) for caller in fresh]
+        else:
+            turns = []
+            budget = LONE_QUANTUM if self._callers == 1 else QUANTUM
+            while self._backlog and budget > 0:
+                caller = self._backlog.popleft()
+                if caller.future.done():  # cancelled between turns: the rest is not sent
+                    continue
+                start = caller.sent
+                end = chunk_end(total=len(caller.commands), start=start, quantum=budget, tail=caller.tail)
+                turns.append((caller, start, end))
+                budget -= end - start
         for caller, _, end in turns:
             caller.sent = end
-        return turns, backlog
+        return turns, not fresh
 
     async def _flush(self) -> None:
         try:
@@ -163,6 +164,8 @@ class Pipeliner:
                         caller.future.set_result(caller.replies)
                     else:  # its next turn, behind the backlog and after whoever arrived meanwhile
                         self._backlog.append(caller)
+                if backlog and self._fresh:  # this flusher serves them; another takes the backlog's next turn
+                    self._start_flusher()
         finally:
             self._running -= 1
             if self._running == 0:  # callers still waiting now only if this one was cancelled (hub shutdown):
