@@ -15,12 +15,13 @@ from typing import Any
 
 from benchmarks.isolation import isolation
 from benchmarks.profiles import FULL, PROFILES
+from benchmarks.stock import flashsale, stockwatch
 from benchmarks.systems import scratch_dir
 from benchmarks.workloads import WORKLOADS as MEASURED
 from benchmarks.workloads import Result, log
 from syncd.embedded import find_server_binary, server_version
 
-WORKLOADS = {**MEASURED, "isolation": isolation}
+WORKLOADS = {**MEASURED, "isolation": isolation, "flashsale": flashsale, "stockwatch": stockwatch}
 
 
 def machine() -> dict[str, Any]:

@@ -67,6 +67,12 @@ def syncd_sub(topic: str, request_id: int = 1) -> bytes:
     return codec.encode(frames.Subscribe(id=request_id, topic=topic))
 
 
+def syncd_reserve(seq: int, sku: str, member: str, ttl_ms: int = 600_000) -> bytes:
+    """``stock.reserve`` of 1 unit through the ``app`` channel (an ``app`` token's own when it names none)."""
+    args = {"member": member, "sku": sku, "channel": "app", "qty": 1, "ttl_ms": ttl_ms}
+    return codec.encode(frames.Op(seq=seq, kind="stock.reserve", args=args))
+
+
 def syncd_ping() -> bytes:
     return codec.encode(frames.Ping(ts=0))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import resource
 import time
@@ -17,7 +18,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from benchmarks.dialects import HEARTBEAT_PING_S, Client, Dialect, syncd_ping
+from benchmarks.dialects import HEARTBEAT_PING_S, Client, Dialect, syncd_ping, syncd_reserve
 from benchmarks.stats import Histogram
 
 SKUS = tuple(f"SKU-{i}" for i in range(8))
@@ -69,18 +70,24 @@ async def _paced(rate: float, seconds: float, send: Callable[[], Awaitable[None]
 
 
 class _Writer:
-    """One writing device: sends ``cart.add`` ops open-loop, records send times, counts the replies."""
+    """One writing device: sends ``cart.add`` ops open-loop (``stock.reserve`` of ``sku`` when one is
+    given), records send times, counts the replies."""
 
-    def __init__(self, client: Client, member: str) -> None:
+    def __init__(self, client: Client, member: str, sku: str | None = None) -> None:
         self.client = client
         self.member = member
+        self.sku = sku
         self.sends: dict[int, int] = {}
         self.acked = 0
         self.refused: dict[str, int] = {}
         self._reader = asyncio.create_task(self._read())
 
     async def send(self) -> None:
-        data = self.client.op(self.member, SKUS[self.client.seq % len(SKUS)])
+        if self.sku is not None:
+            self.client.seq += 1
+            data: bytes | str = syncd_reserve(self.client.seq, self.sku, self.member)
+        else:
+            data = self.client.op(self.member, SKUS[self.client.seq % len(SKUS)])
         self.sends[self.client.seq] = time.monotonic_ns()
         await self.client.ws.send(data)
 
@@ -263,17 +270,39 @@ async def _write_pool(
 
 
 def fanout_publisher(
-    dialect: Dialect, url: str, member: str, ramp: dict[str, float], ready: Event, go: Event, out: Queue
+    dialect: Dialect,
+    url: str,
+    member: str,
+    ramp: dict[str, float],
+    ready: Event,
+    go: Event,
+    out: Queue,
+    sku: str | None = None,
 ) -> None:
-    _report(out, _fanout_publisher(dialect, url, member, ramp, ready, go))
+    """The fan-out ramp's writer and its monitor subscriber: ``cart.add`` to ``cart:<member>``, or, with a
+    ``sku``, ``stock.reserve`` of it watched on ``stock:<sku>`` (``stockwatch``)."""
+    _report(out, _fanout_publisher(_Publisher(dialect, url, member, sku), ramp, ready, go))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Publisher:
+    dialect: Dialect
+    url: str
+    member: str
+    sku: str | None
+
+    @property
+    def topic(self) -> str:
+        return f"stock:{self.sku}" if self.sku is not None else f"cart:{self.member}"
 
 
 async def _fanout_publisher(
-    dialect: Dialect, url: str, member: str, ramp: dict[str, float], ready: Event, go: Event
+    pub: _Publisher, ramp: dict[str, float], ready: Event, go: Event
 ) -> dict[str, Any]:
-    writer = _Writer(await Client.open(dialect, url, "pub-0", member), member)
+    dialect, url, member = pub.dialect, pub.url, pub.member
+    writer = _Writer(await Client.open(dialect, url, "pub-0", member), member, pub.sku)
     monitor_client = await Client.open(dialect, url, "mon-0", member)
-    await monitor_client.subscribe(f"cart:{member}")
+    await monitor_client.subscribe(pub.topic)
     monitor = _Receiver(monitor_client)
     pinger = asyncio.create_task(_keepalive([writer.client, monitor_client]))
     ready.set()

@@ -49,6 +49,16 @@ class Profile:
     """``isolation``: the victim's ops (one at a time) in each scenario."""
     isolation_warmup_s: float = 2.0
     """``isolation``: how long an attack runs before the victim starts measuring."""
+    flash_clients: int = 1000
+    """``flashsale``: shoppers reserving through the hub, each closed-loop until sold out."""
+    flash_procs: int = 2
+    flash_units: int = 30_000
+    """``flashsale``: units on sale (reservations that succeed)."""
+    flash_floor_workers: int = 16
+    flash_floor_depth: int = 32
+    """``flashsale`` floor: connections, and reservations pipelined on each at a time."""
+    watch_subs: tuple[int, ...] = (1000, 5000)
+    """``stockwatch``: subscribers of ``stock:<sku>``, one measurement per count."""
     quiet_wait_s: float = 30.0
     """Before measuring a system, wait up to this long for the machine to be idle (other users' work)."""
     rounds: int = 2
@@ -72,6 +82,9 @@ QUICK = Profile(
     replay_pending=20_000,
     isolation_ops=300,
     isolation_warmup_s=1.0,
+    flash_clients=300,
+    flash_units=5000,
+    watch_subs=(1000,),
     quiet_wait_s=0.0,
     rounds=1,
 )
@@ -92,6 +105,12 @@ SMOKE = Profile(
     conns_settle_s=0.3,
     replay_ops=300,
     replay_pending=2000,
+    flash_clients=20,
+    flash_procs=1,
+    flash_units=300,
+    flash_floor_workers=2,
+    flash_floor_depth=8,
+    watch_subs=(20,),
     isolation_ops=30,
     isolation_warmup_s=0.3,
     quiet_wait_s=0.0,

@@ -25,12 +25,21 @@ from clients.errors import (
     UnexpectedEvent,
 )
 from clients.handles import OpHandle
-from clients.models import CartChange, CartConflict, CartLine, CartState, ConnectionState, Rejection, Status
+from clients.models import (
+    CartChange,
+    CartConflict,
+    CartLine,
+    CartState,
+    ConnectionState,
+    Rejection,
+    SoldOut,
+    Status,
+)
 from clients.reconnect import backoff
 from clients.store import SQLiteOutbox
-from clients.sync import CartSync, OpHandleSync, SyncClientSync
+from clients.sync import CartSync, OpHandleSync, StockSync, SyncClientSync
 from clients.types.cart import Cart
-from clients.types.stock import Stock, StockState
+from clients.types.stock import Stock, StockChange, StockState
 
 __all__ = [
     "AuthRequired",
@@ -53,9 +62,12 @@ __all__ = [
     "ProtocolError",
     "Rejection",
     "SQLiteOutbox",
+    "SoldOut",
     "Status",
     "Stock",
+    "StockChange",
     "StockState",
+    "StockSync",
     "SubscriptionRefused",
     "SyncClient",
     "SyncClientSync",

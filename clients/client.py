@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
@@ -50,6 +50,7 @@ from clients.engine import (
     TopicSynced,
 )
 from clients.errors import AuthRequired, ClientClosed, ClientStopped, OutboxStalled
+from clients.follow import DEFAULT_FOLLOW_STOCK, StockFollows
 from clients.handles import Gate, OpHandle, handle_for, handles_for_pending
 from clients.models import (
     CartConflict,
@@ -61,8 +62,9 @@ from clients.models import (
 from clients.store import SQLiteOutbox
 from clients.streams import RejectionStream, rejection_of
 from clients.types import TopicHandle, handle_type
-from clients.types.cart import Cart
+from clients.types.cart import Cart, CartView
 from clients.types.stock import Stock
+from clients.types.store import StoreStock
 from protocol import codec, frames
 from protocol import topics as topic_names
 from protocol.connection import ClientProtocol, CloseRequested, FrameReceived, Opened, State
@@ -87,6 +89,8 @@ Clock: TypeAlias = Callable[[], int]
 
 _MAX_MESSAGES_PER_TURN: Final = 512
 """Messages processed between two flushes of outgoing frames."""
+REPORT_INTERVAL_MS: Final = 15_000
+"""Default longest time between two reports (``ping.stats``) while online, however busy the connection."""
 PERSIST_EVERY_MS: Final = 100
 """Settlements and topic states are written at most this often while messages stream in (one transaction
 for all of them). Losing them in a crash costs only resends answered as duplicates and events fetched
@@ -167,7 +171,13 @@ class SyncClient:
     way to stay connected across token lifetimes — or a string: once the hub refuses a string token the
     client is ``auth_required`` and waits, ops kept, for :meth:`set_token`. ``client_id`` is created on first
     use and kept in ``data_dir``; pass one to pin it (it must match the stored one). ``online=False`` starts
-    offline: ops are stored and shown, nothing is sent until :meth:`go_online`.
+    offline: ops are stored and shown, nothing is sent until :meth:`go_online`. ``follow_stock``: SKUs whose
+    stock the client follows for its carts' lines at once, so a cart hears a SKU sell out (``cart.sold_out``,
+    ``SoldOut`` changes); 0, the default, follows none (:mod:`clients.follow`).
+
+    The client reports its backlog and latency to the hub (``ping.stats``, PROTOCOL.md §6.12) as soon as a
+    session opens — before it replays its outbox, so the hub's POS fleet view sees what a till kept while
+    offline — and then at least every ``report_interval_ms``: a busy connection is never idle, so never pings.
     """
 
     def __init__(
@@ -181,11 +191,14 @@ class SyncClient:
         on_conflict: ConflictHook | None = None,
         agent: str = "",
         window: int = DEFAULT_WINDOW,
+        report_interval_ms: int = REPORT_INTERVAL_MS,
         handshake_timeout_ms: int = 10_000,
         backoff: Callable[[], Iterator[float]] = reconnect.backoff,
         clock: Clock = wall_ms,
+        follow_stock: int = DEFAULT_FOLLOW_STOCK,
     ) -> None:
         self._hubs = reconnect.Hubs(url)
+        self._follows = StockFollows(follow_stock)
         self._token = token
         self._data_dir = data_dir
         self._proposed_id = client_id
@@ -193,6 +206,9 @@ class SyncClient:
         self._on_conflict = on_conflict
         self._agent = f"syncd-python/{__version__}" + (f" ({agent})" if agent else "")
         self._window = window
+        if report_interval_ms <= 0:
+            raise ValueError(f"report_interval_ms must be positive, not {report_interval_ms}")
+        self._report_interval_ms = report_interval_ms
         self._handshake_timeout_ms = handshake_timeout_ms
         self._backoff = backoff
         self._clock = clock
@@ -268,12 +284,20 @@ class SyncClient:
                 view = engine.load_topic(record)
                 async for op in store.load_overlay(record.topic, record.reflected):
                     engine.add_overlay(view, op)
+                if view.shows_when_acked:
+                    for op in await store.load_acked(record.topic, record.reflected):
+                        view.acked(op, None)
                 key = record.topic.partition(":")[2]
                 self._topic_handles.setdefault(record.topic, handle_type(record.topic)(self, key))
         except BaseException:
             await store.close()
             raise
         self._store, self._engine_ = store, engine
+        for handle in list(self._topic_handles.values()):
+            if isinstance(handle, Stock):
+                self._follows.claim(handle.sku)  # stored: the application asked for it
+            elif isinstance(handle, Cart):
+                self._follow_lines(handle)
         self._publish_status()
         self._runner = asyncio.create_task(self._run(), name=f"syncd-client-{client_id}")
 
@@ -347,15 +371,32 @@ class SyncClient:
             raise ValueError(f"member ids are 1-64 of [A-Za-z0-9._@-], not {member[:64]!r}")
         cart = self._topic_handle(f"cart:{member}", member)
         assert isinstance(cart, Cart)
+        self._follow_lines(cart)
         return cart
 
     def stock(self, sku: str) -> Stock:
         """The stock of ``sku``, synced from now on (and across restarts) until unsubscribed."""
         if not topic_names.is_valid_key(sku):
             raise ValueError(f"SKUs are 1-64 of [A-Za-z0-9._@-], not {sku[:64]!r}")
+        if self._follows.transient(sku):
+            self._engine.touch(f"stock:{sku}")  # followed for a cart until now: stored from here on
+        self._follows.claim(sku)
         stock = self._topic_handle(f"stock:{sku}", sku)
         assert isinstance(stock, Stock)
         return stock
+
+    def store(self, store: str, *, answer_recalls: bool = True, member: str | None = None) -> StoreStock:
+        """The allotments and recalls of ``store`` (a till's own: its token's store), synced from now on
+        (and across restarts) until unsubscribed. ``answer_recalls``: give back what ops recall, as ``member``
+        (default: the store id), when online (:class:`~clients.types.store.StoreStock`)."""
+        for key in (store, member or store):
+            if not topic_names.is_valid_key(key):
+                raise ValueError(f"store and member ids are 1-64 of [A-Za-z0-9._@-], not {key[:64]!r}")
+        handle = self._topic_handle(f"store:{store}", store)
+        assert isinstance(handle, StoreStock)
+        handle.answer_recalls = answer_recalls
+        handle.member = member or store
+        return handle
 
     def _topic_handle(self, topic: str, key: str) -> TopicHandle:
         self._engine.subscribe(topic)
@@ -518,11 +559,53 @@ class SyncClient:
             await self._committer
 
     async def _unsubscribe(self, handle: TopicHandle) -> None:
-        self._engine.unsubscribe(handle.topic)
+        followed = isinstance(handle, Stock) and self._follows.release(handle.sku)
+        if not followed:  # a SKU still on a cart's lines stays subscribed, for the cart
+            self._engine.unsubscribe(handle.topic)
         self._topic_handles.pop(handle.topic, None)
         handle._close()
+        if isinstance(handle, Cart):
+            self._unfollow(self._follows.forget(handle.topic))
         self._nudge()
         await self._store_().remove_topic(handle.topic)
+
+    def _transient(self, topic: str) -> bool:
+        """A stock topic followed for carts only: not stored (it is followed again when its cart is)."""
+        kind, _, sku = topic.partition(":")
+        return kind == "stock" and self._follows.transient(sku)
+
+    def _follow_lines(self, cart: Cart, changed: frozenset[str] | None = None) -> None:
+        """Follow the stock of the SKUs on ``cart``'s lines (bounded), and let go of those gone from it.
+        ``changed``: only these lines may have changed (a big cart is then not read in full)."""
+        view = self._engine.view(cart.topic)
+        followed = self._follows.skus_of(cart.topic)
+        if not isinstance(view, CartView) or (self._follows.limit == 0 and not followed):
+            return  # following is off: nothing to read
+        if changed is not None:
+            present = {sku for sku in changed if view.line(sku) is not None}
+            if not (changed - present) & followed:  # no followed line gone: nothing to take its place
+                new = present - followed
+                if not new:
+                    return
+                skus: Iterable[str] = followed | new
+            else:
+                skus = view.lines().keys()
+        else:
+            skus = view.lines().keys()
+        added, dropped = self._follows.update(cart.topic, skus)
+        for sku in added:
+            self._engine.subscribe(f"stock:{sku}")
+        self._unfollow(dropped)
+        if added or dropped:
+            self._nudge()
+
+    def _unfollow(self, skus: list[str]) -> None:
+        for sku in skus:
+            topic = f"stock:{sku}"
+            self._engine.unsubscribe(topic)
+            handle = self._topic_handles.pop(topic, None)
+            if handle is not None:
+                handle._close()
 
     # -- internals: connection ----------------------------------------------------------------------------
 
@@ -712,12 +795,14 @@ class SyncClient:
         engine = self._engine
         proto.connect(self._clock())
         opened_ms: int | None = None
+        report_due: int | None = None  # the next report, whether or not the connection goes idle
         while True:
             await self._send(ws, proto)
             if not self._want_online or self._closing:
                 await self._close_ws(ws, proto, CloseCode.NORMAL, "going offline")
                 return _Ended(CloseCode.NORMAL, "going offline", by_hub=False, opened_ms=opened_ms)
             deadline = _min(_min(proto.next_deadline(), engine.next_deadline()), self._persist_due)
+            deadline = _min(deadline, report_due)
             await inputs.wait(None if deadline is None else max(0.0, (deadline - self._clock()) / 1000))
             now = self._clock()
             for item in inputs.take(_MAX_MESSAGES_PER_TURN):
@@ -732,9 +817,13 @@ class SyncClient:
                     return dataclasses.replace(ended, opened_ms=opened_ms)
                 if opened_ms is None and engine.is_open:
                     opened_ms = now
+                    report_due = now  # the backlog as it stands, before _pump_engine replays any of it
             due = proto.next_deadline()
-            if due is not None and now >= due:
+            if (due is not None and now >= due) or (report_due is not None and now >= report_due):
                 proto.set_stats(engine.stats(now))  # the ping about to go out carries them
+                if report_due is not None and now >= report_due and proto.state is State.OPEN:
+                    proto.ping(now)  # a report now; the heartbeat ping is then due a beat later
+                report_due = now + self._report_interval_ms if report_due is not None else None
             proto.handle_timer(now)
             engine.handle_timer(now)
             ended = self._protocol_events(proto, None, now)
@@ -834,6 +923,11 @@ class SyncClient:
             elif isinstance(event, LoadOps):
                 self._load = event
             elif isinstance(event, SubscriptionFailed):
+                if self._transient(event.error.topic):  # a follow for carts only: do without it
+                    log.warning("not following %s for carts: %s", event.error.topic, event.error)
+                    self._follows.refuse(event.error.topic.partition(":")[2])
+                    self._unfollow([event.error.topic.partition(":")[2]])
+                    continue
                 self._last_error = event.error
                 self._synced.set()  # wait_synced() waiters: this cart cannot be in sync, say so
                 handle = self._topic_handles.get(event.error.topic)
@@ -847,13 +941,25 @@ class SyncClient:
                 log.warning("%s", event.error)
                 self._last_error = event.error
             elif isinstance(event, TopicSynced):
-                pass
+                # A handle that acts on its topic's state as it is (a store answering recalls) hears of every
+                # sync, even one that brought no change (a resume after a restart).
+                synced = getattr(self._topic_handles.get(event.topic), "_synced", None)
+                if synced is not None:
+                    synced()
         self._check_synced()
 
     def _changed(self, change: TopicChanged) -> None:
+        kind, _, key = change.topic.partition(":")
+        if kind == "stock":
+            for topic in self._follows.carts_of(key):
+                follower = self._topic_handles.get(topic)
+                if isinstance(follower, Cart):
+                    follower._stock_changed(key)
         cart = self._topic_handles.get(change.topic)
         if cart is None:
             return
+        if isinstance(cart, Cart):
+            self._follow_lines(cart, change.skus)  # first: the change tells the cart's sold-out lines too
         conflict = cart._notify(change)
         if conflict is not None and isinstance(cart, Cart) and self._on_conflict is not None:
             try:
@@ -870,7 +976,7 @@ class SyncClient:
         if self._store is None or self._closed:
             return
         settled, self._settled = self._settled, []
-        records = self._engine.take_dirty_topics()
+        records = [r for r in self._engine.take_dirty_topics() if not self._transient(r.topic)]
         if settled or records:
             try:
                 await self._store.save(settled, records, last_synced_ms=self._last_synced_ms)

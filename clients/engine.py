@@ -233,6 +233,12 @@ class SyncEngine:
         """Put one stored op of ours back on top of a loaded topic (ops in ascending ``seq``)."""
         view.add_op(op)
 
+    def touch(self, topic: str) -> None:
+        """Have this topic's record saved with the next :meth:`take_dirty_topics` (a topic the driver had kept
+        out of its store until now)."""
+        if topic in self._topics:
+            self._dirty.add(topic)
+
     def take_dirty_topics(self) -> list[TopicRecord]:
         """Records of topics whose server state, cursor or ``reflected`` changed since the last call."""
         records = [self._topics[t].record() for t in sorted(self._dirty) if t in self._topics]
@@ -592,6 +598,8 @@ class SyncEngine:
         keep = False
         if ack.ok:
             keep = view is not None and op.seq > view.reflected
+            if keep and view is not None and view.acked(op, ack.result):
+                self._events.append(TopicChanged(topic, ChangeCause.ACKED, None, kind=op.kind))
         elif view is not None:
             skus = view.remove(op.seq)
             self._events.append(TopicChanged(topic, ChangeCause.REJECTED, skus, kind=op.kind))

@@ -49,6 +49,10 @@ class ChangeCause(enum.Enum):
     """The hub could not resume from our cursor: the cached state was replaced."""
     REJECTED = "rejected"
     """An op of ours was rejected: its predicted effect was withdrawn."""
+    STOCK = "stock"
+    """A SKU on the cart sold out or came back (the cart follows its stock: ``SoldOut``)."""
+    ACKED = "acked"
+    """The hub applied an op of ours that is shown only once applied (a stock reservation): shown from now."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -112,6 +112,16 @@ class CartChange:
         return self.conflicts[-1] if self.conflicts else None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SoldOut(CartChange):
+    """A cart change in which the cart's sold-out lines changed: a SKU on it sold out, or came back (restock,
+    an expired hold returned), or a line for a sold-out SKU came or went. ``sold_out`` is every line's SKU
+    that has nothing left to promise online now (its pool is 0), as :attr:`Cart.sold_out`; ``skus`` says
+    which SKUs changed. The cart follows the stock of its lines' SKUs for this (:mod:`clients.follow`)."""
+
+    sold_out: frozenset[str] = frozenset()
+
+
 class ConnectionState(enum.Enum):
     """Where the client's connection to its hub stands. Each change is one log line (``clients`` logger)."""
 

@@ -253,6 +253,15 @@ class SQLiteOutbox:
                 return
             after_seq = int(rows[-1][0])
 
+    async def load_acked(self, topic: str, after_seq: int) -> list[frames.Op]:
+        """Our ops on ``topic`` above ``after_seq`` that the hub applied (kept until the cached state shows
+        them): a view that shows an op only once applied (stock) shows these again after a restart."""
+        rows = await self._fetchall(
+            "SELECT frame FROM outbox WHERE topic = ? AND seq > ? AND acked = 1 ORDER BY seq",
+            (topic, after_seq),
+        )
+        return [_op_decoder.decode(row[0]) for row in rows]
+
     async def op_record(self, seq: int) -> OpRecord | None:
         """The op ``seq`` as stored, or ``None`` once settled and no longer kept (then it was applied)."""
         rows = await self._fetchall("SELECT acked, frame FROM outbox WHERE seq = ?", (seq,))

@@ -12,14 +12,15 @@ import collections
 import dataclasses
 import weakref
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from clients.engine import ChangeCause, OpSettled, TopicChanged
-from clients.models import CartChange, CartConflict, Rejection, from_ms
+from clients.models import CartConflict, Rejection, from_ms
 
 __all__ = ["ChangeStream", "Changes", "PendingChange", "RejectionStream", "rejection_of"]
 
 _MAX_CONFLICTS: Final = 16
+C = TypeVar("C")
 
 
 @dataclasses.dataclass(slots=True)
@@ -29,6 +30,8 @@ class PendingChange:
     origin: tuple[str, int] | None
     conflicts: list[CartConflict]
     kind: str | None
+    stock: bool = False
+    """A sold-out change is merged in (the cart makes it a ``SoldOut``)."""
 
 
 class ChangeStream:
@@ -55,6 +58,7 @@ class ChangeStream:
                     p.skus = None
                 else:
                     p.skus.update(change.skus)
+        p.stock = p.stock or change.cause is ChangeCause.STOCK
         if conflict is not None:
             p.conflicts.append(conflict)
             del p.conflicts[:-_MAX_CONFLICTS]
@@ -65,23 +69,22 @@ class ChangeStream:
         self.ready.set()
 
 
-class Changes:
-    """The async iterator of :meth:`Cart.changes <clients.Cart.changes>`: registered with the cart's streams
-    when made, so a change right after the call is not missed; ``make`` turns a merged notification into
-    the :class:`~clients.models.CartChange` the application sees."""
+class Changes(Generic[C]):
+    """The async iterator of :meth:`Cart.changes <clients.Cart.changes>` (and ``Stock.changes``): registered
+    with the handle's streams when made, so a change right after the call is not missed; ``make`` turns a
+    merged notification into the change the application sees (a :class:`~clients.models.CartChange`, a
+    ``StockChange``)."""
 
-    def __init__(
-        self, streams: weakref.WeakSet[ChangeStream], make: Callable[[PendingChange], CartChange]
-    ) -> None:
+    def __init__(self, streams: weakref.WeakSet[ChangeStream], make: Callable[[PendingChange], C]) -> None:
         self._streams = streams
         self._make = make
         self._stream = ChangeStream()
         streams.add(self._stream)
 
-    def __aiter__(self) -> Changes:
+    def __aiter__(self) -> Changes[C]:
         return self
 
-    async def __anext__(self) -> CartChange:
+    async def __anext__(self) -> C:
         stream = self._stream
         while True:
             pending, stream.pending = stream.pending, None

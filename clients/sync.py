@@ -34,6 +34,8 @@ from clients.client import SyncClient, TokenProvider
 from clients.handles import OpHandle
 from clients.models import CartChange, CartLine, CartState, Rejection, Status
 from clients.types.cart import Attrs, Cart
+from clients.types.stock import Stock, StockChange, StockState
+from protocol.errors import SyncError
 
 T = TypeVar("T")
 _END = object()
@@ -95,6 +97,10 @@ class SyncClientSync:
 
     def cart(self, member: str) -> CartSync:
         return CartSync(self, self._call(lambda: self._client.cart(member)))
+
+    def stock(self, sku: str) -> StockSync:
+        """The stock of ``sku`` (:meth:`SyncClient.stock`), with the same methods, blocking."""
+        return StockSync(self, self._call(lambda: self._client.stock(sku)))
 
     def go_offline(self, timeout: float | None = 30.0) -> None:
         self._run(self._client.go_offline(), timeout)
@@ -276,12 +282,71 @@ class CartSync:
     def from_cache(self) -> bool:
         return self._owner._call(lambda: self._cart.from_cache)
 
+    @property
+    def sold_out(self) -> frozenset[str]:
+        """Lines whose SKU has nothing left to promise online (``follow_stock``; ``Cart.sold_out``)."""
+        return self._owner._call(lambda: self._cart.sold_out)
+
     def changes(self, timeout: float | None = None) -> Iterator[CartChange]:
         """Changes from now on; stops after ``timeout`` seconds without one, or when the client closes.
 
         Registered on the client's loop before this returns, so a change made right after is not missed.
         """
         return _drain(self._owner, self._cart.changes, timeout)
+
+
+class StockSync:
+    """A blocking view of a :class:`~clients.Stock`: the same ops and reads, each returning when the async
+    one does (an op after its local commit, or at once refused: ``unavailable``, ``allotment_exceeded``)."""
+
+    def __init__(self, owner: SyncClientSync, stock: Stock) -> None:
+        self._owner = owner
+        self._stock = stock
+        self.sku = stock.sku
+
+    def reserve(
+        self,
+        member: str,
+        qty: int,
+        *,
+        timeout: float | None = 30.0,
+        channel: str,
+        ttl_ms: int | None = None,
+        until: int | str | None = None,
+    ) -> OpHandleSync:
+        return self._op(
+            self._stock.reserve(member, qty, channel=channel, ttl_ms=ttl_ms, until=until), timeout
+        )
+
+    def commit(self, member: str, rid: str, *, timeout: float | None = 30.0) -> OpHandleSync:
+        return self._op(self._stock.commit(member, rid), timeout)
+
+    def release(self, member: str, rid: str, *, timeout: float | None = 30.0) -> OpHandleSync:
+        return self._op(self._stock.release(member, rid), timeout)
+
+    def sell(self, member: str, qty: int, *, store: str, timeout: float | None = 30.0) -> OpHandleSync:
+        return self._op(self._stock.sell(member, qty, store=store), timeout)
+
+    def _op(self, coro: Coroutine[Any, Any, OpHandle], timeout: float | None) -> OpHandleSync:
+        return OpHandleSync(self._owner, self._owner._run(coro, timeout))
+
+    @property
+    def state(self) -> StockState:
+        return self._owner._call(lambda: self._stock.state)
+
+    def allotment(self, store: str) -> int:
+        return self._owner._call(lambda: self._stock.allotment(store))
+
+    @property
+    def error(self) -> SyncError | None:
+        return self._owner._call(lambda: self._stock.error)
+
+    def changes(self, timeout: float | None = None) -> Iterator[StockChange]:
+        """Changes from now on; stops after ``timeout`` seconds without one, or when the client closes."""
+        return _drain(self._owner, self._stock.changes, timeout)
+
+    def unsubscribe(self, timeout: float | None = 30.0) -> None:
+        self._owner._run(self._stock.unsubscribe(), timeout)
 
 
 def _drain(

@@ -673,6 +673,15 @@ class ClientProtocol(_Connection[ClientEvent]):
             raise ValueError(f"at most {MAX_STATS} stats, with keys of at most {MAX_STATS} characters")
         self._stats = {key: float(value) for key, value in stats.items()}
 
+    def ping(self, now_ms: int) -> None:
+        """Send a ping now, with the stats set: a report that cannot wait for the idle heartbeat (the
+        backlog on connecting, before the replay drains it; a busy device's periodic report). Only while
+        OPEN; the next heartbeat ping is due a beat later."""
+        ping = frames.Ping(ts=now_ms, stats=dict(self._stats) or None)
+        self._require_open(ping, _CLIENT_SENDS)
+        self._last_ping = self._ping_ts = now_ms
+        self._send_at(ping, now_ms)
+
     # -- input ----------------------------------------------------------------------------------------
 
     def _on_frame(self, frame: frames.Frame, now_ms: int) -> None:

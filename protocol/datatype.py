@@ -31,6 +31,8 @@ class OpArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     member: Key
     admin: ClassVar[bool] = False
     """Only an ``ops`` token may make this op (restock, quotas, …)."""
+    till_only: ClassVar[bool] = False
+    """Only a ``pos`` token of the op's ``store`` may make this op (not even ``ops``: giving back escrow)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -14,8 +14,9 @@ from protocol.errors import ErrorCode, OpRejected
 from protocol.topics import TopicKind
 from protocol.types.cart import CART
 from protocol.types.stock import STOCK
+from protocol.types.store import STORE
 
-TYPES: Final[dict[TopicKind, DataType]] = {t.kind: t for t in (CART, STOCK)}
+TYPES: Final[dict[TopicKind, DataType]] = {t.kind: t for t in (CART, STOCK, STORE)}
 """Topic kind -> its data type."""
 SERVED_KINDS: Final = frozenset(TYPES)
 """Topic kinds the hub serves and the SDK syncs."""

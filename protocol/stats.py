@@ -58,3 +58,21 @@ def _count(value: float | None) -> int:
     if value is None or not math.isfinite(value) or value <= 0:
         return 0
     return min(int(value), MAX_COUNT)
+
+
+def quantile(counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of the samples counted in ``counts`` (``len(BOUNDS_MS) + 1`` buckets), in ms,
+    estimated as Prometheus's ``histogram_quantile`` does: linear within the bucket it falls in (the first
+    starting at 0), the last finite bound when it falls above it. ``None`` without samples. This is how the
+    dashboard gives fleet-wide percentiles: every device's buckets added up, then one estimate."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for index, n in enumerate(counts[: len(BOUNDS_MS)]):
+        if n and seen + n >= rank:
+            lower = BOUNDS_MS[index - 1] if index else 0.0
+            return lower + (BOUNDS_MS[index] - lower) * (rank - seen) / n
+        seen += n
+    return BOUNDS_MS[-1]

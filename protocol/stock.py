@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Final, TypedDict
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Final, NotRequired, TypedDict
 
 from protocol.errors import ErrorCode
 
@@ -36,10 +38,15 @@ RESERVE: Final = "stock.reserve"
 COMMIT: Final = "stock.commit"
 RELEASE: Final = "stock.release"
 SELL: Final = "stock.sell"
-KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, RESERVE, COMMIT, RELEASE, SELL})
+ADJUST: Final = "stock.adjust"
+RECALL: Final = "stock.recall"
+YIELD: Final = "stock.yield"
+KINDS: Final = frozenset(
+    {RESTOCK, ALLOT, QUOTA, LIMIT, RESERVE, COMMIT, RELEASE, SELL, ADJUST, RECALL, YIELD}
+)
 EXPIRE: Final = "stock.expire"
 """The kind of the event a sweep appends when it returns expired holds (no op causes it: no origin)."""
-ADMIN_KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT})
+ADMIN_KINDS: Final = frozenset({RESTOCK, ALLOT, QUOTA, LIMIT, ADJUST, RECALL})
 """Ops only an ``ops`` token may make."""
 
 MAX_QTY: Final = 1_000_000
@@ -48,6 +55,8 @@ MAX_TTL_MS: Final = 7 * 24 * 3600 * 1000
 """Longest hold a reservation may ask for."""
 NO_LIMIT: Final = 0
 """``limit`` value meaning "no per-member purchase limit"."""
+CLEARING: Final = "clearing"
+"""``stock.reserve`` ``until`` value: hold until the brand's next daily clearing time (PROTOCOL.md §18)."""
 
 
 class Hold(TypedDict):
@@ -56,6 +65,13 @@ class Hold(TypedDict):
     member: str
     until: int
     """Unix ms after which the hold is expired: it can no longer be committed and returns to the pool."""
+
+
+class Recall(TypedDict):
+    qty: int
+    """Units ops ask the store to give back and have not got yet."""
+    to: str
+    """The store they go to (a rebalance), or ``""``: the pool."""
 
 
 class Stock(TypedDict):
@@ -69,6 +85,8 @@ class Stock(TypedDict):
     limit: int
     bought: dict[str, int]
     holds: dict[str, Hold]
+    recall: NotRequired[dict[str, Recall]]
+    """Store -> what ops recall of its allotment: nothing moves until the store's till yields it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,6 +101,10 @@ class Op:
     store: str = ""
     rid: str = ""
     until: int = 0
+    delta: int = 0
+    """``adjust``: the stock-take correction of ``on_hand`` (negative: units found missing)."""
+    to: str = ""
+    """``recall``/``yield``: the store a rebalance moves units to (``""``: the pool)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,8 +149,41 @@ def apply(stock: Stock, op: Op, now: int) -> Outcome:
     code = _apply(s, op, now)
     if code is not None:
         return Outcome(stock, code)
-    result = {"rid": op.rid} if op.kind == RESERVE else None
+    result: dict[str, Any] | None = {"rid": op.rid} if op.kind == RESERVE else None
+    if op.kind == YIELD:
+        result = {"moved": stock["allot"].get(op.store, 0) - s["allot"].get(op.store, 0)}
     return Outcome(s, None, result)
+
+
+def clearing_instants(now: int, at: dt.time, tz: dt.tzinfo) -> list[int]:
+    """The brand's daily clearing instants (Unix ms, ascending) from the day before ``now`` to two days after,
+    as wall time ``at`` in ``tz`` (daylight saving included: a ``zoneinfo.ZoneInfo``).
+
+    The hub computes these around its own clock and the script that applies the reservation picks the first
+    one after *its* clock (:func:`resolve_until`): so the instant is decided once, at apply time, by the
+    clock expiry is judged by, and a replay is answered with it from the dedup record.
+    """
+    day = dt.datetime.fromtimestamp(now / 1000, tz).date()
+    out = set()
+    for offset in range(-1, 3):
+        local = dt.datetime.combine(day + dt.timedelta(days=offset), at, tzinfo=tz)
+        out.add(int(local.timestamp() * 1000))
+    return sorted(out)
+
+
+def resolve_until(
+    now: int, *, ttl_ms: int | None = None, until: int | None = None, clearing: Sequence[int] = ()
+) -> int | None:
+    """When a reservation made at ``now`` expires: ``now + ttl_ms``, the absolute ``until``, or the first
+    clearing instant after ``now``; ``None`` (``bad_args``) when that is not in ``(now, now + MAX_TTL_MS]``.
+    The hub's script does the same with its own clock (``stock_reserve.lua``)."""
+    if ttl_ms is not None:
+        out = now + ttl_ms
+    elif until is not None:
+        out = until
+    else:
+        out = next((c for c in clearing if c > now), now)
+    return out if now < out <= now + MAX_TTL_MS else None
 
 
 def expire(stock: Stock, now: int) -> tuple[Stock, list[str]]:
@@ -176,12 +231,67 @@ def _apply(s: Stock, op: Op, now: int) -> ErrorCode | None:
         s["on_hand"] -= op.qty
         s["sold"] += op.qty
     else:
-        return ErrorCode.UNKNOWN_OP
+        return _apply_escrow(s, op)
     return None
 
 
+def _apply_escrow(s: Stock, op: Op) -> ErrorCode | None:
+    """The ops that correct or move escrow after the fact: ``adjust`` (a stock take) and, with it, whatever
+    else is not one of the eight original kinds."""
+    if op.kind == ADJUST:
+        # A stock take corrects on_hand through the pool: units found missing can only come from it, since
+        # an allotment belongs to its store and a hold to its shopper.
+        if -op.delta > s["pool"]:
+            return ErrorCode.INSUFFICIENT_STOCK
+        s["on_hand"] += op.delta
+        s["pool"] += op.delta
+        return None
+    if op.kind in (RECALL, YIELD) and op.to == op.store:
+        return ErrorCode.BAD_ARGS  # a rebalance moves units to another store
+    if op.kind == RECALL:
+        # A recall moves nothing: the hub never takes escrow from a store (it may be offline and selling).
+        # It asks; the store's till answers with ``yield`` in its own op sequence, after its sales.
+        recalls = s.setdefault("recall", {})
+        if op.qty == 0:
+            recalls.pop(op.store, None)
+        else:
+            recalls[op.store] = {"qty": op.qty, "to": op.to}
+        return None
+    if op.kind == YIELD:
+        _yield(s, op)
+        return None
+    return ErrorCode.UNKNOWN_OP
+
+
+def yielded(stock: Stock, op: Op) -> int:
+    """The units a ``yield`` moves: what it offers, capped by the recall it answers (same ``to``: a recall
+    redirected meanwhile is not the one it answers, so 0) and by the store's allotment, never below zero."""
+    recall = stock.get("recall", {}).get(op.store)
+    if recall is None or recall["to"] != op.to:
+        return 0
+    return max(0, min(op.qty, recall["qty"], stock["allot"].get(op.store, 0)))
+
+
+def _yield(s: Stock, op: Op) -> None:
+    moved = yielded(s, op)
+    if moved == 0:
+        return
+    s["allot"][op.store] -= moved
+    if op.to:
+        s["allot"][op.to] = s["allot"].get(op.to, 0) + moved
+    else:
+        s["pool"] += moved
+    recalls = s["recall"]
+    recalls[op.store]["qty"] -= moved
+    if recalls[op.store]["qty"] == 0:
+        del recalls[op.store]
+
+
 def _reserve(s: Stock, op: Op, now: int) -> ErrorCode | None:
-    """Atomic against the pool, the channel's quota and the member's purchase limit, in that order."""
+    """Atomic against the pool, the channel's quota and the member's purchase limit, in that order.
+    ``op.until`` is the resolved expiry (:func:`resolve_until`): one not after ``now`` holds nothing."""
+    if op.until <= now:
+        return ErrorCode.BAD_ARGS
     if op.qty > s["pool"]:
         return ErrorCode.INSUFFICIENT_STOCK
     cap = s["quota"].get(op.channel)

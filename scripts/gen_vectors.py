@@ -272,6 +272,16 @@ VALID: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     (
+        "op, stock.reserve held until the brand's daily clearing time (resolved by the hub)",
+        "client",
+        {
+            "t": "op",
+            "seq": 13,
+            "kind": "stock.reserve",
+            "args": {"member": "m42", "sku": "SKU-1", "channel": "web", "qty": 1, "until": "clearing"},
+        },
+    ),
+    (
         "ack, stock.reserve applied: the reservation id and its expiry",
         "server",
         {"t": "ack", "seq": 13, "ok": True, "result": {"rid": "app-1/13", "until": 1764979200000}},

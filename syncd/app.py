@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from protocol.errors import BackendUnavailable
-from syncd import __version__, dashboard
+from syncd import __version__, dashboard, opsapi
 from syncd.auth import token_verifier
 from syncd.fanout import Fanout
 from syncd.generations import GenerationWatcher
@@ -102,7 +102,8 @@ def create_app(settings: Settings) -> Starlette:
             watch = Watch()
             hub = await _start_hub(settings, client, redis_url, watch)
             app.state.hub = hub
-            background = [asyncio.create_task(sweep_forever(hub.store), name="syncd-sweeper")]
+            expired = hub.metrics.expired.inc if hub.metrics is not None else None
+            background = [asyncio.create_task(sweep_forever(hub.store, expired), name="syncd-sweeper")]
             # On a single Redis a restart also drops the fan-out's connection, which closes every session
             # (4003) and makes each resume meet the new generation: the watcher is for clusters, where one
             # shard fails over while the fan-out's node stays up.
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *dashboard.routes(),
+            *opsapi.routes(),
             *_websocket_routes(),
         ],
         lifespan=lifespan,
@@ -188,6 +190,7 @@ async def _start_hub(settings: Settings, client: Any, redis_url: str, watch: Wat
         dedup_retention_s=settings.dedup_retention_s,
         log_maxlen=settings.history_maxlen,
         log_max_age_s=settings.history_max_age_s,
+        holds=settings.hold_policy,
     )
     try:
         await store.load_scripts()  # so no node starts with some scripts and not others

@@ -148,6 +148,10 @@ class Fanout:
     def topics(self) -> int:
         return len(self._topics)
 
+    def listeners(self) -> Iterator[tuple[str, int]]:
+        """Each topic this process subscribes to and how many of its sessions listen (the stock panel)."""
+        return ((topic, len(listeners)) for topic, listeners in self._topics.items())
+
     def control(
         self,
         channel: str,

@@ -30,6 +30,7 @@ from syncd.metrics import Metrics
 from syncd.session import RateLimit, Session, Subscription
 from syncd.settings import Settings
 from syncd.store.redis_store import HISTORY_LIMIT, OpOutcome, RedisStore
+from syncd.storefeed import Mark, StoreFeed
 from syncd.telemetry import REPLAY_AGE_MS, Telemetry
 
 log = logging.getLogger("syncd.hub")
@@ -53,6 +54,8 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.feed = StoreFeed(store)
+        """Feeds the topics of the stores whose allotments ops change (:mod:`syncd.storefeed`)."""
         self.fanout = fanout
         self.verifier = verifier
         self.sessions: set[Session] = set()
@@ -251,14 +254,28 @@ class Hub:
         granted, retry = session.rate.take(now_ms(), len(ops))
         applied: list[OpOutcome] = []
         error: ProtocolError | BackendUnavailable | None = None
+        marks: list[Mark] = []
+        if granted:
+            try:
+                marks = await self.feed.mark(principal.client_id, ops[:granted])
+            except BackendUnavailable as exc:  # not marked: not run either, the client sends them again
+                self.refused(principal, None, ops[0].seq)
+                return self._error(
+                    session,
+                    ErrorCode.UNAVAILABLE,
+                    str(exc),
+                    ops[0].seq,
+                    RETRY_AFTER_UNAVAILABLE_MS,
+                    frames.ABOUT_OP,
+                )
         for start in range(0, granted, APPLY_CHUNK):
             chunk = ops[start : min(granted, start + APPLY_CHUNK)]
             started = time.perf_counter()
             batch = await self.store.apply_ops(
-                principal.client_id, chunk, check=_scope_check(principal), known_last=session.known_last
+                principal.client_id, chunk, check=scope_check(principal), known_last=session.known_last
             )
             if self.metrics is not None:
-                self.metrics.settled(principal.channel, batch.outcomes, time.perf_counter() - started)
+                self.metrics.settled(principal.channel, chunk, batch.outcomes, time.perf_counter() - started)
             for outcome in batch.outcomes:
                 session.send(codec.encode(outcome.ack()))
                 if not outcome.ok and not outcome.dup:
@@ -271,6 +288,8 @@ class Hub:
                 break
         if applied:
             self._log_replay(session, ops[: len(applied)], applied)
+        if marks:
+            self.spawn(self.feed.forward(principal.client_id, marks, [o.seq for o in applied]))
         if error is not None:
             session.known_last = None  # the watermark is not known any more: the next op checks it
             failed = ops[len(applied)].seq
@@ -386,15 +405,18 @@ class Ticker:
             self._task = None
 
 
-def _scope_check(principal: Principal) -> Callable[[OpArgs], None]:
+def scope_check(principal: Principal) -> Callable[[OpArgs], None]:
     """Ops act for a member: the token must hold it (a rejection, settled like any other); admin ops need an
-    ``ops`` token, and an op's ``channel`` or ``store`` must be the token's own."""
+    ``ops`` token, till-only ops a ``pos`` token, and an op's ``channel`` or ``store`` must be the token's
+    own."""
 
     def check(args: OpArgs) -> None:
         if not principal.may_act_for(args.member):
             raise OpRejected(ErrorCode.NOT_PERMITTED, "member outside the token's scope")
-        if principal.role is Role.OPS:
+        if principal.role is Role.OPS and not args.till_only:
             return
+        if args.till_only and principal.role is not Role.POS:
+            raise OpRejected(ErrorCode.NOT_PERMITTED, "only the store's own till may make this op")
         if args.admin:
             raise OpRejected(ErrorCode.NOT_PERMITTED, "an ops token is needed for this op")
         # An op acting through a channel or a store acts through the token's own (PROTOCOL.md §18).

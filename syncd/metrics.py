@@ -14,7 +14,8 @@ Two kinds of figures, with two costs:
 Labels are bounded (docs/traps.md §18): ``channel`` and ``store`` come from tokens, so only the first
 :data:`MAX_LABEL_VALUES` distinct values get a series of their own and later ones count as ``other``;
 ``code`` is an :class:`~protocol.errors.ErrorCode` or ``other``; ``role`` is the token role. No client, member
-or SKU is ever a label.
+or SKU is ever a label: the dashboard's stock panel reads the watched SKUs' state from Redis instead
+(:mod:`syncd.stockwatch`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from protocol import frames
 from protocol.errors import CloseCode, ErrorCode
 from protocol.stats import BOUNDS_MS
+from protocol.stock import RESERVE
 
 if TYPE_CHECKING:
     from syncd.fanout import FanoutStats
@@ -43,6 +46,17 @@ LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 """Seconds; finer below 100 ms, the sync target (docs/design.md §6), coarse above the 500 ms alert."""
 _CODES: Final = frozenset(code.value for code in ErrorCode)
 _CLOSE_CODES: Final = frozenset(int(code) for code in CloseCode) | {1000, 1001, 1006, 1011}
+STOCK_REFUSALS: Final = frozenset(
+    code.value
+    for code in (
+        ErrorCode.INSUFFICIENT_STOCK,
+        ErrorCode.QUOTA_EXCEEDED,
+        ErrorCode.PURCHASE_LIMIT_EXCEEDED,
+        ErrorCode.ALLOTMENT_EXCEEDED,
+        ErrorCode.RESERVATION_EXPIRED,
+    )
+)
+"""Rejections by which stock refuses to be oversold (or to sell a hold that lapsed)."""
 
 
 class BoundedLabel:
@@ -111,22 +125,43 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.reservations = Counter(
+            "syncd_stock_reservations", "Stock holds made (stock.reserve applied)", ["channel"], registry=r
+        )
+        self.stock_refusals = Counter(
+            "syncd_stock_refusals",
+            "Stock ops rejected rather than oversell (or commit a lapsed hold), by error code",
+            ["channel", "code"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "syncd_stock_expired",
+            "Expired stock holds this process's sweeper returned to the pool",
+            registry=r,
+        )
         self._hot: dict[str, tuple[Counter, Histogram]] = {}
         """Per channel: the ``accepted`` and ``apply_latency`` children every batch updates."""
 
-    def settled(self, channel: str, outcomes: Sequence[OpOutcome], seconds: float) -> None:
-        """A batch of one connection's ops was settled in ``seconds``."""
+    def settled(
+        self, channel: str, ops: Sequence[frames.Op], outcomes: Sequence[OpOutcome], seconds: float
+    ) -> None:
+        """The first ``len(outcomes)`` of a connection's ``ops`` were settled in ``seconds``."""
         label = self.channel(channel)
         accepted = 0
-        for outcome in outcomes:
+        for op, outcome in zip(ops, outcomes, strict=False):
             if outcome.dup:
                 self.duplicates.labels(label).inc()
             elif not outcome.ok:
-                self.rejected.labels(label, error_code(outcome.code)).inc()
+                code = error_code(outcome.code)
+                self.rejected.labels(label, code).inc()
+                if code in STOCK_REFUSALS:
+                    self.stock_refusals.labels(label, code).inc()
             else:
                 accepted += 1
                 if outcome.conflict:
                     self.conflicts.labels(label).inc()
+                if op.kind == RESERVE:
+                    self.reservations.labels(label).inc()
         children = self._hot.get(label)
         if children is None:  # labels() takes a lock and builds a key: once per channel, not per batch
             children = self._hot[label] = (self.accepted.labels(label), self.apply_latency.labels(label))

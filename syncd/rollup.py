@@ -4,15 +4,18 @@ A dashboard page is served by one hub process, but a brand runs several behind a
 only what it served. So every process publishes its own figures once a second (:class:`Publisher`: its
 metrics registry read as samples, its clients' reports, its recent session log) into one Redis hash, a field
 per process, and whichever process serves the page folds all fresh fields together (:class:`Board`): rates
-from the difference of each process's counters between two reads, latency as the worst any process saw,
-fleet and log merged. A process that stops publishing drops out after :data:`STALE_MS`.
+from the difference of each process's counters between two reads; sync latency percentiles fleet-wide, from
+the differences of each process's latency histograms (every device's samples, :mod:`protocol.stats`) added
+up over ``alert_window_s`` — a percentile of all samples, which no fold of per-process percentiles can give;
+fleet and log merged; the stock panel shows the SKUs with the most subscribers over every process, their state
+read from Redis (:mod:`syncd.stockwatch`). A process that stops publishing drops out after :data:`STALE_MS`.
 
 Processes publish only while someone watches: a page's feed announces itself on :data:`WATCH_CHANNEL` every
 :data:`WATCH_EVERY_S`, which every process hears through its fan-out connection (:class:`Watch`). A hub nobody
 watches sends Redis nothing for the dashboard, so its idle pool connections are still closed
 (``SYNCD_REDIS_IDLE_S``).
 
-Alerts are judged on the folded figures over ``alert_window_s``: a channel's p99 sync latency above
+Alerts are judged on the folded figures over ``alert_window_s``: a channel's fleet-wide p99 sync latency above
 ``alert_sync_p99_ms``, or rejected and refused ops above ``alert_failure_rate`` of all ops (once at least
 :data:`MIN_OPS_FOR_RATE` ops were seen, so one bad op of two is no 50 % outage). An alert clears as soon as
 its figure is back under the threshold.
@@ -29,7 +32,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
+from protocol import stats as report_stats
+from syncd.masking import mask
 from syncd.settings import Settings
+from syncd.stockwatch import most_watched, read_stock, watched
 
 if TYPE_CHECKING:
     from syncd.hub import Hub
@@ -48,12 +54,18 @@ WATCH_TTL_MS: Final = 15_000
 MIN_OPS_FOR_RATE: Final = 20
 FLEET_ROWS: Final = 200
 LOG_ROWS: Final = 200
+STOCK_ROWS: Final = 10
+"""SKUs on the stock panel: the most watched."""
+PERCENTILES: Final = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 _COUNTERS: Final = {
     "syncd_ops_accepted_total": "accepted",
     "syncd_ops_rejected_total": "rejected",
     "syncd_ops_refused_total": "refused",
     "syncd_ops_conflicts_total": "conflicts",
     "syncd_ops_duplicates_total": "duplicates",
+    "syncd_stock_reservations_total": "reservations",
+    "syncd_stock_refusals_total": "stock_refused",
+    "syncd_stock_expired_total": "expired",
 }
 
 
@@ -66,7 +78,6 @@ def snapshot(hub: Hub, hub_id: str) -> dict[str, Any]:
     assert hub.metrics is not None
     counters: dict[str, float] = collections.defaultdict(float)
     connections: dict[str, float] = collections.defaultdict(float)
-    latency: dict[str, dict[str, float]] = {}
     for family in hub.metrics.registry.collect():
         for sample in family.samples:
             kind = _COUNTERS.get(sample.name)
@@ -76,17 +87,17 @@ def snapshot(hub: Hub, hub_id: str) -> dict[str, Any]:
                     counters[f"{kind}:{sample.labels['code']}"] += sample.value
             elif sample.name == "syncd_connections":
                 connections[sample.labels["channel"]] += sample.value
-            elif sample.name == "syncd_sync_latency_worst_seconds":
-                quantile = {"0.5": "p50", "0.95": "p95", "0.99": "p99"}[sample.labels["quantile"]]
-                latency.setdefault(sample.labels["channel"], {})[quantile] = sample.value * 1000
     return {
         "hub": hub_id,
         "ts": _now_ms(),
         "fanout": hub.fanout.stats.connected,
         "counters": counters,
         "connections": connections,
-        "latency": latency,
+        "histograms": {
+            "sync": {chan: counts for chan, (counts, _) in hub.telemetry.histograms["sync"].items()}
+        },
         "fleet": hub.telemetry.fleet(FLEET_ROWS),
+        "stock": watched(hub.fanout.listeners(), STOCK_ROWS),
         "log": list(hub.telemetry.recent)[-LOG_ROWS:],
     }
 
@@ -147,8 +158,11 @@ class Board:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._last: dict[str, tuple[int, dict[str, float]]] = {}
-        self._window: collections.deque[tuple[int, dict[str, float]]] = collections.deque()
+        self._last: dict[str, tuple[int, dict[str, float], dict[str, list[int]]]] = {}
+        self._window: collections.deque[tuple[int, dict[str, float], dict[str, list[int]]]] = (
+            collections.deque()
+        )
+        """Per read: how much every process's counters and sync latency buckets grew since the last."""
         self._alerts: dict[str, dict[str, Any]] = {}
 
     async def read(self, redis: Any) -> dict[str, Any]:
@@ -157,35 +171,53 @@ class Board:
             raw: dict[bytes, bytes] = await redis.hgetall(KEY)
         except Exception as exc:
             return {"ts": _now_ms(), "redis_ok": False, "error": str(exc)[:200], "alerts": []}
-        return self.fold([json.loads(value) for value in raw.values()], _now_ms())
+        state = self.fold([json.loads(value) for value in raw.values()], _now_ms())
+        try:
+            stock = await read_stock(redis, [row["sku"] for row in state["stock"]])
+        except Exception as exc:  # the rest of the board is still worth showing
+            log.debug("could not read the watched stock: %s", exc)
+            stock = {}
+        state["stock"] = [
+            {"sku": mask(row["sku"]), "watchers": row["watchers"], "state": stock.get(row["sku"])}
+            for row in state["stock"]
+        ]
+        return state
 
     def fold(self, hubs: list[dict[str, Any]], now: int) -> dict[str, Any]:
         alive = [h for h in hubs if now - int(h["ts"]) <= STALE_MS]
         delta: dict[str, float] = collections.defaultdict(float)
+        buckets: dict[str, list[int]] = {}
         for h in alive:
             previous = self._last.get(h["hub"])
             counters = h["counters"]
+            sync = h.get("histograms", {}).get("sync", {})
             if previous is not None and h["ts"] > previous[0]:
                 for name, value in counters.items():
                     delta[name] += max(0.0, value - previous[1].get(name, 0.0))  # a restart counts from 0
-            self._last[h["hub"]] = (h["ts"], counters)
-        self._window.append((now, dict(delta)))
+                for chan, counts in sync.items():
+                    before = previous[2].get(chan) or [0] * len(counts)
+                    total = buckets.setdefault(chan, [0] * len(counts))
+                    for i, (now_n, was_n) in enumerate(zip(counts, before, strict=True)):
+                        total[i] += max(0, now_n - was_n)
+            self._last[h["hub"]] = (h["ts"], counters, sync)
+        self._window.append((now, dict(delta), buckets))
         while self._window and now - self._window[0][0] > self.settings.alert_window_s * 1000:
             self._window.popleft()
         span = max(1.0, (now - self._window[0][0]) / 1000) if len(self._window) > 1 else 1.0
         window: dict[str, float] = collections.defaultdict(float)
-        for _, tick in self._window:
+        samples: dict[str, list[int]] = {}
+        for _, tick, tick_buckets in self._window:
             for name, value in tick.items():
                 window[name] += value
+            for chan, counts in tick_buckets.items():
+                total = samples.setdefault(chan, [0] * len(counts))
+                for i, n in enumerate(counts):
+                    total[i] += n
         settled = window["accepted"] + window["rejected"] + window["refused"]
         failure_rate = (window["rejected"] + window["refused"]) / settled if settled else 0.0
-        latency: dict[str, dict[str, float]] = {}
+        latency = _percentiles(samples)
         connections: dict[str, float] = collections.defaultdict(float)
         for h in alive:
-            for chan, figures in h["latency"].items():
-                worst = latency.setdefault(chan, {})
-                for name, value in figures.items():
-                    worst[name] = max(worst.get(name, 0.0), value)
             for chan, count in h["connections"].items():
                 connections[chan] += count
         codes = {name: value for name, value in window.items() if name.startswith(("rejected:", "refused:"))}
@@ -208,6 +240,8 @@ class Board:
             "alert_failure_rate": self.settings.alert_failure_rate,
             "connections": dict(connections),
             "fleet": _fleet(alive),
+            "stock": _watched(alive),
+            "stock_counts": {name: window[name] for name in ("reservations", "stock_refused", "expired")},
             "log": sorted((e for h in alive for e in h["log"]), key=lambda e: e["ts"])[-LOG_ROWS:],
         }
         state["alerts"] = self._judge(latency, failure_rate, settled, now)
@@ -237,6 +271,26 @@ class Board:
             log.warning("alert raised: %s (%s)", key, firing[key]["value"])
         self._alerts = firing
         return list(firing.values())
+
+
+def _percentiles(samples: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Per channel with samples: ``p50``, ``p95``, ``p99`` (ms) of all of them, and how many there were."""
+    latency: dict[str, dict[str, float]] = {}
+    for chan, counts in sorted(samples.items()):
+        count = sum(counts)
+        if count:
+            figures = {name: report_stats.quantile(counts, q) or 0.0 for name, q in PERCENTILES}
+            latency[chan] = figures | {"samples": float(count)}
+    return latency
+
+
+def _watched(hubs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The :data:`STOCK_ROWS` SKUs with the most subscribers over every process."""
+    watchers: dict[str, int] = collections.defaultdict(int)
+    for h in hubs:
+        for sku, count in h.get("stock", []):
+            watchers[sku] += int(count)
+    return [{"sku": sku, "watchers": n} for sku, n in most_watched(watchers.items(), STOCK_ROWS)]
 
 
 def _fleet(hubs: list[dict[str, Any]]) -> list[dict[str, Any]]:

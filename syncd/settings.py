@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import datetime as dt
 import functools
 import inspect
 import os
@@ -46,12 +47,16 @@ import textwrap
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
+from protocol import stock as stock_rules
 from protocol.errors import SyncError
+from syncd.holds import DEFAULT_CLEARING_TZ, HoldPolicy
 
 Durability = Literal["script", "replicas", "fsync"]
 DURABILITY_MODES: tuple[Durability, ...] = ("script", "replicas", "fsync")
@@ -160,6 +165,12 @@ class Settings:
     """Events kept per topic for resume; a client further behind gets a reset snapshot."""
     history_max_age_s: int = 7 * 24 * 3600
     """Seconds events are kept per topic at most (trimmed as the topic is written)."""
+    stock_clearing_time: str = "00:00"
+    """The brand's daily clearing time (HH:MM, local): holds until "clearing" end then."""
+    stock_clearing_tz: str = DEFAULT_CLEARING_TZ
+    """The time zone of the clearing time (IANA name, daylight saving followed)."""
+    stock_default_hold: str = "clearing"
+    """How long a reservation without ttl_ms or until holds: clearing, or milliseconds."""
     metrics: bool = True
     """Serve Prometheus metrics at /metrics and publish this hub's figures to the dashboard."""
     alert_sync_p99_ms: int = 500
@@ -269,6 +280,7 @@ class Settings:
         _check_int("dedup_retention_s", self.dedup_retention_s, 60, 366 * 24 * 3600)
         _check_int("history_maxlen", self.history_maxlen, 10, 100_000_000)
         _check_int("history_max_age_s", self.history_max_age_s, 1, 366 * 24 * 3600)
+        self._check_holds()
         _require(isinstance(self.metrics, bool), "metrics", "a boolean", self.metrics)
         _check_int("alert_sync_p99_ms", self.alert_sync_p99_ms, 1, 3_600_000)
         _require(
@@ -278,6 +290,37 @@ class Settings:
             self.alert_failure_rate,
         )
         _check_int("alert_window_s", self.alert_window_s, 5, 24 * 3600)
+
+    def _check_holds(self) -> None:
+        _require(
+            _clearing_time(self.stock_clearing_time) is not None,
+            "stock_clearing_time",
+            "a local time HH:MM from 00:00 to 23:59",
+            self.stock_clearing_time,
+        )
+        _require(
+            _zone(self.stock_clearing_tz) is not None,
+            "stock_clearing_tz",
+            "an IANA time zone name such as Asia/Shanghai",
+            self.stock_clearing_tz,
+        )
+        hold = self.stock_default_hold
+        _require(
+            hold == "clearing" or (hold.isdigit() and 1 <= int(hold) <= stock_rules.MAX_TTL_MS),
+            "stock_default_hold",
+            f"clearing, or milliseconds from 1 to {stock_rules.MAX_TTL_MS}",
+            hold,
+        )
+
+    @property
+    def hold_policy(self) -> HoldPolicy:
+        """How long stock reservations hold (clearing time, zone, default hold), checked at startup."""
+        at, tz = _clearing_time(self.stock_clearing_time), _zone(self.stock_clearing_tz)
+        assert at is not None and tz is not None
+        hold = self.stock_default_hold
+        return HoldPolicy(
+            clearing_at=at, clearing_tz=tz, default_ttl_ms=None if hold == "clearing" else int(hold)
+        )
 
     @property
     def embedded(self) -> bool:
@@ -397,6 +440,26 @@ def _where(name: str) -> str:
 def _require(ok: bool, name: str, expected: str, got: object) -> None:
     if not ok:
         raise ConfigError(f"{_where(name)}: expected {expected}, got {got!r}")
+
+
+def _clearing_time(value: object) -> dt.time | None:
+    """``HH:MM`` as a time of day, or ``None``."""
+    if not isinstance(value, str) or len(value) != 5 or value[2] != ":":
+        return None
+    hh, mm = value[:2], value[3:]
+    if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        return None
+    return dt.time(int(hh), int(mm))
+
+
+def _zone(value: object) -> ZoneInfo | None:
+    """An IANA time zone by name, or ``None`` (unknown, or not a plain zone name)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return ZoneInfo(value)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return None
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

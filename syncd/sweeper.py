@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from protocol.errors import BackendUnavailable
@@ -22,9 +23,10 @@ SWEEP_IDLE_S: Final = 8.0
 log = logging.getLogger("syncd.sweeper")
 
 
-async def sweep_forever(store: RedisStore) -> None:
+async def sweep_forever(store: RedisStore, returned_holds: Callable[[int], None] | None = None) -> None:
     """Sweep until cancelled; after a sweep that found nothing, wait twice as long (up to
-    :data:`SWEEP_IDLE_S`). Redis being away is logged and retried next time."""
+    :data:`SWEEP_IDLE_S`). Redis being away is logged and retried next time. ``returned_holds`` is told how
+    many holds each sweep returned (the ``syncd_stock_expired`` counter)."""
     wait_s = SWEEP_EVERY_S
     while True:
         try:
@@ -34,6 +36,8 @@ async def sweep_forever(store: RedisStore) -> None:
             returned = 0
         if returned:
             log.info("returned %d expired holds", returned)
+            if returned_holds is not None:
+                returned_holds(returned)
             wait_s = SWEEP_EVERY_S
         else:
             wait_s = min(SWEEP_IDLE_S, wait_s * 2)

@@ -69,7 +69,8 @@ def test_an_unknown_op_or_topic_is_refused_by_every_lookup() -> None:
 def test_an_op_names_its_topic_by_its_types_key_field() -> None:
     for dtype in registry.TYPES.values():
         assert dtype.topic_of({dtype.key_field: "k1"}) == f"{dtype.kind.value}:k1"
-        assert op_topic(next(iter(dtype.ops)), {dtype.key_field: "k1"}) == f"{dtype.kind.value}:k1"
+        for op in list(dtype.ops)[:1]:  # a topic only the hub writes (store:<store>) has no op
+            assert op_topic(op, {dtype.key_field: "k1"}) == f"{dtype.kind.value}:k1"
 
 
 @pytest.mark.parametrize("path", DISPATCHERS)

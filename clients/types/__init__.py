@@ -12,15 +12,19 @@ from typing import TYPE_CHECKING, Final
 from clients.types.base import LocalView, TopicHandle, op_topic
 from clients.types.cart import Cart, CartView
 from clients.types.stock import Stock, StockView
+from clients.types.store import StoreAllotView, StoreStock
 
 if TYPE_CHECKING:
     from clients.client import SyncClient
 from protocol.topics import TopicKind
 
-VIEWS: Final[dict[TopicKind, type[LocalView]]] = {v.datatype.kind: v for v in (CartView, StockView)}
+VIEWS: Final[dict[TopicKind, type[LocalView]]] = {
+    v.datatype.kind: v for v in (CartView, StockView, StoreAllotView)
+}
 HANDLES: Final[dict[TopicKind, Callable[[SyncClient, str], TopicHandle]]] = {
     TopicKind.CART: Cart,
     TopicKind.STOCK: Stock,
+    TopicKind.STORE: StoreStock,
 }
 """Topic kind -> its public handle, made with the client and the topic's key."""
 

@@ -63,6 +63,9 @@ class LocalView(abc.ABC):
     datatype: ClassVar[DataType]
     offline_ops: ClassVar[frozenset[str]]
     """Op kinds this device may make while offline (the rest need the hub's answer first)."""
+    shows_when_acked: ClassVar[bool] = False
+    """Some ops show only once the hub applied them (:meth:`acked`): the client tells the view again of those
+    its store kept as applied, after a restart."""
 
     def __init__(self, record: TopicRecord, me: str) -> None:
         self._me = me  # our client_id: the overlay's ops are ours
@@ -95,6 +98,13 @@ class LocalView(abc.ABC):
     @abc.abstractmethod
     def reflect(self, upto: int) -> Keys:
         """The server state now shows our ops up to ``upto``: they leave the overlay."""
+
+    def acked(self, op: frames.Op, result: Mapping[str, Any] | None) -> bool:
+        """The hub applied our op ``op`` (still above ``reflected``: its state does not show it yet); whether
+        the view changed. A type whose ops are only shown once the hub accepts them (stock: a reservation
+        may be refused) shows the effect from here until :meth:`reflect`, so a read between the ack and the
+        event never shows the op undone; the default does nothing (cart ops show from when they are made)."""
+        return False
 
     @property
     @abc.abstractmethod

@@ -7,6 +7,7 @@ Every cart op may be made offline: the rules merge whatever the hub applied mean
 from __future__ import annotations
 
 import collections
+import dataclasses
 import heapq
 import sys
 import weakref
@@ -14,11 +15,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeAlias
 
 from clients.errors import SubscriptionRefused
-from clients.events import TopicChanged, TopicRecord
+from clients.events import ChangeCause, TopicChanged, TopicRecord
 from clients.handles import CompositeHandle, OpHandle
-from clients.models import CartChange, CartConflict, CartLine, CartState
+from clients.models import CartChange, CartConflict, CartLine, CartState, SoldOut
 from clients.streams import Changes, ChangeStream, PendingChange
 from clients.types.base import MAX_CTX, LocalView
+from clients.types.stock import StockView
 from protocol import cart as rules
 from protocol import frames
 from protocol import vv as vvs
@@ -306,6 +308,7 @@ class Cart:
         self.member = member
         self.topic = f"cart:{member}"
         self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()  # an abandoned iterator drops out
+        self._sold_out: frozenset[str] = frozenset()  # as last told to the streams
 
     def __repr__(self) -> str:
         return f"<Cart {self.member} {len(self.lines)} lines>"
@@ -386,7 +389,7 @@ class Cart:
         """Why the hub refused this cart's subscription, if it did (retried on the next connection)."""
         return self._view.error
 
-    def changes(self) -> Changes:
+    def changes(self) -> Changes[CartChange]:
         """Each change of this cart from the moment of this call, merged while the reader is busy.
 
         The iterator is registered at once (not at its first ``anext``), so a change made right after this
@@ -394,8 +397,35 @@ class Cart:
         """
         return Changes(self._streams, self._change)
 
+    @property
+    def following(self) -> frozenset[str]:
+        """The SKUs on this cart's lines whose stock the client follows (bounded: ``follow_stock``)."""
+        return self._client._follows.skus_of(self.topic)
+
+    @property
+    def sold_out(self) -> frozenset[str]:
+        """SKUs on this cart's lines that have nothing left to promise online (their pool is 0), as this
+        device last heard; only followed SKUs are known. Per channel, see ``client.stock(sku).state.atp``."""
+        engine = self._client._engine
+        out = set()
+        for sku in self.following:
+            stock = engine.view(f"stock:{sku}")
+            shown = isinstance(stock, StockView) and stock.has_state and stock.view()["pool"] <= 0
+            if shown and self._view.line(sku) is not None:
+                out.add(sku)
+        return frozenset(out)
+
+    def _stock_changed(self, sku: str) -> None:
+        """The stock of a SKU this cart follows changed: tell the streams when the sold-out lines did."""
+        now = self.sold_out
+        if now != self._sold_out:
+            self._sold_out = now
+            change = TopicChanged(self.topic, ChangeCause.STOCK, frozenset((sku,)))
+            for stream in list(self._streams):
+                stream.push(change, None)
+
     def _change(self, p: PendingChange) -> CartChange:
-        return CartChange(
+        change = CartChange(
             member=self.member,
             cause=p.cause,
             lines=self.lines,
@@ -406,12 +436,27 @@ class Cart:
             conflicts=tuple(p.conflicts),
             kind=p.kind,
         )
+        if not p.stock:
+            return change
+        fields = {f.name: getattr(change, f.name) for f in dataclasses.fields(change)}
+        return SoldOut(**fields, sold_out=self._sold_out)
 
     def _notify(self, change: TopicChanged) -> CartConflict | None:
         conflict = CartConflict.from_wire(change.conflict) if change.conflict is not None else None
         for stream in list(self._streams):
             stream.push(change, conflict)
+        if self._client._follows.skus_of(self.topic):
+            self._stock_changed_lines()
         return conflict
+
+    def _stock_changed_lines(self) -> None:
+        """A line for a sold-out SKU came or went: the change just pushed becomes a ``SoldOut``."""
+        now = self.sold_out
+        if now != self._sold_out:
+            self._sold_out = now
+            for stream in list(self._streams):
+                if stream.pending is not None:
+                    stream.pending.stock = True
 
     def _close(self) -> None:
         for stream in list(self._streams):

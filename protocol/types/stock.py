@@ -8,7 +8,7 @@ counts against (purchase limit), the one a till sells to, or the operator of an 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -20,6 +20,8 @@ Qty = Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_QTY)]
 Bound = Annotated[int, msgspec.Meta(ge=0, le=rules.MAX_QTY)]
 Rid = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}/[0-9]{1,16}\Z")]
 """A reservation id: ``<client_id>/<seq>`` of the ``stock.reserve`` that made it."""
+Instant = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+"""Unix milliseconds."""
 
 
 class StockArgs(OpArgs, frozen=True):
@@ -58,12 +60,52 @@ class StockLimit(AdminArgs, frozen=True):
     qty: Bound
 
 
+class StockAdjust(AdminArgs, frozen=True):
+    """``stock.adjust``: a stock take found ``delta`` units more (or, negative, fewer) on hand than counted;
+    the correction goes through the pool (``insufficient_stock`` when the pool cannot absorb a shortfall).
+    ``reason`` is kept in the event, so the topic's history says why on_hand changed."""
+
+    delta: Annotated[int, msgspec.Meta(ge=-rules.MAX_QTY, le=rules.MAX_QTY)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class StockRecall(AdminArgs, frozen=True):
+    """``stock.recall``: ask ``store`` to give back ``qty`` of its allotment, to the pool or (``to``) to
+    another store; 0 withdraws the recall. Nothing moves until the store's till answers with ``stock.yield``:
+    the hub never takes escrow from a store, which may be offline and selling it."""
+
+    store: Key
+    qty: Bound
+    to: Key | None = None
+
+
+class StockYield(StockArgs, frozen=True):
+    """``stock.yield``: a till gives back up to ``qty`` of its store's allotment, answering the recall whose
+    ``to`` it names; the hub moves ``min(qty, recall, allotment)``, result ``{"moved": n}``. Only a ``pos``
+    token of the store may: a store's escrow leaves only with its own acknowledgement."""
+
+    store: Key
+    qty: Qty
+    to: Key | None = None
+    till_only: ClassVar[bool] = True
+
+
 class StockReserve(StockArgs, frozen=True):
-    """``stock.reserve``: hold ``qty`` for ``member`` through ``channel`` for ``ttl_ms``; result ``rid``."""
+    """``stock.reserve``: hold ``qty`` for ``member`` through ``channel``; result ``rid`` and ``until``.
+
+    The hold lasts ``ttl_ms``, or ``until`` an absolute instant (Unix ms) or ``"clearing"`` (the brand's
+    next daily clearing time); at most one of the two; with neither, the hub's default hold
+    (``--stock-default-hold``). The hub resolves it to one instant when it applies the op (PROTOCOL.md §18).
+    """
 
     channel: Key
     qty: Qty
-    ttl_ms: Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_TTL_MS)]
+    ttl_ms: Annotated[int, msgspec.Meta(ge=1, le=rules.MAX_TTL_MS)] | None = None
+    until: Instant | Literal["clearing"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ttl_ms is not None and self.until is not None:
+            raise ValueError("give ttl_ms or until, not both")
 
 
 class StockCommit(StockArgs, frozen=True):
@@ -107,6 +149,9 @@ STOCK = DataType(
         rules.COMMIT: StockCommit,
         rules.RELEASE: StockRelease,
         rules.SELL: StockSell,
+        rules.ADJUST: StockAdjust,
+        rules.RECALL: StockRecall,
+        rules.YIELD: StockYield,
     },
     key_field="sku",
     state=StockView,

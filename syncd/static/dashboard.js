@@ -49,9 +49,10 @@ function render(s) {
   charts.latency.push(s.ts, p99);
   rows("latency", latency.map(([channel, f]) => {
     const cell = (v) => `<td class="${v > s.alert_sync_p99_ms ? "over" : ""}">${v === undefined ? "–" : fmt(v)}</td>`;
-    return `<tr data-channel="${escape(channel)}"><td>${escape(channel)}</td>${cell(f.p50)}${cell(f.p95)}${cell(f.p99)}</tr>`;
+    return `<tr data-channel="${escape(channel)}"><td>${escape(channel)}</td>${cell(f.p50)}${cell(f.p95)}${cell(f.p99)}
+      <td class="samples">${f.samples}</td></tr>`;
   }));
-  if (!latency.length) rows("latency", ['<tr><td colspan="4" class="muted">暂无设备上报 · no device reports yet</td></tr>']);
+  if (!latency.length) rows("latency", ['<tr><td colspan="5" class="muted">暂无设备上报 · no device reports yet</td></tr>']);
 
   $("success").textContent = s.success_rate === null ? "–" : `${(s.success_rate * 100).toFixed(2)} %`;
   charts.success.push(s.ts, { "success %": s.success_rate === null ? null : s.success_rate * 100 });
@@ -70,7 +71,28 @@ function render(s) {
     <td class="oldest">${t.backlog ? ago(t.oldest_ms) : "–"}</td><td>${ago(s.ts - t.seen_ms)} 前 ago</td>
     <td>${t.online ? "在线 online" : "离线 offline"}</td><td>${escape(t.version || "–")}</td></tr>`));
   if (!s.fleet.length) rows("fleet", ['<tr><td colspan="7" class="muted">暂无收银台 · no tills yet</td></tr>']);
+  renderStock(s.stock || []);
+  const counts = s.stock_counts || {};
+  for (const [cls, name] of [["reservations", "reservations"], ["refused", "stock_refused"], ["expired", "expired"]]) {
+    document.querySelector(`#stock-counts .${cls}`).textContent = counts[name] === undefined ? "–" : counts[name];
+  }
   renderLog();
+}
+
+function pairs(map) {
+  return Object.entries(map).map(([k, v]) => `${k === "*" ? "无配额渠道 channels without a quota" : escape(k)}: ${v}`).join(", ");
+}
+
+function renderStock(watched) {
+  rows("stock", watched.map(({ sku, watchers, state: st }) => {
+    const cells = st === null
+      ? '<td colspan="6" class="muted">尚无库存 · no stock yet</td>'
+      : `<td class="on_hand">${st.on_hand}</td><td class="pool">${st.pool}</td><td class="sold">${st.sold}</td>
+        <td class="held">${st.held} (${st.holds})</td><td class="atp">${pairs(st.atp)}</td>
+        <td class="allot">${pairs(st.allot) || "–"}</td>`;
+    return `<tr data-sku="${escape(sku)}"><td>${escape(sku)}</td><td class="watchers">${watchers}</td>${cells}</tr>`;
+  }));
+  if (!watched.length) rows("stock", ['<tr><td colspan="8" class="muted">暂无关注的 SKU · no SKU watched</td></tr>']);
 }
 
 function renderLog() {

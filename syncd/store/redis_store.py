@@ -110,12 +110,13 @@ from protocol import frames
 from protocol.errors import BackendUnavailable, ErrorCode, OpRejected, ProtocolError
 from protocol.ops import OpArgs, parse_args
 from protocol.topics import parse_topic
+from syncd.holds import HoldPolicy
 from syncd.settings import DURABILITY_MODES, Durability
 from syncd.store.keys import channel, client_slot, member_slot, topic_keys
 from syncd.store.pipeliner import Pipeliner
 from syncd.store.scripts import Script, load_scripts
 from syncd.types import STORE_TYPES, StoreType, for_op, for_topic
-from syncd.types.base import EncodableArg, Sweep
+from syncd.types.base import EncodableArg, OpEnv, Sweep
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -266,6 +267,7 @@ class RedisStore:
         log_max_bytes: int = LOG_MAX_BYTES,
         fsync_timeout_ms: int = FSYNC_TIMEOUT_MS,
         wait_replicas: int = 1,
+        holds: HoldPolicy | None = None,
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
@@ -291,6 +293,7 @@ class RedisStore:
         self.log_max_bytes = log_max_bytes
         self.fsync_timeout_ms = fsync_timeout_ms
         self.wait_replicas = wait_replicas
+        self._env = OpEnv(holds=holds or HoldPolicy())
         self._waits = durability != "script"
         self._scripts = load_scripts()
         self._locks = _KeyedLocks()
@@ -603,7 +606,7 @@ class RedisStore:
             op.kind,
             self.log_max_age_s * 1000,
             self.log_max_bytes,
-            *spec.argv(args),
+            *spec.argv_in(args, self._env),
         ]
 
     async def _run_op(
@@ -659,13 +662,50 @@ class RedisStore:
     async def sweep(self, limit: int = SWEEP_LIMIT) -> int:
         """Apply every type's time-driven changes now due (holds expiring), each exactly once however many
         hubs sweep; how many. Raises :class:`BackendUnavailable` when Redis is."""
-        log_argv = (self.log_maxlen, self.log_max_age_s * 1000, self.log_max_bytes)
-        sweep = Sweep(self._client, self._read_script, self._epochs.next, log_argv)
+        sweep = self.scripting()
         with _unavailable("sweep"):
             return sum([await t.sweep(sweep, limit) for t in STORE_TYPES.values()])
 
     async def _read_script(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
         return await self._eval(name, keys, argv, wait=False)
+
+    def scripting(self) -> Sweep:
+        """What a type's own steps outside an op use (a sweep, a store topic's forward): the client, the
+        script runner, fresh epochs and the history bounds of every event append."""
+        log_argv = (self.log_maxlen, self.log_max_age_s * 1000, self.log_max_bytes)
+        retention_ms = self.dedup_retention_s * 1000
+        return Sweep(self._client, self._read_script, self._epochs.next, log_argv, retention_ms)
+
+    async def write(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
+        """Run one of the store's scripts as a write step: acknowledged as the durability mode says (the
+        mark that must be durable before the op it marks runs, :mod:`syncd.storefeed`)."""
+        return await self._eval(name, keys, argv, wait=self._waits)
+
+    async def read(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
+        """Run one of the store's read-only scripts (a type's own reads, such as the ops API's full state);
+        raises :class:`BackendUnavailable` when Redis is."""
+        return await self._read_script(name, keys, argv)
+
+    async def claim_request(self, client_id: str, fingerprint: str) -> bool:
+        """Tie a one-op client (an HTTP write's, PROTOCOL.md §18.1) to what its op does: ``True`` the first
+        time and for the same ``fingerprint`` again (a retry), ``False`` when the client already did
+        something else (an idempotency key reused for another request). Kept for the dedup retention."""
+        with _unavailable("claim_request"):
+            key, ttl_ms = f"{client_slot(client_id)}:fp", self.dedup_retention_s * 1000
+            before = await self._client.set(key, fingerprint, nx=True, get=True, px=ttl_ms)
+        return before is None or (isinstance(before, bytes | str) and _text(before) == fingerprint)
+
+    async def retire_client(self, client_id: str) -> None:
+        """Let a one-op client's watermark expire with its dedup records (after the dedup retention).
+
+        The ops HTTP API gives every write its own client id (PROTOCOL.md §18.1): its watermark would
+        otherwise stay forever, one hash per request. Expiring it together with the entity's dedup hash
+        keeps the two in step: within the retention a replay is answered, after it both are gone.
+        """
+        with _unavailable("retire_client"):
+            await self._client.execute_command(
+                "PEXPIRE", f"{client_slot(client_id)}:seq", self.dedup_retention_s * 1000
+            )
 
     async def load_cart(self, member: str) -> dict[str, Any]:
         """The cart as stored, in :mod:`protocol.cart`'s shape: ``{"lines": {sku: line}, "folds": n}``.

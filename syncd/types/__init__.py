@@ -14,8 +14,11 @@ from protocol.topics import TopicKind
 from syncd.types.base import StoreType
 from syncd.types.cart import CartStore
 from syncd.types.stock import StockStore
+from syncd.types.store import StoreTopicStore
 
-STORE_TYPES: Final[dict[TopicKind, StoreType]] = {t.datatype.kind: t for t in (CartStore(), StockStore())}
+STORE_TYPES: Final[dict[TopicKind, StoreType]] = {
+    t.datatype.kind: t for t in (CartStore(), StockStore(), StoreTopicStore())
+}
 
 
 def for_op(kind: str) -> StoreType:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeAlias
 from protocol import frames
 from protocol.datatype import DataType, OpArgs
 from protocol.topics import TopicName
+from syncd.holds import HoldPolicy
 from syncd.store.keys import dedup_key, topic_keys, topic_slot
 
 EncodableArg: TypeAlias = bytes | str | int
@@ -33,6 +34,16 @@ class Sweep:
     epoch: Callable[[], str]
     log_argv: tuple[int, int, int]
     """``(maxlen, max_age_ms, max_bytes)`` of a topic's history."""
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    """How long an op may still be replayed (the dedup retention): what waits on an op forgets it after."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OpEnv:
+    """What an op's ARGV may take from the hub's configuration besides the op's arguments."""
+
+    holds: HoldPolicy = dataclasses.field(default_factory=HoldPolicy)
+    """How long a stock reservation without a ttl holds (the brand's clearing time, the default hold)."""
 
 
 class StoreType(abc.ABC):
@@ -65,6 +76,10 @@ class StoreType(abc.ABC):
     @abc.abstractmethod
     def argv(self, args: OpArgs) -> list[EncodableArg]:
         """The op's own ARGV, after the common ones."""
+
+    def argv_in(self, args: OpArgs, env: OpEnv) -> list[EncodableArg]:
+        """The op's own ARGV where it depends on the hub's configuration ``env``; by default :meth:`argv`."""
+        return self.argv(args)
 
     async def sweep(self, sweep: Sweep, limit: int) -> int:
         """Time-driven changes of this type (holds expiring), each applied exactly once by a script;

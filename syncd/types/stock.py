@@ -16,17 +16,20 @@ from protocol.datatype import DataType, OpArgs
 from protocol.topics import TopicName
 from protocol.types.stock import (
     STOCK,
+    StockAdjust,
     StockAllot,
     StockCommit,
     StockLimit,
     StockQuota,
+    StockRecall,
     StockRelease,
     StockReserve,
     StockRestock,
     StockSell,
+    StockYield,
 )
-from syncd.store.keys import channel, topic_keys
-from syncd.types.base import EncodableArg, ScriptRunner, StoreType, Sweep
+from syncd.store.keys import channel, topic_keys, topic_slot
+from syncd.types.base import EncodableArg, OpEnv, ScriptRunner, StoreType, Sweep
 
 _EXP_SUFFIX: Final = "}:exp"
 
@@ -37,16 +40,34 @@ class StockStore(StoreType):
     state_keys: ClassVar[tuple[str, ...]] = ("stock", "holds", "bought", "exp")
 
     def argv(self, args: OpArgs) -> list[EncodableArg]:
+        return self.argv_in(args, OpEnv())
+
+    def argv_in(self, args: OpArgs, env: OpEnv) -> list[EncodableArg]:
         if isinstance(args, StockReserve):
-            return [args.channel, args.member, args.qty, args.ttl_ms]
+            return [args.channel, args.member, args.qty, *env.holds.reserve_argv(args.ttl_ms, args.until)]
+        return self._argv(args)
+
+    def _argv(self, args: OpArgs) -> list[EncodableArg]:
         if isinstance(args, StockCommit | StockRelease):
             return [args.rid]
         if isinstance(args, StockAllot | StockSell):
             return [args.store, args.qty]
+        if isinstance(args, StockRecall | StockYield):
+            return [args.store, args.qty, args.to or ""]
+        if isinstance(args, StockAdjust):
+            return [args.delta, args.reason]
         if isinstance(args, StockQuota):
             return [args.channel, args.qty]
         assert isinstance(args, StockRestock | StockLimit)
         return [args.qty]
+
+    def keys(self, args: OpArgs, client_id: str) -> list[str]:
+        """A recall and its answer also take the SKU's ``recall`` hash (``lua/stock/_escrow.lua``), after the
+        topic's keys: the other stock ops keep their layout."""
+        keys = super().keys(args, client_id)
+        if isinstance(args, StockRecall | StockYield):
+            keys.append(f"{topic_slot(self.topic(args))}:recall")
+        return keys
 
     async def sweep(self, sweep: Sweep, limit: int) -> int:
         """Return every SKU's expired holds (``stock_expire``). Every hub sweeps; the script makes each
@@ -77,3 +98,42 @@ class StockStore(StoreType):
             return cursor, {"on_hand": 0, "pool": 0, "sold": 0, "atp": {"*": 0}, "allot": {}}
         state: dict[str, Any] = msgspec.msgpack.decode(reply[2])
         return cursor, state
+
+
+async def full_state(run: ScriptRunner, sku: str) -> dict[str, Any]:
+    """Everything operators see of one SKU (``GET /ops/stock/<sku>``), read atomically (``stock_state``):
+    the buckets, quotas with what each channel took, the purchase limit, how many holds are active,
+    available to promise per channel and the recalls waiting for their store (docs/design.md §3)."""
+    slot = topic_slot(TopicName(STOCK.kind, sku))
+    keys = [f"{slot}:stock", f"{slot}:holds", f"{slot}:recall"]
+    flat, holds, recall_flat = await run("stock_state", keys, [])
+    fields = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    prefixed: dict[str, dict[str, int]] = {"q:": {}, "t:": {}, "a:": {}}
+    for name, value in fields.items():
+        if name[:2] in prefixed:
+            prefixed[name[:2]][name[2:]] = value
+    quota, taken = prefixed["q:"], prefixed["t:"]
+    pool = fields.get("pool", 0)
+    atp = {"*": pool, **{ch: max(0, min(pool, cap - taken.get(ch, 0))) for ch, cap in quota.items()}}
+    recall: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(recall_flat), 2):
+        qty, _, to = _text(recall_flat[i + 1]).partition("|")
+        recall[_text(recall_flat[i])] = {"qty": int(qty), "to": to or None}
+    return {
+        "sku": sku,
+        "on_hand": fields.get("on_hand", 0),
+        "pool": pool,
+        "sold": fields.get("sold", 0),
+        "held": fields.get("held", 0),
+        "holds": int(holds),
+        "allot": prefixed["a:"],
+        "quota": quota,
+        "taken": taken,
+        "limit": fields.get("limit", rules.NO_LIMIT),
+        "atp": atp,
+        "recall": recall,
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -110,3 +110,38 @@ def test_isolation_smoke_reports_the_victim_quiet_and_under_every_attack_with_ra
     assert [target["pass"] for target in result["targets"]] == [
         result["ratios"][attack] <= 3.0 for attack in attacks
     ]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_flashsale_smoke_sells_every_unit_once_through_the_hub_and_the_script_floor() -> None:
+    result = json.loads(run_smoke("flashsale")[-1])
+    assert result["workload"] == "flashsale"
+    units = result["params"]["units"]
+    for system in ("syncd", "floor"):
+        figures = result[system]
+        assert figures["reserved"] == figures["redis_holds"] == units, system
+        assert figures["oversold"] == 0 and figures["sold_out"], system
+        assert figures["redis_stock"] == {"on_hand": units, "pool": 0, "held": units, "sold": 0}
+        assert figures["reservations_per_s"] > 0 and figures["p99_ms"] is not None
+    assert set(result["ratios"]) == {"vs_floor", "p99_vs_floor"}
+    assert [t["target"] for t in result["targets"]][:2] == ["oversold == 0", "every unit sold"]
+    assert result["pass"] == all(target["pass"] for target in result["targets"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_stockwatch_smoke_counts_every_atp_change_delivered_beside_the_fanout_floor() -> None:
+    result = json.loads(run_smoke("stockwatch")[-1])
+    assert result["workload"] == "stockwatch"
+    (subs,) = result["params"]["subscribers"]
+    key = f"{subs}_subs"
+    for system in ("syncd", "floor"):
+        figures = result[system][key]
+        assert figures["subscribers"] == subs and figures["steps"], system
+        for step in figures["steps"]:
+            assert step["expected"] == step["events"] * subs
+            assert 0 <= step["delivered"] <= step["expected"]
+    assert set(result["ratios"][key]) == {"vs_floor", "p99_vs_floor"}
+    assert len(result["targets"]) == 2
+    assert result["pass"] == all(target["pass"] for target in result["targets"])

@@ -41,6 +41,8 @@ class FakeHubServer:
         self._connections: dict[ServerConnection, asyncio.Event] = {}
         self.hellos: list[str] = []
         self._stats: asyncio.Queue[dict[str, float]] = asyncio.Queue()
+        self.arrivals: list[tuple[str, dict[str, float] | None]] = []
+        """What clients sent after their hello, in order: ``("stats", figures)`` or ``(frame type, None)``."""
         self.refuse_with: int | None = None
 
     async def __aenter__(self) -> FakeHubServer:
@@ -97,6 +99,7 @@ class FakeHubServer:
                             session, welcome = self.hub.connect(event.hello.client_id, now_ms())
                             proto.accept(session=welcome.session, last_seq=welcome.last_seq, now_ms=now_ms())
                         elif isinstance(event, FrameReceived) and session is not None:
+                            self.arrivals.append((type(event.frame).__name__, None))
                             session.send(event.frame, now_ms())
                             self._wake_all()
                         elif isinstance(event, Refused) and session is not None:
@@ -106,6 +109,7 @@ class FakeHubServer:
                             await ws.close(event.code, event.reason)
                             return
                         elif isinstance(event, StatsReceived):
+                            self.arrivals.append(("stats", dict(event.stats)))
                             self._stats.put_nowait(dict(event.stats))
                 await self._flush(ws, proto, session)
         except Exception:

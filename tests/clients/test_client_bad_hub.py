@@ -81,6 +81,8 @@ def welcome_then(messages: list[bytes | str], *, version: int = 1) -> Callable[[
         DECODE.decode(await ws.recv())  # the hello
         await ws.send(welcome(version))
         sub = DECODE.decode(await ws.recv())
+        while isinstance(sub, frames.Ping):  # the client's report on connecting
+            sub = DECODE.decode(await ws.recv())
         assert isinstance(sub, frames.Subscribe)
         await ws.send(
             codec.encode(

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -37,6 +38,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Wait for ``check`` to hold (an event the test waits for may come after the ack that caused it)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never saw {what}")
+        await asyncio.sleep(0.02)
 
 
 def token(client_id: str, **claims: Any) -> str:

@@ -6,10 +6,12 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from protocol import frames
 from syncd.embedded import EmbeddedRedis
@@ -174,3 +176,68 @@ async def test_one_masked_json_line_per_connect_replay_rejection_and_disconnect(
     assert PHONE not in log
     assert tok not in log
     assert tok.split(".")[2] not in log
+
+
+async def feed_states(hub: HubProcess) -> AsyncIterator[dict[str, Any]]:
+    """The dashboard feed of ``hub`` as an ops page receives it, one state a second."""
+    headers = {"Cookie": f"syncd_ops={token('ops-1', role='ops')}"}
+    async with connect(hub.url.replace("/ws", "/dashboard/feed"), additional_headers=headers) as ws:
+        async for message in ws:
+            yield json.loads(message)
+
+
+async def test_the_dashboard_feed_gives_latency_percentiles_of_every_sample_on_every_hub(
+    redis_server: EmbeddedRedis, hub_factory: HubFactory
+) -> None:
+    """Ten fast samples reported to one process, ten slow ones to another: the page served by the first shows
+    the percentiles of all twenty — a p99 neither process has alone — and alerts on it."""
+    first, second = hub_factory(redis_server.url), hub_factory(redis_server.url)
+    fast = await WireClient.open(first.url, "till-f", tok=token("till-f", role="pos", store="s1"))
+    slow = await WireClient.open(second.url, "till-s", tok=token("till-s", role="pos", store="s2"))
+    reported = False
+    states = feed_states(first)
+    async with asyncio.timeout(30):
+        async for state in states:
+            if state.get("hubs") != 2:
+                continue  # until both processes publish (what they had before is not the page's)
+            if not reported:
+                for till, ms in ((fast, "50"), (slow, "1000")):
+                    stats = {f"sync_ms_le_{ms}": 10.0, "sync_ms_count": 10.0, "sync_ms_sum": 10.0 * int(ms)}
+                    await till.send(frames.Ping(ts=int(time.time() * 1000), stats=stats))
+                reported = True
+                continue
+            if state["latency"].get("pos", {}).get("samples") == 20:
+                break
+    await states.aclose()
+    pos = state["latency"]["pos"]
+    assert pos["p50"] == 50.0
+    assert pos["p99"] == pytest.approx(990.0)
+    assert [(a["kind"], a["channel"]) for a in state["alerts"]] == [("sync", "pos")]
+
+
+async def test_stock_metrics_count_reservations_refusals_by_code_and_expiries_with_no_sku_label(
+    hub: HubProcess,
+) -> None:
+    admin = await WireClient.open(hub.url, "ops-1", tok=token("ops-1", role="ops"))
+    for kind, args in (("stock.restock", {"qty": 5}), ("stock.quota", {"channel": "web", "qty": 3})):
+        await admin.op(kind, {"member": "ops", "sku": "SKU-9", **args})
+        assert (await admin.recv_type(frames.Ack)).ok
+    app = await WireClient.open(hub.url, "app-1", tok=token("app-1", channel="web"))
+    for qty, ttl_ms, code in (
+        (2, 60_000, None),
+        (10, 60_000, "insufficient_stock"),
+        (2, 60_000, "quota_exceeded"),
+    ):
+        await app.op(
+            "stock.reserve", {"member": "m1", "sku": "SKU-9", "channel": "web", "qty": qty, "ttl_ms": ttl_ms}
+        )
+        assert (await app.recv_type(frames.Ack)).code == code
+    await app.op("stock.reserve", {"member": "m2", "sku": "SKU-9", "channel": "web", "qty": 1, "ttl_ms": 1})
+    assert (await app.recv_type(frames.Ack)).ok  # held for a millisecond: the sweeper returns it
+    samples = [scrape(hub)]
+    assert total(samples, "syncd_stock_reservations_total", channel="web") == 2
+    assert total(samples, "syncd_stock_refusals_total", channel="web", code="insufficient_stock") == 1
+    assert total(samples, "syncd_stock_refusals_total", channel="web", code="quota_exceeded") == 1
+    assert total(samples, "syncd_stock_refusals_total") == 2
+    await until(lambda: total([scrape(hub)], "syncd_stock_expired_total") == 1, timeout=20)
+    assert not any("SKU-9" in value for _, labels in scrape(hub) for _, value in labels)

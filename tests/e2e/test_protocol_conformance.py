@@ -105,7 +105,7 @@ async def test_errors_say_whether_ref_is_a_subscription_id_or_an_op_seq(hub: Hub
     assert (gap.code, gap.ref, gap.about) == (ErrorCode.SEQ_GAP, 5, "op")
 
 
-@pytest.mark.parametrize("topic", ["points:m1", "member:m1", "store:s1", "catalog"])
+@pytest.mark.parametrize("topic", ["points:m1", "member:m1", "catalog"])
 async def test_a_topic_kind_the_hub_does_not_serve_yet_is_unsupported_not_unknown(
     hub: HubProcess, topic: str
 ) -> None:

@@ -709,6 +709,22 @@ def test_ping_stats_reach_the_server_driver() -> None:
     assert pair.server_sent[-1] == frames.Pong(echo_ts=ping.ts, ts=pair.now)
 
 
+def test_a_ping_sent_on_demand_carries_the_stats_and_moves_the_next_heartbeat_ping() -> None:
+    pair = opened_pair()
+    with pytest.raises(InvalidState):
+        ClientProtocol("c1", "t", 0).ping(0)
+    pair.client.set_stats({"outbox": 7})
+    pair.run_for(HEARTBEAT // 2)
+    pair.client.ping(pair.client_now)
+    pair.pump()
+    [report] = pings(pair.client_sent)
+    assert report.stats == {"outbox": 7.0}
+    assert pair.server.events_received() == [StatsReceived({"outbox": 7.0}, report.ts)]
+    assert pair.client.next_deadline() == report.ts + HEARTBEAT
+    pair.run_for(HEARTBEAT)
+    assert [p.ts - report.ts for p in pings(pair.client_sent)] == [0, HEARTBEAT]
+
+
 def test_stats_are_bounded_as_the_ping_frame_requires() -> None:
     client = ClientProtocol("c1", "t", 0)
     with pytest.raises(ValueError, match="at most 64"):

@@ -58,3 +58,17 @@ def test_the_vector_of_a_latency_report_decodes_to_its_buckets() -> None:
     counts, total = stats.decode("sync", frame.stats) or ([], 0.0)
     assert (counts[stats.bucket(25.0)], counts[stats.bucket(50.0)], counts[-1], sum(counts)) == (7, 2, 1, 10)
     assert total == 12_345.5
+
+
+def test_a_quantile_is_interpolated_within_its_bucket_as_prometheus_does() -> None:
+    counts = [0] * (len(stats.BOUNDS_MS) + 1)
+    assert stats.quantile(counts, 0.99) is None
+    counts[stats.bucket(40.0)] = 10  # (25, 50]
+    counts[stats.bucket(700.0)] = 10  # (500, 1000]
+    assert stats.quantile(counts, 0.5) == 50.0
+    assert stats.quantile(counts, 0.25) == 37.5
+    assert stats.quantile(counts, 0.99) == pytest.approx(990.0)
+    counts[-1] = 80  # above the last bound: Prometheus answers the last finite bound
+    assert stats.quantile(counts, 0.99) == stats.BOUNDS_MS[-1]
+    first = [4] + [0] * len(stats.BOUNDS_MS)
+    assert stats.quantile(first, 0.5) == 0.5  # the first bucket starts at 0

@@ -128,6 +128,19 @@ OPS = st.one_of(
     st.builds(lambda r: stock.Op(stock.COMMIT, rid=f"r/{r}"), st.integers(0, 30)),
     st.builds(lambda r: stock.Op(stock.RELEASE, rid=f"r/{r}"), st.integers(0, 30)),
     st.builds(lambda s, q: stock.Op(stock.SELL, store=s, qty=q), st.sampled_from(STORES), st.integers(1, 6)),
+    st.builds(lambda d: stock.Op(stock.ADJUST, delta=d), st.integers(-10, 10)),
+    st.builds(
+        lambda s, q, t: stock.Op(stock.RECALL, store=s, qty=q, to=t),
+        st.sampled_from(STORES),
+        st.integers(0, 8),
+        st.sampled_from(["", *STORES]),
+    ),
+    st.builds(
+        lambda s, q, t: stock.Op(stock.YIELD, store=s, qty=q, to=t),
+        st.sampled_from(STORES),
+        st.integers(1, 8),
+        st.sampled_from(["", *STORES]),
+    ),
 )
 
 
@@ -164,3 +177,28 @@ def test_every_op_kind_is_known_to_the_rules(kind: str) -> None:
         stock.apply(run(RESTOCK_10).stock, stock.Op(kind, qty=1, rid="x/1"), T0).rejected
         is not ErrorCode.UNKNOWN_OP
     )
+
+
+def test_an_adjustment_moves_on_hand_through_the_pool_only() -> None:
+    s = run(RESTOCK_10, stock.Op(stock.ALLOT, store="s1", qty=8)).stock
+    short = stock.apply(s, stock.Op(stock.ADJUST, delta=-3), T0)
+    assert short.rejected is ErrorCode.INSUFFICIENT_STOCK and short.stock is s
+    fixed = stock.apply(s, stock.Op(stock.ADJUST, delta=-2), T0).stock
+    assert (fixed["on_hand"], fixed["pool"], fixed["allot"]) == (8, 0, {"s1": 8})
+    stock.check(fixed)
+
+
+def test_a_recall_moves_nothing_until_the_store_yields_and_then_at_most_what_was_asked() -> None:
+    s = run(RESTOCK_10, stock.Op(stock.ALLOT, store="s1", qty=6)).stock
+    asked = stock.apply(s, stock.Op(stock.RECALL, store="s1", qty=4, to="s2"), T0).stock
+    assert asked["allot"] == {"s1": 6} and asked["recall"] == {"s1": {"qty": 4, "to": "s2"}}
+    wrong = stock.apply(asked, stock.Op(stock.YIELD, store="s1", qty=4), T0)  # answers no recall to the pool
+    assert wrong.result == {"moved": 0} and wrong.stock["allot"] == {"s1": 6}
+    out = stock.apply(asked, stock.Op(stock.YIELD, store="s1", qty=5, to="s2"), T0)
+    assert out.result == {"moved": 4} and out.stock["allot"] == {"s1": 2, "s2": 4}
+    assert out.stock["recall"] == {}
+    stock.check(out.stock)
+    again = stock.apply(out.stock, stock.Op(stock.YIELD, store="s1", qty=5, to="s2"), T0)
+    assert again.result == {"moved": 0}
+    same = stock.apply(s, stock.Op(stock.RECALL, store="s1", qty=1, to="s1"), T0)
+    assert same.rejected is ErrorCode.BAD_ARGS

@@ -100,6 +100,6 @@ def test_a_hub_publishes_its_figures_only_while_a_page_watches_and_withdraws_the
                 state = ws.receive_json()
         assert state["hubs"] == 1 and state["fanout_ok"] is True
         (published,) = store.hvals(KEY)
-        assert json.loads(published)["counters"] == {}
+        assert not any(json.loads(published)["counters"].values())  # nothing counted yet
     assert store.hlen(KEY) == 0
     store.close()

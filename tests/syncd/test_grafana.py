@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from protocol import frames
 from protocol.errors import ErrorCode
 from syncd.auth import Principal, Role
 from syncd.fanout import FanoutStats
@@ -27,8 +28,14 @@ def exported() -> dict[str, set[str]]:
         OpOutcome(seq=1, ok=True, conflict={"sku": "A"}),
         OpOutcome(seq=2, ok=False, code=ErrorCode.BAD_ARGS),
         OpOutcome(seq=3, ok=True, dup=True),
+        OpOutcome(seq=4, ok=True),
+        OpOutcome(seq=5, ok=False, code=ErrorCode.INSUFFICIENT_STOCK),
     ]
-    metrics.settled("pos", outcomes, 0.01)
+    kinds = ["cart.add", "cart.add", "cart.add", "stock.reserve", "stock.reserve"]
+    metrics.settled(
+        "pos", [frames.Op(seq=n, kind=k, args={}) for n, k in enumerate(kinds, 1)], outcomes, 0.01
+    )
+    metrics.expired.inc()
     metrics.refused_op("pos", ErrorCode.RATE_LIMITED)
     metrics.opened("pos", "pos", True)
     metrics.closed(1000)

@@ -237,6 +237,34 @@ local function topic_mint(topkey, logkey, epoch, fresh)
     end
 end
 
+-- A snapshot of a topic whose state is one hash (a cart's lines, a store's SKUs), read in one atomic step with
+-- its cursor, so no event can fall between the snapshot and the live stream (docs/traps.md §7). A topic with
+-- neither metadata nor state is answered {EMPTY_EPOCH, 0} and nothing is created (subscribing costs no key);
+-- state without metadata (lost with it) needs a real epoch to be resumed from, so one is minted then (not
+-- fresh: its offset 0 is not empty); a topic written in another generation of the shard (shard_gen) gets a new
+-- epoch too (fresh when the state is empty), so a snapshot never names a history a new primary may have
+-- rewritten. Reply: {epoch, offset, field1, value1, ...}.
+local function hash_snapshot(topkey, logkey, statekey, new_epoch)
+    local meta = redis.call('HMGET', topkey, 'epoch', 'offset', 'gen')
+    local flat = redis.call('HGETALL', statekey)
+    local epoch, offset = meta[1], tonumber(meta[2])
+    if epoch and meta[3] ~= shard_gen() then
+        epoch, offset = new_epoch, 0
+        topic_mint(topkey, logkey, epoch, #flat == 0)
+    elseif not epoch then
+        if #flat == 0 then
+            return {EMPTY_EPOCH, 0}
+        end
+        epoch, offset = new_epoch, 0
+        topic_mint(topkey, logkey, epoch, false)
+    end
+    local reply = {epoch, offset}
+    for i = 1, #flat do
+        reply[#reply + 1] = flat[i]
+    end
+    return reply
+end
+
 -- Retention of a topic's history, by age and by bytes: drop entries from the head of the stream while the
 -- first one was committed before cutoff_ms, or while the stream holds more than maxbytes of events (MAXLEN,
 -- in XADD, bounds their number). Bytes, because events carry whole line states: without it a topic keeps

@@ -1,0 +1,87 @@
+"""Feeding ``store:<store>`` topics from the stock ops that change a store's allotment or recalls.
+
+A SKU's scripts touch only the SKU's hash slot, so the store's topic (another slot) is fed in steps the hub
+runs around the op (docs/design.md §3, "Inventory"; keys and scripts in :mod:`syncd.types.store`):
+
+1. :meth:`StoreFeed.mark`: before the op runs, a mark ``<sku>|<client_id>|<seq>`` in the store's slot,
+   acknowledged as the durability mode says (so it is durable before the op can be);
+2. the op, as any other;
+3. :meth:`StoreFeed.forward`, after its ack: the SKU's values for the store, read with their version, put
+   into the store's topic if newer, and the mark dropped, in one script.
+
+A hub that dies after 1 leaves the mark: the sweep of any hub forwards it once the op is settled (or drops it
+after the dedup retention, an op never sent again). Step 3 writes absolute, versioned values, so running it
+twice, or out of order with another op's, never counts a unit twice nor shows an older value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from protocol import frames
+from protocol import stock as rules
+from protocol.topics import is_valid_key
+from syncd.store.redis_store import RedisStore
+from syncd.types.store import due_key, forward, marker
+
+log = logging.getLogger("syncd.storefeed")
+
+FEEDS: Final = frozenset({rules.ALLOT, rules.SELL, rules.RECALL, rules.YIELD})
+"""Op kinds that may change a store's values; their ``store`` (and ``to``) name the stores to feed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mark:
+    seq: int
+    sku: str
+    store: str
+    name: str
+
+
+def marks_of(client_id: str, ops: Iterable[frames.Op]) -> list[Mark]:
+    """The marks ``ops`` need: one per store an op may change (ops with invalid keys change nothing)."""
+    marks: list[Mark] = []
+    for op in ops:
+        if op.kind not in FEEDS:
+            continue
+        sku = op.args.get("sku")
+        if not isinstance(sku, str) or not is_valid_key(sku):
+            continue
+        stores = {
+            s for s in (op.args.get("store"), op.args.get("to")) if isinstance(s, str) and is_valid_key(s)
+        }
+        marks.extend(Mark(op.seq, sku, s, marker(sku, client_id, op.seq)) for s in sorted(stores))
+    return marks
+
+
+class StoreFeed:
+    """The hub's side of the store topics: marks before ops, forwards after them."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    async def mark(self, client_id: str, ops: Sequence[frames.Op]) -> list[Mark]:
+        """Mark every store ``ops`` may change; raises :class:`~protocol.errors.BackendUnavailable` when a
+        mark cannot be made durable (then the ops must not run: the client sends them again)."""
+        marks = marks_of(client_id, ops)
+        now = time.time_ns() // 1_000_000
+        for m in marks:
+            await self.store.write("store_mark", [due_key(m.store)], [m.name, now])
+        return marks
+
+    async def forward(self, client_id: str, marks: Sequence[Mark], settled: Iterable[int]) -> None:
+        """Forward the marked ops that were settled (applied or rejected: either way the mark goes). A failure
+        is left to the sweep, which finds the mark."""
+        done = set(settled)
+        tools = self.store.scripting()
+        for m in marks:
+            if m.seq not in done:
+                continue
+            try:
+                await forward(tools, m.sku, m.store, m.name, client_id, 0)
+            except Exception as exc:  # the mark stays: the sweep forwards it
+                log.warning("forward of %s to store %s left to the sweep: %r", m.sku, m.store, exc)
