@@ -115,7 +115,7 @@ class Pipeliner:
             turns = [(caller, 0, len(caller.commands)) for caller in fresh]
         else:
             turns = []
-            budget = LONE_QUANTUM if self._callers == 1 else QUANTUM
+            budget = 0 if self._backlog_under_way else LONE_QUANTUM if self._callers == 1 else QUANTUM
             while self._backlog and budget > 0:
                 caller = self._backlog.popleft()
                 if caller.future.done():  # cancelled between turns: the rest is not sent
