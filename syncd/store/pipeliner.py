@@ -37,9 +37,10 @@ Command = Sequence[Any]
 
 IN_FLIGHT: Final = 2
 """Pipelines under way at once. Two keep both the hub and Redis busy; more only split the batches."""
-QUANTUM: Final = 8
-"""Commands of one caller per pipeline, and of the backlog per pipeline, while other callers have commands
-under way: what a newly arrived op waits behind in Redis (8 cart scripts, 1–2 ms)."""
+QUANTUM: Final = 4
+"""The longest short request, and the backlog's commands per pipeline while other callers have commands
+under way: what a newly arrived op waits behind in Redis (4 cart scripts, 0.5–1 ms). 8 left the victim of
+an op flood at twice the median wait (``benchmarks isolation``); 4 costs the flood a third of its rate."""
 LONE_QUANTUM: Final = 64
 """Commands per pipeline for a caller that is the only one under way (a replay on a quiet hub)."""
 
