@@ -29,7 +29,7 @@ from syncd.metrics import Metrics
 from syncd.session import RateLimit, Session, Subscription
 from syncd.settings import Settings
 from syncd.store.redis_store import HISTORY_LIMIT, OpOutcome, RedisStore
-from syncd.storefeed import StoreFeed
+from syncd.storefeed import Mark, StoreFeed
 from syncd.tasks import stop
 from syncd.telemetry import REPLAY_AGE_MS, Telemetry
 
@@ -37,6 +37,9 @@ log = logging.getLogger("syncd.hub")
 
 RETRY_AFTER_UNAVAILABLE_MS = 1000
 """What an op refused because Redis is unreachable is told: retry the same op after this long."""
+APPLY_CHUNK = 64
+"""Ops given to the store at a time: about a millisecond of the loop's work (their scripts' calls built, their
+replies read, their acks encoded) before the next await lets other connections in."""
 
 
 def now_ms() -> int:
@@ -241,9 +244,17 @@ class Hub:
     async def apply(self, session: Session, ops: Sequence[frames.Op]) -> None:
         """Apply ops in order and queue their acks. Stops at the first op that is not settled (gap, rate,
         backend): the client resends from there, and the ops after it would only be refused as gaps.
+
+        The store is called for :data:`APPLY_CHUNK` ops at a time, so the loop work done for one connection
+        between two awaits (building scripts' calls, reading their replies, encoding acks) stays short
+        whatever the batch: a flood of 1,024-op batches cannot hold the loop for tens of milliseconds
+        (docs/traps.md §20).
         """
         principal = session.principal
         granted, retry = session.rate.take(now_ms(), len(ops))
+        applied: list[OpOutcome] = []
+        error: ProtocolError | BackendUnavailable | None = None
+        marks: list[Mark] = []
         if granted:
             try:
                 marks = await self.feed.mark(principal.client_id, ops[:granted])
@@ -257,43 +268,42 @@ class Hub:
                     RETRY_AFTER_UNAVAILABLE_MS,
                     frames.ABOUT_OP,
                 )
+        for start in range(0, granted, APPLY_CHUNK):
+            chunk = ops[start : min(granted, start + APPLY_CHUNK)]
             started = time.perf_counter()
             batch = await self.store.apply_ops(
-                principal.client_id,
-                ops[:granted],
-                check=scope_check(principal),
-                known_last=session.known_last,
+                principal.client_id, chunk, check=scope_check(principal), known_last=session.known_last
             )
             if self.metrics is not None:
-                self.metrics.settled(principal.channel, ops, batch.outcomes, time.perf_counter() - started)
+                self.metrics.settled(principal.channel, chunk, batch.outcomes, time.perf_counter() - started)
             for outcome in batch.outcomes:
                 session.send(codec.encode(outcome.ack()))
                 if not outcome.ok and not outcome.dup:
                     self.telemetry.event("rejected", principal, seq=outcome.seq, code=outcome.code or "")
-            if batch.outcomes:
-                self._log_replay(session, ops[: len(batch.outcomes)], batch.outcomes)
-            if marks:
-                self.spawn(self.feed.forward(principal.client_id, marks, [o.seq for o in batch.outcomes]))
+            applied.extend(batch.outcomes)
             if batch.outcomes:
                 session.known_last = max(session.known_last or 0, batch.outcomes[-1].seq)
             if batch.error is not None:
-                session.known_last = None  # the watermark is not known any more: the next op checks it
-                failed = ops[len(batch.outcomes)].seq
-                self.refused(
-                    principal, batch.error.code if isinstance(batch.error, ProtocolError) else None, failed
-                )
-                if isinstance(batch.error, ProtocolError):
-                    return self._error(
-                        session, batch.error.code, batch.error.message, failed, about=frames.ABOUT_OP
-                    )
-                return self._error(
-                    session,
-                    ErrorCode.UNAVAILABLE,
-                    str(batch.error),
-                    failed,
-                    RETRY_AFTER_UNAVAILABLE_MS,
-                    frames.ABOUT_OP,
-                )
+                error = batch.error
+                break
+        if applied:
+            self._log_replay(session, ops[: len(applied)], applied)
+        if marks:
+            self.spawn(self.feed.forward(principal.client_id, marks, [o.seq for o in applied]))
+        if error is not None:
+            session.known_last = None  # the watermark is not known any more: the next op checks it
+            failed = ops[len(applied)].seq
+            self.refused(principal, error.code if isinstance(error, ProtocolError) else None, failed)
+            if isinstance(error, ProtocolError):
+                return self._error(session, error.code, error.message, failed, about=frames.ABOUT_OP)
+            return self._error(
+                session,
+                ErrorCode.UNAVAILABLE,
+                str(error),
+                failed,
+                RETRY_AFTER_UNAVAILABLE_MS,
+                frames.ABOUT_OP,
+            )
         if retry is not None:
             self.refused(principal, ErrorCode.RATE_LIMITED, ops[granted].seq)
             self._error(

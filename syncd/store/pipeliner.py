@@ -9,13 +9,13 @@ connections) so the hub prepares and reads one while Redis runs another: a batch
 an idle hub still sends a lone op at once.
 
 Callers are served in turns, not in arrival order (docs/traps.md §20), the way a fair-queueing router
-serves flows (deficit round-robin with new flows first, as in fq_codel): a caller puts at most
-:data:`QUANTUM` commands into a pipeline, the rest of its commands join the *backlog*, and the backlog is
-served round-robin, one quantum per pipeline and one such pipeline under way at a time, while every caller
-that has just arrived gets its first turn in the next pipeline. A connection flooding hundreds of ops
-(0.1–0.3 ms of Lua each) then holds Redis for a few of them at a time, and another device's single op
-waits for a turn, not for the flood's backlog. A caller alone takes turns of :data:`LONE_QUANTUM`, so a
-device replaying its outbox on a quiet hub keeps most of the batching.
+serves flows (deficit round-robin with sparse flows first, as in fq_codel): a short request (at most
+:data:`QUANTUM` commands: a device's op or few) goes whole into the next pipeline of short requests; a
+longer one joins the *backlog*, served round-robin a quantum at a time, one quantum per pipeline and one
+such pipeline under way at a time. The two never share a pipeline, whose replies come back together. A
+connection flooding hundreds of ops (0.1–0.3 ms of Lua each) then holds Redis for a few of them at a time,
+and another device's op waits for one turn, not for the flood's backlog. A caller alone takes turns of
+:data:`LONE_QUANTUM`, so a device replaying its outbox on a quiet hub keeps most of the batching.
 
 A caller's commands run in order and a caller sees the same replies (or errors) as with a pipeline of its
 own: its turns are contiguous within their pipelines, and its next turn is sent only after the previous
@@ -37,9 +37,10 @@ Command = Sequence[Any]
 
 IN_FLIGHT: Final = 2
 """Pipelines under way at once. Two keep both the hub and Redis busy; more only split the batches."""
-QUANTUM: Final = 8
-"""Commands of one caller per pipeline, and of the backlog per pipeline, while other callers have commands
-under way: what a newly arrived op waits behind in Redis (8 cart scripts, 1–2 ms)."""
+QUANTUM: Final = 4
+"""The longest short request, and the backlog's commands per pipeline while other callers have commands
+under way: what a newly arrived op waits behind in Redis (4 cart scripts, 0.5–1 ms). 8 left the victim of
+an op flood at twice the median wait (``benchmarks isolation``); 4 costs the flood a third of its rate."""
 LONE_QUANTUM: Final = 64
 """Commands per pipeline for a caller that is the only one under way (a replay on a quiet hub)."""
 
@@ -70,8 +71,8 @@ class Pipeliner:
 
     def __init__(self, client: RedisClient) -> None:
         self._client = client
-        self._fresh: deque[_Caller] = deque()  # callers none of whose commands is sent yet
-        self._backlog: deque[_Caller] = deque()  # callers that had a turn and have more to send
+        self._fresh: deque[_Caller] = deque()  # short requests, sent whole in the next pipeline
+        self._backlog: deque[_Caller] = deque()  # long requests, served a turn at a time, round-robin
         self._backlog_under_way = False  # a pipeline with turns from the backlog has not returned
         self._callers = 0  # execute() calls not answered yet: who shares Redis now
         self._running = 0  # flushers under way, counted synchronously (a done callback would come late)
@@ -85,14 +86,12 @@ class Pipeliner:
         may or may not have run; those of later turns were not sent).
         """
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._fresh.append(_Caller(commands, tail, future))
+        caller = _Caller(commands, tail, future)
+        # A short request (a device's op or few) goes first; a long one (a flood, a replay) joins the backlog.
+        (self._fresh if len(commands) <= QUANTUM else self._backlog).append(caller)
         self._callers += 1
         try:
-            if self._running < IN_FLIGHT:
-                self._running += 1
-                task = asyncio.create_task(self._flush(), name="syncd-pipeliner")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._start_flusher()
             return await future
         finally:
             self._callers -= 1
@@ -100,30 +99,35 @@ class Pipeliner:
     def _ready(self) -> bool:
         return bool(self._fresh) or (bool(self._backlog) and not self._backlog_under_way)
 
+    def _start_flusher(self) -> None:
+        if self._running < IN_FLIGHT and self._ready():
+            self._running += 1
+            task = asyncio.create_task(self._flush(), name="syncd-pipeliner")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     def _turns(self) -> tuple[list[tuple[_Caller, int, int]], bool]:
-        """The next pipeline's turns: a first turn for every new caller, then turns from the backlog (in
-        order, round-robin) up to one quantum in all, unless a pipeline of backlog turns is under way."""
-        quantum = LONE_QUANTUM if self._callers == 1 else QUANTUM
-        turns: list[tuple[_Caller, int, int]] = []
-        fresh, self._fresh = self._fresh, deque()
-        for caller in fresh:
-            if not caller.future.done():  # a caller cancelled before its first turn sends nothing
-                end = chunk_end(total=len(caller.commands), start=0, quantum=quantum, tail=caller.tail)
-                turns.append((caller, 0, end))
-        backlog = False
-        budget = quantum
-        while self._backlog and budget > 0 and not self._backlog_under_way:
-            caller = self._backlog.popleft()
-            if caller.future.done():  # cancelled between turns: the rest is not sent
-                continue
-            start = caller.sent
-            end = chunk_end(total=len(caller.commands), start=start, quantum=budget, tail=caller.tail)
-            turns.append((caller, start, end))
-            budget -= end - start
-            backlog = True
+        """The next pipeline's turns, and whether they are the backlog's: every short request, whole, if
+        there is any — alone, as a pipeline's replies come back together and a device's op must not wait
+        for a flood's turn — else turns from the backlog (in order, round-robin) up to one quantum in all."""
+        fresh = [caller for caller in self._fresh if not caller.future.done()]  # cancelled: nothing sent
+        self._fresh.clear()
+        if fresh:
+            turns = [(caller, 0, len(caller.commands)) for caller in fresh]
+        else:
+            turns = []
+            budget = 0 if self._backlog_under_way else LONE_QUANTUM if self._callers == 1 else QUANTUM
+            while self._backlog and budget > 0:
+                caller = self._backlog.popleft()
+                if caller.future.done():  # cancelled between turns: the rest is not sent
+                    continue
+                start = caller.sent
+                end = chunk_end(total=len(caller.commands), start=start, quantum=budget, tail=caller.tail)
+                turns.append((caller, start, end))
+                budget -= end - start
         for caller, _, end in turns:
             caller.sent = end
-        return turns, backlog
+        return turns, not fresh
 
     async def _flush(self) -> None:
         try:
@@ -161,6 +165,8 @@ class Pipeliner:
                         caller.future.set_result(caller.replies)
                     else:  # its next turn, behind the backlog and after whoever arrived meanwhile
                         self._backlog.append(caller)
+                if backlog and self._fresh:  # this flusher serves them; another takes the backlog's next turn
+                    self._start_flusher()
         finally:
             self._running -= 1
             if self._running == 0:  # callers still waiting now only if this one was cancelled (hub shutdown):

@@ -664,3 +664,45 @@ def test_the_memory_bound_is_meaningful_an_unchecked_decode_of_the_same_frame_in
     finally:
         tracemalloc.stop()
     assert peak > 16 * MEMORY_BOUND
+
+
+# --- runs of one-byte values (the walk steps over them in one match) -------------------------------------
+
+
+def test_a_run_of_one_byte_values_ends_with_its_container() -> None:
+    # [1, 2, 3, 4, 5] then the map goes on: the run must not swallow the next key (a fixint too) as if it
+    # were a sixth element, nor stop short (then the map would be left unfinished: "truncated").
+    assert HUB.decode(ping_with(b"\x95\x01\x02\x03\x04\x05")) == frames.Ping(ts=1)
+    frame = m("t", "ping", "x", Raw(b"\x95\x01\xc0\xc2\xc3\xff"), "ts", 1)
+    assert HUB.decode(frame) == frames.Ping(ts=1)
+    codec.check_structure(b"\x82\x01\x02\x03\x94\x01\x02\x03\x04", codec.SERVER_LIMITS)  # {1: 2, 3: [1..4]}
+    # {"x": [1, 2, 3, 4, 5], 7: 8, "t": "ping", "ts": 1}: one-byte values on both sides of the array's end.
+    codec.check_structure(
+        b"\x84\xa1x\x95\x01\x02\x03\x04\x05\x07\x08\xa1t\xa4ping\xa2ts\x01", codec.SERVER_LIMITS
+    )
+
+
+def test_a_container_as_a_key_after_a_run_of_one_byte_keys_and_values_is_still_refused() -> None:
+    # {1: 2, 3: 4, [0]: 5}: the run covers keys and values alike, and the array lands in a key's place.
+    err = refuse(HUB, b"\x84\xa1t\xa4ping\x01\x02\x03\x04\x91\x00\x05")
+    assert err.code is ErrorCode.MALFORMED
+    assert "map key" in err.message
+
+
+def test_a_run_of_one_byte_values_stops_at_a_reserved_byte_and_at_a_wider_value() -> None:
+    assert refuse(HUB, ping_with(b"\x95\x01\x02\xc1\x04\x05")).code is ErrorCode.MALFORMED
+    assert HUB.decode(ping_with(b"\x95\x01\x02\xcc\xff\x04\x05")) == frames.Ping(ts=1)
+    long_string = ping_with(b"\x95\x01\x02\xd9\x09" + b"a" * 9 + b"\x04\x05")
+    with pytest.raises(ProtocolError, match="string of 9 bytes") as info:
+        codec.check_structure(long_string, codec.Limits(max_str=4))
+    assert info.value.code is ErrorCode.TOO_LONG
+    # An array that promises more one-byte values than there are bytes is truncated, not read past its end.
+    assert refuse(HUB, ping_with(b"\x9f\x01\x02\x03")).code is ErrorCode.MALFORMED
+
+
+def test_text_that_is_not_utf8_under_an_unknown_key_is_refused_after_a_large_valid_frame() -> None:
+    pad = b"\xdc\x03\xe8" + bytes(1000)
+    frame = m("t", "ping", "ts", 1, "pad", Raw(pad), "x", Raw(b"\xa2\xff\xfe"))
+    err = refuse(HUB, frame)
+    assert err.code is ErrorCode.MALFORMED
+    assert "UTF-8" in err.message

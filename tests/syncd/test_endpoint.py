@@ -7,7 +7,7 @@ import msgspec
 
 from protocol import codec, frames
 from protocol.errors import CloseCode, ErrorCode
-from syncd.hub import Hub
+from syncd.hub import APPLY_CHUNK, Hub
 from syncd.settings import Settings
 from tests.syncd.conftest import MakeDevice
 from tests.syncd.hubkit import Device, ManualTicker, op
@@ -313,3 +313,24 @@ async def test_an_error_from_the_client_gets_no_answer(device: MakeDevice) -> No
     dev.send(op(1))
     await dev.next(frames.Ack)  # answered after anything the err could have caused
     assert dev.taken(frames.Error) == []
+
+
+async def test_a_batch_longer_than_one_store_call_is_acked_in_order_and_stops_at_its_gap(
+    device: MakeDevice,
+) -> None:
+    # The hub hands the store APPLY_CHUNK ops at a time (fairness): the batch still reads as one, every op
+    # acked in order, and the gap, past the first chunk, refused once, with nothing applied after it.
+    dev = device()
+    await dev.open()
+    last = APPLY_CHUNK + 5
+    ops = [op(seq, sku=f"SKU-{seq % 7}") for seq in range(1, last + 1)]
+    dev.send(frames.OpBatch(ops=[*ops, op(last + 2), op(last + 3)]))
+    await dev.wait(lambda: any(isinstance(f, frames.Error) for f in dev.frames))
+    *acks, refusal = dev.frames
+    assert len(acks) == last
+    assert [a.seq for a in acks if isinstance(a, frames.Ack)] == list(range(1, last + 1))
+    assert isinstance(refusal, frames.Error) and (refusal.code, refusal.ref) == (ErrorCode.SEQ_GAP, last + 2)
+    dev.frames.clear()
+    dev.send(op(last + 1))
+    assert (await dev.next(frames.Ack)).seq == last + 1
+    assert not any(isinstance(f, frames.Error) for f in dev.frames)

@@ -121,6 +121,17 @@ async def test_a_caller_queued_behind_a_long_backlog_is_served_within_one_quantu
     assert [item for item in order if item != "b"] == [f"a{i}" for i in range(300)]
 
 
+async def test_a_short_request_goes_whole_ahead_of_a_long_one_queued_before_it(standalone: Redis) -> None:
+    # A device's few ops are a short request: sent whole in the next pipeline, before any turn of the long
+    # one (a flood's run) that was queued first.
+    pipeliner = Pipeliner(standalone)
+    long = pipeliner.execute([("RPUSH", "order", f"a{i}") for i in range(100)])
+    short = pipeliner.execute([("RPUSH", "order", f"b{i}") for i in range(QUANTUM)])
+    await asyncio.gather(long, short)
+    order = await _order(standalone)
+    assert order[:QUANTUM] == [f"b{i}" for i in range(QUANTUM)]
+
+
 async def test_a_caller_arriving_while_backlogs_are_served_waits_for_a_turn_of_them(
     standalone: Redis,
 ) -> None:
@@ -173,3 +184,21 @@ def test_a_turn_never_ends_between_the_writes_and_the_wait_that_follows_them() -
     assert chunk_end(total=10, start=0, quantum=8, tail=1) == 8  # two commands left: a write and the wait
     assert chunk_end(total=10, start=8, quantum=8, tail=1) == 10
     assert chunk_end(total=3, start=0, quantum=8, tail=1) == 3
+
+
+async def test_a_long_request_cancelled_between_turns_stops_and_leaves_the_others_theirs(
+    standalone: Redis,
+) -> None:
+    pipeliner = Pipeliner(standalone)
+    cancelled = asyncio.create_task(pipeliner.execute([("RPUSH", "order", f"a{i}") for i in range(200)]))
+    other = asyncio.create_task(pipeliner.execute([("RPUSH", "order", f"b{i}") for i in range(50)]))
+    while "a0" not in await _order(standalone):  # its first turn has run
+        pass
+    cancelled.cancel()
+    replies = await other
+    assert len(replies) == 50
+    order = await _order(standalone)
+    mine = [o for o in order if o[0] == "a"]
+    assert mine == [f"a{i}" for i in range(len(mine))]  # what ran of it is a prefix, in order
+    assert len(mine) < 200  # and the rest was never sent
+    assert [o for o in order if o[0] == "b"] == [f"b{i}" for i in range(50)]
