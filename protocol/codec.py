@@ -192,18 +192,29 @@ def check_structure(data: bytes, limits: Limits, *, text: bool = False) -> None:
     pos = 0
     try:
         while pending:
-            if pending[-1] < 2:
+            # The values of the innermost open container, taken in a tight loop while they are scalars and
+            # short strings (most of a frame): the stack is touched only when a value needs more than that.
+            entry = pending[-1]
+            while entry >= 2:
+                entry -= 2
+                kind, arg = table[data[pos]]
+                pos += 1
+                if kind == _SKIP:
+                    pos += arg
+                elif kind == _STR:
+                    if arg > max_str:
+                        raise ProtocolError(ErrorCode.TOO_LONG, f"string of {arg} bytes > {max_str}")
+                    if text:
+                        _check_utf8(data, pos, arg)
+                    pos += arg
+                else:
+                    break
+            else:
                 pending.pop()
                 continue
-            pending[-1] -= 2
-            kind, arg = table[data[pos]]
-            pos += 1
-            if kind == _SKIP:
-                pos += arg
-                continue
-            if kind in (_STR, _STR_W, _BIN_W):
-                if kind != _STR:
-                    arg, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
+            pending[-1] = entry
+            if kind in (_STR_W, _BIN_W):
+                arg, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
                 if arg > max_str:
                     raise ProtocolError(ErrorCode.TOO_LONG, f"string of {arg} bytes > {max_str}")
                 if text and kind != _BIN_W:
@@ -220,7 +231,7 @@ def check_structure(data: bytes, limits: Limits, *, text: bool = False) -> None:
                 raise ProtocolError(ErrorCode.BAD_FRAME, "extension types are not used by this protocol")
             else:
                 raise ProtocolError(ErrorCode.MALFORMED, f"reserved byte 0x{data[pos - 1]:02x}")
-            if pending[-1] & 3 == 3:
+            if entry & 3 == 3:
                 raise ProtocolError(ErrorCode.MALFORMED, "a map or an array as a map key")
             if count > max_len:
                 raise ProtocolError(ErrorCode.TOO_LONG, f"container of {count} entries > {max_len}")
