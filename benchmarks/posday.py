@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from benchmarks.dialects import TOKEN_SECRET
 from benchmarks.loadgen import Queue, _report
+from benchmarks.replay import CpuMeter
 from benchmarks.stockload import admin_op, restock
 from protocol import stock as rules
 from protocol.topics import parse_topic
@@ -57,11 +58,15 @@ def _token(client_id: str) -> str:
     return mint_token(TOKEN_SECRET, client_id=client_id, role="pos", store=STORE, members=["*"])
 
 
-def posday_load(url: str, redis_url: str, data_dir: str, ops: int, customers: int, out: Queue) -> None:
-    _report(out, _posday(url, redis_url, Path(data_dir), ops, customers))
+def posday_load(
+    url: str, redis_url: str, data_dir: str, ops: int, customers: int, pids: dict[str, int], out: Queue
+) -> None:
+    _report(out, _posday(url, redis_url, Path(data_dir), ops, customers, pids))
 
 
-async def _posday(url: str, redis_url: str, data_dir: Path, ops: int, customers: int) -> dict[str, Any]:
+async def _posday(
+    url: str, redis_url: str, data_dir: Path, ops: int, customers: int, pids: dict[str, int]
+) -> dict[str, Any]:
     from clients import SyncClient  # the SDK, as a till runs it
 
     for sku in STOCK_SKUS:
@@ -88,10 +93,11 @@ async def _posday(url: str, redis_url: str, data_dir: Path, ops: int, customers:
     async with reopened as client:
         for sku in STOCK_SKUS:
             client.stock(sku)
-        t0 = time.perf_counter()
+        t0, cpu = time.perf_counter(), CpuMeter(pids)
         await client.go_online()
         status = await client.wait_synced(timeout=300)
         seconds = time.perf_counter() - t0
+        cpu_us = cpu.per_op_us(ops)
         pending_after = status.pending_ops
     checked = await _check(redis_url, plans)
     return {
@@ -100,6 +106,7 @@ async def _posday(url: str, redis_url: str, data_dir: Path, ops: int, customers:
         "sells": sum(1 for _, steps in plans for kind, _ in steps if kind == rules.SELL),
         "replay_s": round(seconds, 3),
         "replay_ops_per_s": round(ops / seconds) if seconds else None,
+        "cpu_us_per_op": cpu_us,
         "queued": queued,
         "pending_after_replay": pending_after,
         **checked,

@@ -560,9 +560,11 @@ def replay(profile: Profile, workdir: Path) -> Result:
         system.start()
         idle = wait_for_quiet(profile.quiet_wait_s) if profile.quiet_wait_s else None
         out = CTX.Queue()
-        procs.spawn(replay_load.replay_load, system.url, str(workdir / "replay"), profile.replay_ops, out)
+        pids = {"hub": system.pid, "redis": system.redis_pid()}
+        replay_args = (str(workdir / "replay"), profile.replay_ops, pids, out)
+        procs.spawn(replay_load.replay_load, system.url, *replay_args)
         result = _get(out, 600, system)
-        pos_args = (str(workdir / "posday"), profile.pos_ops, profile.pos_customers, out)
+        pos_args = (str(workdir / "posday"), profile.pos_ops, profile.pos_customers, pids, out)
         procs.spawn(posday.posday_load, system.url, system.redis.url, *pos_args)
         pos = _get(out, 600, system)
         procs.spawn(
