@@ -69,8 +69,7 @@ class StoreFeed:
         mark cannot be made durable (then the ops must not run: the client sends them again)."""
         marks = marks_of(client_id, ops)
         now = time.time_ns() // 1_000_000
-        for m in marks:
-            await self.store.write("store_mark", [due_key(m.store)], [m.name, now])
+        await self.store.write_many("store_mark", [([due_key(m.store)], [m.name, now]) for m in marks])
         return marks
 
     async def forward(self, client_id: str, marks: Sequence[Mark], settled: Iterable[int]) -> None:
