@@ -26,7 +26,7 @@ from protocol import frames
 from protocol import stock as rules
 from protocol.topics import is_valid_key
 from syncd.store.redis_store import RedisStore
-from syncd.types.store import due_key, forward, marker
+from syncd.types.store import due_key, forward_put, forward_read, marker
 
 log = logging.getLogger("syncd.storefeed")
 
@@ -76,11 +76,15 @@ class StoreFeed:
         """Forward the marked ops that were settled (applied or rejected: either way the mark goes). A failure
         is left to the sweep, which finds the mark."""
         done = set(settled)
+        todo = [m for m in marks if m.seq in done]
+        if not todo:
+            return
         tools = self.store.scripting()
-        for m in marks:
-            if m.seq not in done:
-                continue
-            try:
-                await forward(tools, m.sku, m.store, m.name, client_id, 0)
-            except Exception as exc:  # the mark stays: the sweep forwards it
-                log.warning("forward of %s to store %s left to the sweep: %r", m.sku, m.store, exc)
+        try:  # each step for the whole batch in one pipeline: values are absolute and versioned
+            reads = [forward_read(m.sku, m.store, client_id) for m in todo]
+            answers = await self.store.run_many("stock_forward_read", reads)
+            puts = [forward_put(tools, m.sku, m.store, m.name, a) for m, a in zip(todo, answers, strict=True)]
+            await self.store.run_many("store_put", [put for put in puts if put is not None])
+        except Exception as exc:  # the marks stay: the sweep forwards them
+            skus = sorted({m.sku for m in todo})
+            log.warning("forward of %s to their stores left to the sweep: %r", skus, exc)
