@@ -158,6 +158,10 @@ def _first_byte_table() -> tuple[tuple[int, int], ...]:
 
 
 _TABLE: Final = _first_byte_table()
+_STRINGS: Final = (_STR, _STR_W, _BIN_W)
+_CONTAINERS: Final = (_MAP, _ARRAY)
+_WIDE_CONTAINERS: Final = (_MAP_W, _ARRAY_W)
+_MAPS: Final = (_MAP, _MAP_W)
 
 
 def check_structure(data: bytes, limits: Limits, *, text: bool = False) -> None:
@@ -186,47 +190,44 @@ def check_structure(data: bytes, limits: Limits, *, text: bool = False) -> None:
     max_depth, max_len, max_str = limits.max_depth, limits.max_len, limits.max_str
     items_left = limits.max_items
     table = _TABLE
+    strings, containers, wide_containers, maps = _STRINGS, _CONTAINERS, _WIDE_CONTAINERS, _MAPS
     # Per open depth: values still to read × 2, plus 1 for a map. The root holds one value. In a map, a key
     # leaves an odd number of values to read, so ``entry & 3 == 3`` right after taking a value means "a key".
-    pending = [2]
+    # The innermost depth's entry lives in ``entry``, the outer ones in ``outer``: most values are scalars
+    # and short strings, taken without touching the list.
+    outer: list[int] = []
+    entry = 2
     pos = 0
+    cut = False  # a length promised more bytes than there are
     try:
-        while pending:
-            # The values of the innermost open container, taken in a tight loop while they are scalars and
-            # short strings (most of a frame): the stack is touched only when a value needs more than that.
-            entry = pending[-1]
-            while entry >= 2:
-                entry -= 2
-                kind, arg = table[data[pos]]
-                pos += 1
-                if kind == _SKIP:
-                    pos += arg
-                elif kind == _STR:
-                    if arg > max_str:
-                        raise ProtocolError(ErrorCode.TOO_LONG, f"string of {arg} bytes > {max_str}")
-                    if text:
-                        _check_utf8(data, pos, arg)
-                    pos += arg
-                else:
+        while True:
+            if entry < 2:
+                if not outer:
                     break
-            else:
-                pending.pop()
+                entry = outer.pop()
                 continue
-            pending[-1] = entry
-            if kind in (_STR_W, _BIN_W):
-                arg, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
+            entry -= 2
+            kind, arg = table[data[pos]]
+            pos += 1
+            if kind == _SKIP:
+                pos += arg
+                continue
+            if kind in strings:
+                if kind != _STR:
+                    arg, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
                 if arg > max_str:
                     raise ProtocolError(ErrorCode.TOO_LONG, f"string of {arg} bytes > {max_str}")
                 if text and kind != _BIN_W:
                     _check_utf8(data, pos, arg)
                 pos += arg
                 continue
-            if kind in (_MAP, _ARRAY):
+            if kind in containers:
                 count = arg
-            elif kind in (_MAP_W, _ARRAY_W):
+            elif kind in wide_containers:
                 count, pos = int.from_bytes(data[pos : pos + arg], "big"), pos + arg
                 if pos > size:
-                    break  # the length itself was cut off
+                    cut = True  # the length itself was cut off
+                    break
             elif kind == _EXT:
                 raise ProtocolError(ErrorCode.BAD_FRAME, "extension types are not used by this protocol")
             else:
@@ -235,19 +236,21 @@ def check_structure(data: bytes, limits: Limits, *, text: bool = False) -> None:
                 raise ProtocolError(ErrorCode.MALFORMED, "a map or an array as a map key")
             if count > max_len:
                 raise ProtocolError(ErrorCode.TOO_LONG, f"container of {count} entries > {max_len}")
-            if len(pending) > max_depth:  # this container opens at depth len(pending)
+            if len(outer) >= max_depth:  # this container opens at depth len(outer) + 1
                 raise ProtocolError(ErrorCode.TOO_DEEP, f"nesting deeper than {max_depth}")
-            is_map = kind in (_MAP, _MAP_W)
+            is_map = kind in maps
             values = count * 2 if is_map else count
             if values > size - pos:  # every value takes at least one byte
+                cut = True
                 break
             items_left -= count
             if items_left < 0:
                 raise ProtocolError(ErrorCode.TOO_LONG, f"more than {limits.max_items} entries in one frame")
-            pending.append(values * 2 + is_map)
+            outer.append(entry)
+            entry = values * 2 + is_map
     except IndexError:  # a read past the end: a length promised more bytes than there are
         raise ProtocolError(ErrorCode.MALFORMED, "truncated frame") from None
-    if pending or pos > size:
+    if cut or pos > size:
         raise ProtocolError(ErrorCode.MALFORMED, "truncated frame")
     if pos != size:
         raise ProtocolError(ErrorCode.MALFORMED, f"{size - pos} trailing bytes")
