@@ -45,6 +45,10 @@ class Profile:
     """``replay``: ops queued offline, then replayed on reconnect."""
     replay_pending: int = 100_000
     """``replay``: ops pending in the outbox when the client's memory is measured."""
+    pos_ops: int = 5000
+    """``replay``, POS day: a till's ops (cart ops and stock sales) queued offline, then replayed."""
+    pos_customers: int = 300
+    """``replay``, POS day: customers served (one cart each)."""
     isolation_ops: int = 1000
     """``isolation``: the victim's ops (one at a time) in each scenario."""
     isolation_warmup_s: float = 2.0
@@ -80,6 +84,8 @@ QUICK = Profile(
     conns_settle_s=0.5,
     replay_ops=3000,
     replay_pending=20_000,
+    pos_ops=2000,
+    pos_customers=120,
     isolation_ops=300,
     isolation_warmup_s=1.0,
     flash_clients=300,
@@ -105,6 +111,8 @@ SMOKE = Profile(
     conns_settle_s=0.3,
     replay_ops=300,
     replay_pending=2000,
+    pos_ops=300,
+    pos_customers=20,
     flash_clients=20,
     flash_procs=1,
     flash_units=300,

@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.dialects import Client, syncd_token
 from benchmarks.loadgen import SKUS, Queue, _report
 from benchmarks.stats import Histogram
-from benchmarks.systems import rss_kib
+from benchmarks.systems import cpu_seconds, rss_kib
 from clients import SyncClient
 
 MEMBER = "m-replay"
@@ -30,11 +30,26 @@ def _token(member: str) -> Any:
     return lambda client_id: syncd_token(client_id, member)
 
 
-def replay_load(url: str, data_dir: str, ops: int, out: Queue) -> None:
-    _report(out, _replay(url, Path(data_dir), ops))
+class CpuMeter:
+    """CPU per op of the processes a replay runs on (this client, the hub, its Redis), read from ``/proc``
+    around the replay: on a shared machine the seconds move with other work, the CPU spent much less."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {"client": os.getpid(), **pids}
+        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def per_op_us(self, ops: int) -> dict[str, float]:
+        return {
+            name: round((cpu_seconds(pid) - self.start[name]) / ops * 1e6, 1)
+            for name, pid in self.pids.items()
+        }
 
 
-async def _replay(url: str, data_dir: Path, ops: int) -> dict[str, Any]:
+def replay_load(url: str, data_dir: str, ops: int, pids: dict[str, int], out: Queue) -> None:
+    _report(out, _replay(url, Path(data_dir), ops, pids))
+
+
+async def _replay(url: str, data_dir: Path, ops: int, pids: dict[str, int]) -> dict[str, Any]:
     hist = Histogram()
     offline = SyncClient(
         url, token=_token(MEMBER), data_dir=data_dir / "device", client_id=CLIENT_ID, online=False
@@ -52,10 +67,11 @@ async def _replay(url: str, data_dir: Path, ops: int) -> dict[str, Any]:
     async with reopened as client:
         client.cart(MEMBER)
         pending_before = client.status.pending_ops
-        t0 = time.perf_counter()
+        t0, cpu = time.perf_counter(), CpuMeter(pids)
         await client.go_online()
         status = await client.wait_synced(timeout=300)
         seconds = time.perf_counter() - t0
+        cpu_us = cpu.per_op_us(ops)
         pending_after = status.pending_ops
     hub = await Client.open("syncd", url, CLIENT_ID, MEMBER)  # welcome.last_seq of the replayed client
     last_seq = hub.seq
@@ -68,6 +84,7 @@ async def _replay(url: str, data_dir: Path, ops: int) -> dict[str, Any]:
         "ops": ops,
         "replay_s": round(seconds, 3),
         "replay_ops_per_s": round(ops / seconds) if seconds else None,
+        "cpu_us_per_op": cpu_us,
         "local_op_p50_ms": hist.percentile_ms(50),
         "local_op_p99_ms": hist.percentile_ms(99),
         "local_op_max_ms": hist.percentile_ms(100),

@@ -40,6 +40,11 @@ _reply = msgspec.msgpack.Decoder(Reply).decode
 
 async def restock(url: str, sku: str, qty: int) -> None:
     """``qty`` units of ``sku`` on hand, through the hub with an ``ops`` token."""
+    await admin_op(url, rules.RESTOCK, {"member": "ops", "sku": sku, "qty": qty})
+
+
+async def admin_op(url: str, kind: str, args: dict[str, Any]) -> None:
+    """One admin op (``stock.restock``, ``stock.allot``…) through the hub with an ``ops`` token."""
     ws = await connect(url, compression=None, max_size=2**22, ping_interval=None, open_timeout=60)
     try:
         tok = mint_token(TOKEN_SECRET, client_id="bench-ops", role="ops", members=["*"])
@@ -49,13 +54,12 @@ async def restock(url: str, sku: str, qty: int) -> None:
         welcome = decoder.decode(_as_bytes(await ws.recv()))
         if not isinstance(welcome, frames.Welcome):
             raise RuntimeError(f"the ops hello was answered with {welcome!r}")
-        args = {"member": "ops", "sku": sku, "qty": qty}
-        await ws.send(codec.encode(frames.Op(seq=welcome.last_seq + 1, kind=rules.RESTOCK, args=args)))
+        await ws.send(codec.encode(frames.Op(seq=welcome.last_seq + 1, kind=kind, args=args)))
         while True:
             reply = _reply(_as_bytes(await ws.recv()))
             if reply.t in ("ack", "err"):
                 if not reply.ok or reply.t == "err":
-                    raise RuntimeError(f"restock refused: {reply.code}")
+                    raise RuntimeError(f"{kind} refused: {reply.code}")
                 return
     finally:
         await ws.close()

@@ -26,7 +26,7 @@ from protocol import frames
 from protocol import stock as rules
 from protocol.topics import is_valid_key
 from syncd.store.redis_store import RedisStore
-from syncd.types.store import due_key, forward, marker
+from syncd.types.store import Call, due_key, forward_put, forward_read, marker
 
 log = logging.getLogger("syncd.storefeed")
 
@@ -70,10 +70,10 @@ class StoreFeed:
         marks = marks_of(client_id, ops)
         now = time.time_ns() // 1_000_000
         by_store: dict[str, list[str]] = {}
-        for m in marks:  # one write per store (a till's replayed batch: one), not one per op
+        for m in marks:  # one call per store (a till's replayed batch: one), all in one pipeline
             by_store.setdefault(m.store, []).append(m.name)
-        for store, names in by_store.items():
-            await self.store.write("store_mark", [due_key(store)], [now, *names])
+        calls: list[Call] = [([due_key(store)], [now, *names]) for store, names in by_store.items()]
+        await self.store.write_many("store_mark", calls)
         return marks
 
     async def forward(self, client_id: str, marks: Sequence[Mark], settled: Iterable[int]) -> None:
@@ -82,12 +82,20 @@ class StoreFeed:
         which finds the marks."""
         done = set(settled)
         groups: dict[tuple[str, str], list[str]] = {}
-        for m in marks:
+        for m in marks:  # one forward per SKU and store, however many ops of the batch changed it
             if m.seq in done:
                 groups.setdefault((m.sku, m.store), []).append(m.name)
+        if not groups:
+            return
         tools = self.store.scripting()
-        for (sku, store), names in groups.items():
-            try:
-                await forward(tools, sku, store, names, client_id, 0)
-            except Exception as exc:  # the marks stay: the sweep forwards them
-                log.warning("forward of %s to store %s left to the sweep: %r", sku, store, exc)
+        try:  # each step for the whole batch in one pipeline: values are absolute and versioned
+            reads = [forward_read(sku, store, client_id) for sku, store in groups]
+            answers = await self.store.run_many("stock_forward_read", reads)
+            puts = [
+                forward_put(tools, sku, store, names, answer)
+                for ((sku, store), names), answer in zip(groups.items(), answers, strict=True)
+            ]
+            await self.store.run_many("store_put", [put for put in puts if put is not None])
+        except Exception as exc:  # the marks stay: the sweep forwards them
+            skus = sorted({sku for sku, _ in groups})
+            log.warning("forward of %s to their stores left to the sweep: %r", skus, exc)

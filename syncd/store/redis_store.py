@@ -681,6 +681,49 @@ class RedisStore:
         mark that must be durable before the op it marks runs, :mod:`syncd.storefeed`)."""
         return await self._eval(name, keys, argv, wait=self._waits)
 
+    async def write_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[EncodableArg]]]
+    ) -> list[Any]:
+        """:meth:`write` for several calls of one script, in one pipeline and one wait: a replayed batch with
+        many stock sales marks their stores in one round trip, not one each. The wait follows the last
+        write on its connection and covers the calls before it (the AOF and the replication stream are one
+        sequence per node, and the pipeliner sends a caller's next turn only after the previous returned);
+        on a cluster with waits each call needs its node's own, so they go one at a time."""
+        return await self._eval_many(name, calls, wait=self._waits)
+
+    async def run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[EncodableArg]]]
+    ) -> list[Any]:
+        """Several calls of one script that need no durability wait (a forward's steps), in one pipeline."""
+        return await self._eval_many(name, calls, wait=False)
+
+    async def _eval_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[EncodableArg]]], *, wait: bool
+    ) -> list[Any]:
+        if not calls:
+            return []
+        if self._cluster and wait:
+            return [await self._eval(name, keys, argv, wait=True) for keys, argv in calls]
+        script = self._scripts[name]
+        commands: list[tuple[EncodableArg, ...]] = [
+            ("EVALSHA", script.sha, len(keys), *keys, *argv) for keys, argv in calls
+        ]
+        if wait:
+            commands.append(self._wait_command())
+        with _unavailable(name):
+            replies = await self._pipeliner.execute(commands, tail=1 if wait else 0)
+        if wait:
+            confirmed, replies = replies[-1], replies[:-1]
+            self._check_confirmed(confirmed, name)
+        results: list[Any] = []
+        for (keys, argv), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, rexc.NoScriptError):  # a restarted node forgot them: load, run it again
+                reply = await self._eval(name, keys, argv, wait=wait)
+            elif isinstance(reply, Exception):
+                raise _as_unavailable(name, reply)
+            results.append(reply)
+        return results
+
     async def read(self, name: str, keys: Sequence[str], argv: Sequence[EncodableArg]) -> Any:
         """Run one of the store's read-only scripts (a type's own reads, such as the ops API's full state);
         raises :class:`BackendUnavailable` when Redis is."""

@@ -49,26 +49,55 @@ def due_key(store: str) -> str:
     return f"{topic_slot(TopicName(TopicKind.STORE, store))}:due"
 
 
-async def forward(
-    sweep: Sweep, sku: str, store: str, marks: Sequence[str] = (), client_id: str = "", seq: int = 0
-) -> bool:
-    """Bring ``store``'s topic up to date with ``sku``'s values for it, dropping ``marks`` (ops settled
-    before the read); ``False`` (and nothing written) when the marked op ``(client_id, seq)`` is not settled
-    on the SKU yet (``seq`` 0: the caller knows they are)."""
+Call = tuple[list[str], list[EncodableArg]]
+"""One script call: its KEYS and ARGV."""
+
+
+def forward_read(sku: str, store: str, client_id: str = "", seq: int = 0) -> Call:
+    """The first step of a forward: ``stock_forward_read`` of ``sku``'s values for ``store``, and whether the
+    marked op ``(client_id, seq)`` is settled on the SKU (``seq`` 0: no op to wait for)."""
     sku_topic = TopicName(TopicKind.STOCK, sku)
     sku_slot = topic_slot(sku_topic)
-    read_keys = [f"{sku_slot}:stock", f"{sku_slot}:recall", topic_keys(sku_topic)[0]]
-    read_keys.append(dedup_key(sku_slot, client_id))
-    settled, allot, recall, to, epoch, offset = await sweep.run("stock_forward_read", read_keys, [store, seq])
+    keys = [
+        f"{sku_slot}:stock",
+        f"{sku_slot}:recall",
+        topic_keys(sku_topic)[0],
+        dedup_key(sku_slot, client_id),
+    ]
+    return keys, [store, seq]
+
+
+def forward_put(sweep: Sweep, sku: str, store: str, marks: Sequence[str], read: Any) -> Call | None:
+    """The second step: ``store_put`` of what :func:`forward_read` answered (``read``), dropping ``marks``;
+    ``None`` when the marked op is not settled yet (nothing is written)."""
+    settled, allot, recall, to, epoch, offset = read
     if not int(settled):
-        return False
+        return None
     topic = TopicName(TopicKind.STORE, store)
     name = str(topic)
     slot = topic_slot(topic)
     keys = [f"{slot}:store", *topic_keys(topic), f"{slot}:due"]
     argv: list[EncodableArg] = [sweep.epoch(), channel(name), name, *sweep.log_argv]
     argv += [sku, int(allot), int(recall), _text(to), _text(epoch), int(offset), *marks]
-    await sweep.run("store_put", keys, argv)
+    return keys, argv
+
+
+async def forward(
+    sweep: Sweep, sku: str, store: str, marks: Sequence[str] = (), client_id: str = "", seq: int = 0
+) -> bool:
+    """Bring ``store``'s topic up to date with ``sku``'s values for it, dropping ``marks`` (ops settled
+    before the read); ``False`` (and nothing written) when the marked op ``(client_id, seq)`` is not settled
+    on the SKU yet (``seq`` 0: the caller knows they are)."""
+    put = forward_put(
+        sweep,
+        sku,
+        store,
+        marks,
+        await sweep.run("stock_forward_read", *forward_read(sku, store, client_id, seq)),
+    )
+    if put is None:
+        return False
+    await sweep.run("store_put", *put)
     return True
 
 

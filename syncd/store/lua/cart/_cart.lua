@@ -68,6 +68,7 @@ local function line_attrs(dots)
     return best and best[6]
 end
 
+-- A map of scalars with its keys in byte order: a dot's attrs, a line's version vector.
 local function enc_attrs(attrs)
     local akeys = sorted_keys(attrs)
     local aenc = {}
@@ -106,13 +107,8 @@ local function enc_line(line)
         end
         plain = plain and d[6] == nil
     end
-    local vkeys = sorted_keys(vv)
-    local venc = {}
-    for _, k in ipairs(vkeys) do
-        venc[k] = mp(vv[k])
-    end
     keys[#keys + 1] = 'vv'
-    enc.vv = mp_map(vkeys, venc)
+    enc.vv = enc_attrs(vv)
     keys[#keys + 1] = 'dots'
     if plain then
         enc.dots = mp(line.dots) -- no dot carries attrs: an array of plain arrays, packed in one call
@@ -285,7 +281,8 @@ local function cart_bytes(K, kept)
 end
 
 -- Checks the size bounds, then writes the changed lines and the fold counter, then commits (dedup, event with
--- the cart's new size, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil}; only lines whose
+-- the cart's new size, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil, encoded_after?}
+-- (the encoded line when the caller built its bytes itself, see add_in_place); only lines whose
 -- bytes changed are written and reported in the event (null = the line is gone). Bounds (docs/cart-rules.md,
 -- Bounds): an op may not leave a line above MAX_LINE_BYTES, nor the cart above MAX_CART_BYTES, unless it
 -- leaves them no larger than they were; every check comes before the first write.
@@ -297,11 +294,13 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
     local skus, lines = {}, {}
     local grown = 0
     for _, ch in ipairs(changes) do
-        local sku, before, line = ch[1], ch[2], ch[3]
-        if line and #line.dots == 0 then
-            line = nil -- a line without live dots does not exist, and loses its attrs
+        local sku, before, line, after = ch[1], ch[2], ch[3], ch[4]
+        if after == nil then -- not already encoded (add_in_place)
+            if line and #line.dots == 0 then
+                line = nil -- a line without live dots does not exist, and loses its attrs
+            end
+            after = line and enc_line(line) or false
         end
-        local after = line and enc_line(line) or false
         if after ~= before then
             local size_before, size_after = before and #before or 0, after and #after or 0
             if size_after > size_before and size_after > MAX_LINE_BYTES then
@@ -360,6 +359,141 @@ local function line_op(K, p, sku, removes, kind, qty, attrs)
     end
     local result = mp_map({'qty'}, {qty = mp(qty_after)})
     return finish(K, p, {{sku, raw or false, line}}, counter, result, conflict)
+end
+
+-- The common cart.add, incrementally (docs/cart-rules.md gives the rules; line_op is their general form).
+-- A replayed or busy line holds a base and 16 add dots, and each add appends one dot and folds the lowest
+-- one into the base. Decoding the whole line into Lua tables and encoding it again costs more than all the
+-- rules: here the stored bytes are walked instead, only the dots the add touches are decoded (the first,
+-- the one folded, the last), and the new line is spliced from the old bytes. The bytes are the same as
+-- line_op's: a line's encoding depends only on its live dots. Taken only for the shape it was made for —
+-- an existing line with no attrs and no set dots, every dot plain ({client, seq, kind, value, hlc}), and
+-- the new dot sorting after every other; anything else returns nil and the op takes line_op.
+local byte, sub = string.byte, string.sub
+
+-- Where the MessagePack integer at i ends (the index after it); nil for anything else.
+local function int_end(s, i)
+    local b = byte(s, i)
+    if b == nil then
+        return nil
+    elseif b < 0x80 or b >= 0xe0 then
+        return i + 1
+    elseif b == 0xcc or b == 0xd0 then
+        return i + 2
+    elseif b == 0xcd or b == 0xd1 then
+        return i + 3
+    elseif b == 0xce or b == 0xd2 then
+        return i + 5
+    elseif b == 0xcf or b == 0xd3 then
+        return i + 9
+    end
+    return nil
+end
+
+-- Where the plain dot at i ends, and its kind's byte; nil unless it is [str, int, 1-byte str, int, int].
+local function plain_dot(s, i)
+    if byte(s, i) ~= 0x95 then
+        return nil
+    end
+    local b, q = byte(s, i + 1), nil
+    if b and b >= 0xa0 and b <= 0xbf then
+        q = i + 2 + b - 0xa0
+    elseif b == 0xd9 and byte(s, i + 2) then
+        q = i + 3 + byte(s, i + 2)
+    else
+        return nil
+    end
+    q = int_end(s, q)
+    if not q or byte(s, q) ~= 0xa1 then
+        return nil
+    end
+    local kind = byte(s, q + 1)
+    q = int_end(s, q + 2)
+    q = q and int_end(s, q)
+    return q, kind
+end
+
+local KIND_BASE, KIND_SET = byte('b'), byte('s')
+
+-- The walk: {start of each dot}, whether the first is the base, and the index after the last; nil when a
+-- dot is not plain, is a set, or a base is not first.
+local function walk_dots(raw, i, n)
+    local starts, based = {}, false
+    for k = 1, n do
+        starts[k] = i
+        local e, kind = plain_dot(raw, i)
+        if not e or kind == KIND_SET or (kind == KIND_BASE and k ~= 1) then
+            return nil
+        end
+        based = based or kind == KIND_BASE
+        i = e
+    end
+    return starts, based, i
+end
+
+local function dot_at(raw, i)
+    local _, d = cmsgpack.unpack_one(raw, i - 1) -- offsets are 0-based
+    return d
+end
+
+local function add_in_place(K, p, sku, qty)
+    local raw = redis.call('HGET', K.cart, sku)
+    if not raw or byte(raw, 1) ~= 0x83 then -- a new line, or one with attrs (a fourth key)
+        return nil
+    end
+    local off, k1, old_qty, k2, vv, k3 = cmsgpack.unpack_limit(raw, 5, 1)
+    if k1 ~= 'qty' or k2 ~= 'vv' or k3 ~= 'dots' or type(vv) ~= 'table' or off < 0 then
+        return nil
+    end
+    local b, n, first = byte(raw, off + 1), nil, nil
+    if b and b >= 0x90 and b <= 0x9f then
+        n, first = b - 0x90, off + 2
+    elseif b == 0xdc then
+        n, first = byte(raw, off + 2) * 256 + byte(raw, off + 3), off + 4
+    else
+        return nil
+    end
+    local starts, based, stop = walk_dots(raw, first, n)
+    if not starts or n == 0 or stop ~= #raw + 1 then
+        return nil
+    end
+    local last = dot_at(raw, starts[n])
+    if not (n == 1 and based) and not key_lt(last[5], last[1], last[2], p.hlc, p.client, p.seq) then
+        return nil -- the new dot would go before another: line_op inserts it in order
+    end
+    local new_dot = mp({p.client, p.seq, 'a', qty, p.hlc})
+    local adds = n - (based and 1 or 0) + 1
+    local counter, body, count = nil, nil, nil
+    if adds <= MAX_DOTS then
+        body, count = sub(raw, first) .. new_dot, n + 1
+    elseif adds == MAX_DOTS + 1 then -- fold the lowest add (no sets: the first after the base)
+        local f = based and 2 or 1
+        local folded = dot_at(raw, starts[f])
+        local c2, s2 = folded[1], folded[2]
+        if vv[c2] == s2 then -- c2's highest dot leaves: its entry is what the rest of the line says
+            if c2 ~= p.client or p.seq <= s2 then
+                return nil
+            end
+        end
+        counter = tonumber(redis.call('HGET', K.meta, 'fold') or '0') + 1
+        local sum = folded[4] + (based and dot_at(raw, starts[1])[4] or 0)
+        local rest = f < n and sub(raw, starts[f + 1]) or ''
+        body, count = mp({BASE, counter, 'b', sum, 0}) .. rest .. new_dot, n - f + 2
+        vv[BASE] = counter
+    else
+        return nil
+    end
+    if (vv[p.client] or 0) < p.seq then
+        vv[p.client] = p.seq
+    end
+    local qty_after = old_qty + qty
+    local after = mp_map({'qty', 'vv', 'dots'}, {
+        qty = mp(qty_after),
+        vv = enc_attrs(vv),
+        dots = mp_header(count, 0x90, 0xdc, 0xdd) .. body,
+    })
+    local result = mp_map({'qty'}, {qty = mp(qty_after)})
+    return finish(K, p, {{sku, raw, nil, after}}, counter, result, nil)
 end
 
 local function check_sku(sku)

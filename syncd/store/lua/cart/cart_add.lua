@@ -10,4 +10,10 @@ local sku, qty, attrs = ARGV[14], tonumber(ARGV[15]), op_attrs(ARGV[16])
 if not (check_common(p) and check_sku(sku) and is_int(qty, 1, 999) and check_attrs(attrs)) then
     return reject(K.dedup, p, 'bad_args', 'cart.add arguments failed the store invariants')
 end
+if attrs == nil then
+    local reply = add_in_place(K, p, sku, qty)
+    if reply then
+        return reply
+    end
+end
 return line_op(K, p, sku, false, 'a', qty, attrs)
