@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _human(result: Result) -> str:
     lines = [f"== {result['workload']} ({result['profile']})"]
-    shown = ("syncd", "floor", "peer", "syncd_metrics_on", "syncd_metrics_off")
+    shown = ("syncd", "floor", "bcast", "peer", "syncd_metrics_on", "syncd_metrics_off")
     for system in [name for name in shown if name in result]:
         figures = {k: v for k, v in result[system].items() if k != "steps"}
         lines.append(f"  {system:6} {json.dumps(figures)}")
