@@ -24,7 +24,7 @@ from benchmarks.floor import Topics, frames_handler
 _encode = msgspec.msgpack.Encoder().encode
 
 
-async def run(port: int) -> None:
+async def run(port: int, pad: int = 0) -> None:
     topics: Topics = {}
     lines: dict[tuple[str, str], int] = {}
     offsets: dict[str, int] = {}
@@ -40,7 +40,7 @@ async def run(port: int) -> None:
             "topic": topic,
             "cursor": ["e0", offset],
             "kind": "cart.add",
-            "data": {"lines": {args["sku"]: {"qty": qty}}},
+            "data": {"lines": {args["sku"]: {"qty": qty}}, **({"pad": "x" * pad} if pad else {})},
             "at": time.time_ns() // 1_000_000,
             "origin": [frame["c"], frame["seq"]],
         }
@@ -59,8 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", default="", help="ignored: the broadcast floor keeps nothing in Redis")
+    parser.add_argument(
+        "--pad", type=int, default=0, help="bytes of filler in each event (by hand: what event size costs)"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.port))
+    asyncio.run(run(args.port, args.pad))
 
 
 if __name__ == "__main__":
