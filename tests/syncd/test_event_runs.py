@@ -9,11 +9,20 @@ the event-by-event rules, so offsets, order and the send queue's byte bound hold
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
 from protocol import codec, frames
 from protocol.errors import CloseCode
 from syncd.auth import Principal, Role
-from syncd.fanout import EventRun, runs_of
+from syncd.embedded import EmbeddedRedis
+from syncd.fanout import EventRun, Fanout, runs_of
 from syncd.session import RateLimit, Session, Subscription
+from syncd.store.redis_store import channel
 from syncd.transport import frame_header
 
 TOPIC = "cart:m1"
@@ -134,3 +143,64 @@ def test_a_run_for_a_synchronising_subscription_is_buffered_and_replayed_once() 
     assert not wire.writes
     session.synchronised(sub, "e1", 6)  # the snapshot covered 6
     assert [offset for w in wire.writes for offset in offsets_in(w)] == [7, 8]
+
+
+class RunListener:
+    """A fan-out listener that takes runs: records each call's offsets."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.changed = asyncio.Event()
+
+    def deliver(self, topic: str, cursor: frames.Cursor, frame: bytes, framed: bytes) -> None:
+        self.calls.append([cursor.offset])
+        self.changed.set()
+
+    def deliver_run(self, topic: str, run: EventRun) -> None:
+        assert run.framed == b"".join(framed for _, _, framed in run.events)
+        self.calls.append([cursor.offset for cursor, _, _ in run.events])
+        self.changed.set()
+
+    def fanout_lost(self) -> None:
+        pass
+
+    async def until(self, count: int) -> None:
+        while sum(len(call) for call in self.calls) < count:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+class EventListener(RunListener):
+    """One that takes events one at a time only (no ``deliver_run``), like the fan-out's first listeners."""
+
+    deliver_run = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def server(redis_server_factory: Any) -> Iterator[EmbeddedRedis]:
+    srv = redis_server_factory(appendonly=False)
+    yield srv
+    srv.stop()
+
+
+async def test_a_burst_published_at_once_reaches_every_kind_of_listener_once_and_in_order(
+    server: EmbeddedRedis,
+) -> None:
+    fanout = Fanout(lambda: Redis.from_url(server.url), channel)
+    publisher = Redis.from_url(server.url)
+    await fanout.start()
+    try:
+        runs, singles = RunListener(), EventListener()
+        await fanout.join(TOPIC, runs)
+        await fanout.join(TOPIC, singles)
+        async with publisher.pipeline(transaction=True) as pipe:
+            for offset in range(1, 41):
+                pipe.publish(channel(TOPIC), event(offset)[1])
+            await pipe.execute()
+        await runs.until(40)
+        await singles.until(40)
+        assert [offset for call in runs.calls for offset in call] == list(range(1, 41))
+        assert singles.calls == [[offset] for offset in range(1, 41)]
+    finally:
+        await fanout.close()
+        await publisher.aclose()
