@@ -186,6 +186,9 @@ class Fanout:
         """Stop listening. Disconnecting first ends ``listen()`` with an error; a cancellation alone can be
         swallowed inside redis-py's read path, so it only follows."""
         self._closing = True
+        if self._flush_handle is not None:  # events read but not handed out: nobody is listening any more
+            self._flush_handle.cancel()
+            self._flush_handle = None
         task, self._task = self._task, None
         await self._drop_pubsub()
         for control_task in list(self._control_tasks):
