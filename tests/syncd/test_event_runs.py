@@ -204,3 +204,19 @@ async def test_a_burst_published_at_once_reaches_every_kind_of_listener_once_and
     finally:
         await fanout.close()
         await publisher.aclose()
+
+
+def test_a_session_whose_deliver_is_wrapped_sees_every_event_of_a_run_through_it() -> None:
+    wire, gaps = Wire(), []
+    session = new_session(wire, gaps)
+    seen: list[int] = []
+    inner = session.deliver
+
+    def tap(topic: str, cursor: frames.Cursor, frame: bytes, framed: bytes | None = None) -> None:
+        seen.append(cursor.offset)
+        inner(topic, cursor, frame, framed)
+
+    session.deliver = tap  # type: ignore[method-assign]
+    session.deliver_run(TOPIC, run(6, 7, 8))
+    assert seen == [6, 7, 8]
+    assert [offset for w in wire.writes for offset in offsets_in(w)] == [6, 7, 8]
