@@ -4,7 +4,8 @@ Each speaks its server's real wire protocol over a real websocket (``websockets`
 
 * ``syncd`` — the hub's protocol v1: ``hello`` with a token minted by :func:`syncd.auth.mint_token`, ``sub``
   answered by ``snap``, ``op`` frames ``cart.add`` with increasing ``seq``, ``ack``/``ev`` back (PROTOCOL.md);
-* ``floor`` — the floor's MessagePack frames (:mod:`benchmarks.floor`);
+* ``floor`` — the floor's MessagePack frames (:mod:`benchmarks.floor`); ``bcast``, the broadcast floor
+  (:mod:`benchmarks.bcast`), speaks them too;
 * ``peer`` — Engine.IO 4 / Socket.IO 5 packets as text frames, spoken directly (a client library would make
   the load generator the bottleneck): ``40`` connect, ``42<id>["op", {...}]`` answered by ``43<id>[...]``.
 
@@ -25,8 +26,10 @@ from protocol import codec, frames
 from protocol.codec import CLIENT_LIMITS, FrameDecoder
 from syncd.auth import mint_token
 
-Dialect = Literal["syncd", "floor", "peer"]
-DIALECTS: Final[tuple[Dialect, ...]] = ("syncd", "floor", "peer")
+Dialect = Literal["syncd", "floor", "peer", "bcast"]
+DIALECTS: Final[tuple[Dialect, ...]] = ("syncd", "floor", "peer", "bcast")
+FLOOR_FRAMES: Final[frozenset[Dialect]] = frozenset({"floor", "bcast"})
+"""Systems speaking the floor's MessagePack frames (the broadcast floor, :mod:`benchmarks.bcast`, too)."""
 TOKEN_SECRET: Final = "bench-secret-" + "b" * 40
 """``SYNCD_TOKEN_SECRET`` of the hub the benchmark starts."""
 HEARTBEAT_PING_S: Final = 10.0
@@ -126,7 +129,7 @@ class Client:
         if self.dialect == "syncd":
             await self.ws.send(syncd_sub(topic))
             expected: tuple[str, ...] = ("snap",)
-        elif self.dialect == "floor":
+        elif self.dialect in FLOOR_FRAMES:
             await self.ws.send(floor_sub(topic))
             expected = ("snap",)
         else:
@@ -148,7 +151,7 @@ class Client:
             now = time.time_ns() // 1_000_000
             return codec.encode(frames.Op(seq=self.seq, kind="cart.add", args=args, hlc=now << 10, ts=now))
         frame = {"t": "op", "c": self.client_id, "seq": self.seq, "args": args}
-        if self.dialect == "floor":
+        if self.dialect in FLOOR_FRAMES:
             return _encode(frame)
         return f"42{self.seq}" + json.dumps(["op", frame])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -29,10 +30,15 @@ _decode = msgspec.msgpack.Decoder().decode
 _encode = msgspec.msgpack.Encoder().encode
 
 
-async def run(port: int, redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
-    sha = await redis.script_load(RELAY_LUA)
-    topics: dict[str, set[ServerConnection]] = {}
+Topics = dict[str, set[ServerConnection]]
+"""Each topic's local subscribers."""
+
+
+def frames_handler(
+    topics: Topics, apply: Callable[[dict[str, Any]], Awaitable[int]]
+) -> Callable[[ServerConnection], Awaitable[None]]:
+    """The connection handler of the floor's frames (shared with :mod:`benchmarks.bcast`): ``sub`` joins
+    ``topics[T]`` and is answered by ``snap``; ``op`` is acked with the quantity ``apply(frame)`` returns."""
 
     async def handler(ws: ServerConnection) -> None:
         held: list[str] = []
@@ -41,10 +47,7 @@ async def run(port: int, redis_url: str) -> None:
                 frame: dict[str, Any] = _decode(message if isinstance(message, bytes) else message.encode())
                 kind = frame.get("t")
                 if kind == "op":
-                    channel = "ev:cart:" + frame["args"]["member"]
-                    qty, _offset = await redis.execute_command(  # type: ignore[no-untyped-call]
-                        *relay_command(sha, frame, time.time_ns() // 1_000_000, channel)
-                    )
+                    qty = await apply(frame)
                     await ws.send(
                         _encode({"t": "ack", "seq": frame["seq"], "ok": True, "result": {"qty": qty}})
                     )
@@ -58,6 +61,23 @@ async def run(port: int, redis_url: str) -> None:
                 subscribers = topics.get(topic)
                 if subscribers is not None:
                     subscribers.discard(ws)
+
+    return handler
+
+
+async def run(port: int, redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    sha = await redis.script_load(RELAY_LUA)
+    topics: Topics = {}
+
+    async def apply(frame: dict[str, Any]) -> int:
+        channel = "ev:cart:" + frame["args"]["member"]
+        qty, _offset = await redis.execute_command(  # type: ignore[no-untyped-call]
+            *relay_command(sha, frame, time.time_ns() // 1_000_000, channel)
+        )
+        return int(qty)
+
+    handler = frames_handler(topics, apply)
 
     async def fanout() -> None:
         pubsub = Redis.from_url(redis_url).pubsub()

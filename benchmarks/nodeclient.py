@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.dialects import (
+    FLOOR_FRAMES,
     HEARTBEAT_PING_S,
     Dialect,
     floor_sub,
@@ -58,12 +59,12 @@ class NodeReceivers:
         for client_id, member in devices:
             if dialect == "syncd":
                 conns.append({"hello": _b64(syncd_hello(client_id, member)), "sub": _b64(syncd_sub(topic))})
-            elif dialect == "floor":
+            elif dialect in FLOOR_FRAMES:
                 conns.append({"sub": _b64(floor_sub(topic))})
             else:
                 conns.append({"sub": peer_sub(topic)})
         config = {
-            "protocol": dialect,
+            "protocol": "floor" if dialect in FLOOR_FRAMES else dialect,
             "url": url,
             "conns": conns,
             "concurrency": 50,

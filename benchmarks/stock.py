@@ -21,6 +21,7 @@ from benchmarks.stats import Histogram
 from benchmarks.systems import System, raise_fd_limit, wait_for_quiet
 from benchmarks.workloads import (
     CTX,
+    FANOUT_TARGET,
     Result,
     _brief,
     _Cpu,
@@ -204,9 +205,10 @@ def stockwatch(profile: Profile, workdir: Path) -> Result:
     writer reserves units of the SKU at a rate that ramps up step by step (the ``fanout`` ramp), so every
     event is an ATP change. Counted per step: events, deliveries expected (events x subscribers) and
     delivered; the figure of merit is the highest step sustained (all delivered, p99 <= ``sustain_p99_ms``).
-    The floor: the fan-out floor (:mod:`benchmarks.floor`) with the same subscribers and ramp, same run."""
+    The floor: the fan-out floor (:mod:`benchmarks.floor`) with the same subscribers and ramp, same run; and
+    the broadcast floor (:mod:`benchmarks.bcast`, no Redis) beside it."""
     raise_fd_limit()
-    systems: tuple[Dialect, ...] = ("floor", "syncd")
+    systems: tuple[Dialect, ...] = ("floor", "bcast", "syncd")
     by_subs: dict[str, Result] = {}
     ratios: Result = {}
     targets = []
@@ -231,6 +233,7 @@ def stockwatch(profile: Profile, workdir: Path) -> Result:
         first = ours["steps"][0] if ours["steps"] else {}
         ratios[key] = {
             "vs_floor": _ratio(ours["deliveries_per_s"], floor["deliveries_per_s"]),
+            "vs_bcast": _ratio(ours["deliveries_per_s"], results["bcast"]["deliveries_per_s"]),
             "p99_vs_floor": _ratio(ours["p99_ms"], floor["p99_ms"]),
         }
         targets += [
@@ -245,6 +248,12 @@ def stockwatch(profile: Profile, workdir: Path) -> Result:
                 ours["p99_ms"],
                 "<=",
                 profile.sustain_p99_ms,
+            ),
+            _target(
+                f"{subs} subs: deliveries/s >= {FANOUT_TARGET}x floor",
+                ratios[key]["vs_floor"],
+                ">=",
+                FANOUT_TARGET,
             ),
         ]
     params = {
@@ -262,4 +271,5 @@ def stockwatch(profile: Profile, workdir: Path) -> Result:
 
 def _flatten(by_subs: dict[str, Result]) -> Result:
     """``{"syncd": {"1000_subs": ...}, "floor": {...}}``: each system's figures, by subscriber count."""
-    return {name: {key: results[name] for key, results in by_subs.items()} for name in ("syncd", "floor")}
+    systems = ("syncd", "floor", "bcast")
+    return {name: {key: results[name] for key, results in by_subs.items()} for name in systems}

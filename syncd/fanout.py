@@ -45,11 +45,59 @@ log = logging.getLogger("syncd.fanout")
 
 
 class Listener(Protocol):
-    """A session's side of the fan-out. Both methods run on the event loop and must not block."""
+    """A session's side of the fan-out. Both methods run on the event loop and must not block.
+
+    A listener may also have ``deliver_run(topic, run: EventRun)``: then a run of several events is handed to
+    it at once (:class:`EventRun`); without it, each event of the run goes to ``deliver`` in order."""
 
     def deliver(self, topic: str, cursor: frames.Cursor, frame: bytes, framed: bytes) -> None: ...
 
     def fanout_lost(self) -> None: ...
+
+
+MAX_RUN_BYTES: Final = 16 * 1024
+"""The most framed bytes joined into one run: what one write may add to a connection's transport buffer
+past its flow-control check (a single event larger than this is a run of its own)."""
+
+
+class EventRun:
+    """Consecutive events of one topic (same epoch, offsets following each other) that reached this hub
+    together, with their websocket frames joined once: ``framed`` is written to every subscriber that
+    expects offset :attr:`first` with one write, however many subscribers and events there are."""
+
+    __slots__ = ("epoch", "events", "first", "framed", "last")
+
+    def __init__(self, events: list[tuple[frames.Cursor, bytes, bytes]]) -> None:
+        self.events = events
+        """``(cursor, frame, framed)`` of each event, in order."""
+        self.epoch = events[0][0].epoch
+        self.first = events[0][0].offset
+        self.last = events[-1][0].offset
+        self.framed = events[0][2] if len(events) == 1 else b"".join([framed for _, _, framed in events])
+
+
+def runs_of(events: list[tuple[frames.Cursor, bytes]], max_bytes: int = MAX_RUN_BYTES) -> list[EventRun]:
+    """``events`` of one topic, in arrival order, cut into runs: a run ends where the next event is not the
+    next offset of the same epoch, or where it would pass ``max_bytes`` of frames."""
+    runs: list[EventRun] = []
+    current: list[tuple[frames.Cursor, bytes, bytes]] = []
+    size = 0
+    for cursor, frame in events:
+        framed = frame_header(len(frame)) + frame
+        if current:
+            last = current[-1][0]
+            if (
+                cursor.epoch != last.epoch
+                or cursor.offset != last.offset + 1
+                or size + len(framed) > max_bytes
+            ):
+                runs.append(EventRun(current))
+                current, size = [], 0
+        current.append((cursor, frame, framed))
+        size += len(framed)
+    if current:
+        runs.append(EventRun(current))
+    return runs
 
 
 class _EventHead(msgspec.Struct, frozen=True):
@@ -127,6 +175,9 @@ class Fanout:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._pending: dict[str, list[tuple[frames.Cursor, bytes]]] = {}
+        """Events read but not yet handed out, by topic: handed out together once the read is done."""
+        self._flush_handle: asyncio.Handle | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="syncd-fanout")
@@ -135,6 +186,9 @@ class Fanout:
         """Stop listening. Disconnecting first ends ``listen()`` with an error; a cancellation alone can be
         swallowed inside redis-py's read path, so it only follows."""
         self._closing = True
+        if self._flush_handle is not None:  # events read but not handed out: nobody is listening any more
+            self._flush_handle.cancel()
+            self._flush_handle = None
         task, self._task = self._task, None
         await self._drop_pubsub()
         for control_task in list(self._control_tasks):
@@ -270,20 +324,52 @@ class Fanout:
                     task.add_done_callback(_log_failure)
 
     def _dispatch(self, data: bytes) -> None:
+        """Hold the event until every message already read has been (:meth:`_flush`, soon after): events
+        that arrive together then leave together, one write per subscriber for the lot."""
         try:
             head = _head.decode(data)
         except msgspec.MsgspecError:
             log.error("dropping an undecodable event on the fan-out channel (%d bytes)", len(data))
             return
-        listeners = self._topics.get(head.topic)
-        if not listeners:
+        if head.topic not in self._topics:
             return
-        framed = frame_header(len(data)) + data  # the websocket frame, identical for every listener
-        for listener in tuple(listeners):
-            listener.deliver(head.topic, head.cursor, data, framed)
+        pending = self._pending.get(head.topic)
+        if pending is None:
+            self._pending[head.topic] = [(head.cursor, data)]
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            pending.append((head.cursor, data))
+
+    def _flush(self) -> None:
+        """Hand every pending event to the listeners of its topic: the bytes of each event (and of each run of
+        events) are framed once, whatever the number of listeners."""
+        self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        for topic, events in pending.items():
+            listeners = self._topics.get(topic)
+            if not listeners:
+                continue
+            if len(events) == 1:
+                cursor, data = events[0]
+                framed = frame_header(len(data)) + data  # the websocket frame, identical for every listener
+                for listener in tuple(listeners):
+                    listener.deliver(topic, cursor, data, framed)
+                continue
+            for run in runs_of(events):
+                for listener in tuple(listeners):
+                    deliver_run = getattr(listener, "deliver_run", None)
+                    if deliver_run is not None:
+                        deliver_run(topic, run)
+                    else:
+                        for cursor, data, framed in run.events:
+                            listener.deliver(topic, cursor, data, framed)
 
     def _lose_all(self) -> None:
         """Tell every listener its stream may have a hole; they reconnect and resume from their cursors."""
+        if self._flush_handle is not None:  # what was read before the loss goes first
+            self._flush_handle.cancel()
+            self._flush()
         for topic, listeners in list(self._topics.items()):
             for listener in tuple(listeners):
                 listener.fanout_lost()

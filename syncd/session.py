@@ -26,6 +26,7 @@ from typing import Final
 from protocol import frames
 from protocol.errors import CloseCode
 from syncd.auth import Principal
+from syncd.fanout import EventRun
 from syncd.transport import frame_header
 
 
@@ -208,6 +209,27 @@ class Session:
             else:
                 self.send_event(frame, framed)
         # else: an offset already delivered (snapshot or history covered it)
+
+    def deliver_run(self, topic: str, run: EventRun) -> None:
+        """Several consecutive events at once (:class:`~syncd.fanout.EventRun`): one write of all their
+        frames when the subscription expects exactly the run's first offset and nothing is queued; else each
+        event by the rules of :meth:`deliver`."""
+        sub = self.subscriptions.get(topic)
+        if sub is None:
+            return
+        if sub.buffer is None and run.first == sub.offset + 1 and run.epoch == sub.epoch:
+            if self.close_code is not None:
+                return
+            sub.offset = run.last
+            raw_send = self.raw_send
+            if raw_send is None or self._queue or self._writing or not raw_send(run.framed):
+                for _, frame, _ in run.events:
+                    self._enqueue(frame)
+                    if self.close_code is not None:
+                        return
+            return
+        for cursor, frame, framed in run.events:
+            self.deliver(topic, cursor, frame, framed)
 
     def resynchronise(self, sub: Subscription) -> None:
         """Check ``sub`` against the stream now, as if a live event had shown a hole: its shard may have a new

@@ -136,12 +136,31 @@ def test_stockwatch_smoke_counts_every_atp_change_delivered_beside_the_fanout_fl
     assert result["workload"] == "stockwatch"
     (subs,) = result["params"]["subscribers"]
     key = f"{subs}_subs"
-    for system in ("syncd", "floor"):
+    for system in ("syncd", "floor", "bcast"):
         figures = result[system][key]
         assert figures["subscribers"] == subs and figures["steps"], system
         for step in figures["steps"]:
             assert step["expected"] == step["events"] * subs
             assert 0 <= step["delivered"] <= step["expected"]
-    assert set(result["ratios"][key]) == {"vs_floor", "p99_vs_floor"}
-    assert len(result["targets"]) == 2
+    assert set(result["ratios"][key]) == {"vs_floor", "vs_bcast", "p99_vs_floor"}
+    assert result["targets"][-1]["target"] == f"{subs} subs: deliveries/s >= 0.8x floor"
+    assert len(result["targets"]) == 3
+    assert result["pass"] == all(target["pass"] for target in result["targets"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_fanout_smoke_reports_syncd_beside_the_floor_and_the_broadcast_floor() -> None:
+    result = json.loads(run_smoke("fanout")[-1])
+    assert result["workload"] == "fanout"
+    subs = result["params"]["subscribers"]
+    for system in ("syncd", "floor", "bcast", "peer"):
+        figures = result[system]
+        assert figures["subscribers"] == subs and figures["steps"], system
+        assert len(figures["rounds"]) == result["params"]["rounds"], system
+        for step in figures["steps"]:
+            assert step["expected"] == step["events"] * subs
+            assert 0 <= step["delivered"] <= step["expected"]
+    assert {"vs_floor", "vs_bcast", "vs_peer"} <= set(result["ratios"])
+    assert result["targets"][0]["target"] == "deliveries/s >= 0.8x floor"
     assert result["pass"] == all(target["pass"] for target in result["targets"])

@@ -14,6 +14,7 @@ from typing import Any
 
 from protocol import frames
 from protocol.errors import CloseCode
+from syncd.fanout import EventRun
 from syncd.hub import Hub
 from syncd.session import Session
 from tests.syncd.conftest import MakeDevice
@@ -21,8 +22,9 @@ from tests.syncd.hubkit import Device, Pauses, op
 
 
 class Tap:
-    """Wraps a session's ``deliver``: records the offsets fan-out hands it, and loses the first delivery of
-    the offsets in ``lose`` (as a pub/sub message lost in flight would be)."""
+    """Wraps a session's ``deliver`` (and ``deliver_run``, event by event): records the offsets fan-out
+    hands it, and loses the first delivery of the offsets in ``lose`` (as a pub/sub message lost in flight
+    would be)."""
 
     def __init__(self, session: Session, lose: Iterable[int] = ()) -> None:
         self.seen: list[int] = []
@@ -38,7 +40,12 @@ class Tap:
                 return
             inner(topic, cursor, frame, framed)
 
+        def deliver_run(topic: str, run: EventRun) -> None:  # a run is its events, each one seen (or lost)
+            for cursor, frame, framed in run.events:
+                deliver(topic, cursor, frame, framed)
+
         session.deliver = deliver  # type: ignore[method-assign]
+        session.deliver_run = deliver_run  # type: ignore[method-assign]
 
     async def until_seen(self, *offsets: int) -> None:
         while not set(offsets) <= set(self.seen):
