@@ -39,14 +39,22 @@ def pair(redis_server_factory: Callable[..., EmbeddedRedis]) -> Iterator[tuple[E
 
 
 async def wait_in_sync(primary: EmbeddedRedis) -> None:
-    """Until the primary reports its replica online."""
+    """Until the primary reports its replica online and the replica confirms a write."""
     client = Redis.from_url(primary.url)
     try:
         for _ in range(HANG_GUARD_S * 20):
             if (await client.info("replication")).get("slave0", {}).get("state") == "online":
-                return
+                break
             await asyncio.sleep(0.05)
-        raise TimeoutError("the replica never came online")
+        else:
+            raise TimeoutError("the replica never came online")
+        # "online" is said once the primary has sent its snapshot; the replica may still be loading it and
+        # confirms nothing meanwhile. Ready means: a write the replica has confirmed.
+        await client.set("replica-ready", 1)
+        for _ in range(HANG_GUARD_S):
+            if await client.execute_command("WAIT", 1, 1000) >= 1:
+                return
+        raise TimeoutError("the replica never confirmed a write")
     finally:
         await client.aclose()
 
