@@ -12,7 +12,6 @@ every cart holds the units its ops put there, and the SKUs' ``sold`` equals the 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,7 +20,7 @@ from redis.asyncio import Redis
 
 from benchmarks.dialects import TOKEN_SECRET
 from benchmarks.loadgen import Queue, _report
-from benchmarks.replay import CpuMeter
+from benchmarks.replay import timed_replay
 from benchmarks.stockload import admin_op, restock
 from protocol import stock as rules
 from protocol.topics import parse_topic
@@ -93,12 +92,7 @@ async def _posday(
     async with reopened as client:
         for sku in STOCK_SKUS:
             client.stock(sku)
-        t0, cpu = time.perf_counter(), CpuMeter(pids)
-        await client.go_online()
-        status = await client.wait_synced(timeout=300)
-        seconds = time.perf_counter() - t0
-        cpu_us = cpu.per_op_us(ops)
-        pending_after = status.pending_ops
+        seconds, cpu_us, pending_after = await timed_replay(client, ops, pids)
     checked = await _check(redis_url, plans)
     return {
         "ops": ops,

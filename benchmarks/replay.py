@@ -45,6 +45,17 @@ class CpuMeter:
         }
 
 
+async def timed_replay(
+    client: SyncClient, ops: int, pids: dict[str, int]
+) -> tuple[float, dict[str, float], int]:
+    """Bring an offline ``client`` online and wait until its outbox has synced: the seconds it took, the
+    CPU per op of each process (:class:`CpuMeter`) and the ops still pending after (0 when all synced)."""
+    t0, cpu = time.perf_counter(), CpuMeter(pids)
+    await client.go_online()
+    status = await client.wait_synced(timeout=300)
+    return time.perf_counter() - t0, cpu.per_op_us(ops), status.pending_ops
+
+
 def replay_load(url: str, data_dir: str, ops: int, pids: dict[str, int], out: Queue) -> None:
     _report(out, _replay(url, Path(data_dir), ops, pids))
 
@@ -67,12 +78,7 @@ async def _replay(url: str, data_dir: Path, ops: int, pids: dict[str, int]) -> d
     async with reopened as client:
         client.cart(MEMBER)
         pending_before = client.status.pending_ops
-        t0, cpu = time.perf_counter(), CpuMeter(pids)
-        await client.go_online()
-        status = await client.wait_synced(timeout=300)
-        seconds = time.perf_counter() - t0
-        cpu_us = cpu.per_op_us(ops)
-        pending_after = status.pending_ops
+        seconds, cpu_us, pending_after = await timed_replay(client, ops, pids)
     hub = await Client.open("syncd", url, CLIENT_ID, MEMBER)  # welcome.last_seq of the replayed client
     last_seq = hub.seq
     await hub.ws.close()

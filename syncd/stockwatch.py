@@ -14,10 +14,10 @@ import heapq
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from protocol import stock as rules
 from protocol.topics import TopicKind, TopicName
 from syncd.masking import mask
 from syncd.store.keys import topic_slot
+from syncd.types.stock import atp_by_channel, stock_of
 
 PREFIX: Final = f"{TopicKind.STOCK.value}:"
 
@@ -50,35 +50,14 @@ async def read_stock(redis: Any, skus: Sequence[str]) -> dict[str, dict[str, Any
 def _row(flat: dict[Any, Any], holds: int) -> dict[str, Any] | None:
     if not flat:
         return None
-    stock = rules.empty()
-    held = 0
-    for raw_name, raw_value in flat.items():
-        name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
-        value = int(raw_value)
-        kind, key = name[:2], name[2:]
-        if kind == "q:":
-            stock["quota"][key] = value
-        elif kind == "t:":
-            stock["taken"][key] = value
-        elif kind == "a:":
-            stock["allot"][key] = value
-        elif name == "on_hand":
-            stock["on_hand"] = value
-        elif name == "pool":
-            stock["pool"] = value
-        elif name == "sold":
-            stock["sold"] = value
-        elif name == "held":
-            held = value
-    atp = {"*": rules.atp(stock, "*")} | {
-        channel: rules.atp(stock, channel) for channel in sorted(stock["quota"])
-    }
+    fields = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in flat.items()}
+    stock = stock_of(fields)
     return {
         "on_hand": stock["on_hand"],
         "pool": stock["pool"],
         "sold": stock["sold"],
-        "held": held,
+        "held": fields.get("held", 0),
         "holds": holds,
-        "atp": atp,
+        "atp": atp_by_channel(stock),
         "allot": {mask(store): n for store, n in sorted(stock["allot"].items())},
     }

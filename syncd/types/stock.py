@@ -6,6 +6,7 @@ unchanged on Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -100,6 +101,26 @@ class StockStore(StoreType):
         return cursor, state
 
 
+def stock_of(fields: Mapping[str, int]) -> rules.Stock:
+    """A SKU's ``stock`` hash (``on_hand``, ``pool``, ``sold``, ``limit``; ``q:``/``t:`` per channel, ``a:``
+    per store) in the reference rules' shape, without its holds: what the ops API and the dashboard show."""
+    stock = rules.empty()
+    buckets: dict[str, dict[str, int]] = {"q:": stock["quota"], "t:": stock["taken"], "a:": stock["allot"]}
+    for name, value in fields.items():
+        if name[:2] in buckets:
+            buckets[name[:2]][name[2:]] = value
+    stock["on_hand"] = fields.get("on_hand", 0)
+    stock["pool"] = fields.get("pool", 0)
+    stock["sold"] = fields.get("sold", 0)
+    stock["limit"] = fields.get("limit", rules.NO_LIMIT)
+    return stock
+
+
+def atp_by_channel(stock: rules.Stock) -> dict[str, int]:
+    """Available to promise to any channel (``*``) and to each channel with a quota."""
+    return {"*": rules.atp(stock, "*"), **{ch: rules.atp(stock, ch) for ch in sorted(stock["quota"])}}
+
+
 async def full_state(run: ScriptRunner, sku: str) -> dict[str, Any]:
     """Everything operators see of one SKU (``GET /ops/stock/<sku>``), read atomically (``stock_state``):
     the buckets, quotas with what each channel took, the purchase limit, how many holds are active,
@@ -108,29 +129,23 @@ async def full_state(run: ScriptRunner, sku: str) -> dict[str, Any]:
     keys = [f"{slot}:stock", f"{slot}:holds", f"{slot}:recall"]
     flat, holds, recall_flat = await run("stock_state", keys, [])
     fields = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-    stock = rules.empty()
-    buckets: dict[str, dict[str, int]] = {"q:": stock["quota"], "t:": stock["taken"], "a:": stock["allot"]}
-    for name, value in fields.items():
-        if name[:2] in buckets:
-            buckets[name[:2]][name[2:]] = value
-    stock["pool"] = fields.get("pool", 0)
-    atp = {"*": rules.atp(stock, "*"), **{ch: rules.atp(stock, ch) for ch in sorted(stock["quota"])}}
+    stock = stock_of(fields)
     recall: dict[str, dict[str, Any]] = {}
     for i in range(0, len(recall_flat), 2):
         qty, _, to = _text(recall_flat[i + 1]).partition("|")
         recall[_text(recall_flat[i])] = {"qty": int(qty), "to": to or None}
     return {
         "sku": sku,
-        "on_hand": fields.get("on_hand", 0),
+        "on_hand": stock["on_hand"],
         "pool": stock["pool"],
-        "sold": fields.get("sold", 0),
+        "sold": stock["sold"],
         "held": fields.get("held", 0),
         "holds": int(holds),
         "allot": stock["allot"],
         "quota": stock["quota"],
         "taken": stock["taken"],
-        "limit": fields.get("limit", rules.NO_LIMIT),
-        "atp": atp,
+        "limit": stock["limit"],
+        "atp": atp_by_channel(stock),
         "recall": recall,
     }
 
