@@ -637,7 +637,10 @@ def metrics(profile: Profile, workdir: Path) -> Result:
     write_measure, sync_measure = _write_measure(profile), _sync_measure(profile)
     runs: dict[str, list[Result]] = {name: [] for name in METRICS_VARIANTS}
     for round_no in range(profile.rounds):
-        for name, env in METRICS_VARIANTS.items():
+        # Counterbalanced (off, on, on, off, …): the first system of a run meets a machine no earlier system
+        # has just stopped on, and the order alone must not favour one variant.
+        order = list(METRICS_VARIANTS.items())
+        for name, env in order if round_no % 2 == 0 else order[::-1]:
             system = System("syncd", workdir / f"round-{round_no}-{name}", env=env)
             log(f"  metrics {name}: starting (round {round_no + 1} of {profile.rounds})")
             try:
@@ -663,7 +666,12 @@ def metrics(profile: Profile, workdir: Path) -> Result:
             "sync": min((r["sync"] for r in measured), key=lambda s: s["by_rate"][-1]["p50_ms"] or 1e9),
             "cpu_us_per_op": min(r["cpu_us_per_op"] for r in measured),
             "rounds": [
-                {"ops_per_s": r["write"]["ops_per_s"], "cpu_us_per_op": r["cpu_us_per_op"]} for r in measured
+                {
+                    "ops_per_s": r["write"]["ops_per_s"],
+                    "cpu_us_per_op": r["cpu_us_per_op"],
+                    "sync_p50_ms": r["sync"]["by_rate"][-1]["p50_ms"],
+                }
+                for r in measured
             ],
         }
         for name, measured in runs.items()
