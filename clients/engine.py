@@ -288,7 +288,8 @@ class SyncEngine:
             return
         if view.sub_id is not None:
             self._sub_ids.pop(view.sub_id, None)
-        held_back = self._deferred.pop(topic, False) is None  # never subscribed on this connection
+        held_back = topic in self._deferred  # never subscribed on this connection: nothing to end
+        self._deferred.pop(topic, None)
         if self._open and not held_back:
             self._subs_out.append(frames.Unsubscribe(topic=topic))
         self._dirty.discard(topic)

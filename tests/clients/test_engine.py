@@ -344,6 +344,18 @@ def test_a_large_backlog_is_replayed_before_the_topics_it_changes_are_subscribed
     assert device.view("m1") == hub.lines("m1")
 
 
+def test_a_topic_held_back_and_then_unsubscribed_is_never_subscribed_on_that_connection() -> None:
+    hub = FakeHub()
+    device = _offline_backlog(hub, REPLAY_SUBSCRIBE_AFTER)
+    device.connect(hub)
+    device.engine.unsubscribe("cart:m1")
+    device.pump()
+    subs = [f for f in device.sent if isinstance(f, frames.Subscribe | frames.Unsubscribe)]
+    assert [f.topic for f in subs] == ["cart:m2"]
+    assert device.engine.pending == 0
+    assert sum(qty(hub.lines("m1"), f"S{i}") for i in range(3)) == REPLAY_SUBSCRIBE_AFTER
+
+
 def test_a_small_backlog_resumes_every_topic_first() -> None:
     hub = FakeHub()
     device = _offline_backlog(hub, REPLAY_SUBSCRIBE_AFTER - 1)
