@@ -31,6 +31,14 @@ rejection becomes a stored rejection and never blocks the ops behind it. Only a 
 memory for sending: the rest is loaded from the outbox on demand (:class:`LoadOps`), so 100,000 pending ops
 do not mean 100,000 decoded frames.
 
+**Replaying a backlog.** A session that opens with at least :data:`REPLAY_SUBSCRIBE_AFTER` unsettled ops
+(a till back from a day offline) subscribes at once only the topics none of them changes; a topic our
+pending ops change is subscribed once every op committed before the welcome is settled (or the outbox
+stalls), without its cursor: one snapshot then shows them all, where a resume would bring one event per
+replayed op, each carrying its line — most of the client's work in a replay, for a view whose overlay
+already shows those ops. Meanwhile those topics are not in sync (``wait_synced`` waits for them) and show
+the cached state with our ops on top; what other devices changed there shows with the snapshot.
+
 **Views.** A topic's local view is its server state (last snapshot plus the events applied after it) with
 our own *overlay* rebased on top: every op of ours on that topic with ``seq > reflected``, applied with the
 cart rules of :mod:`protocol.cart` in ``seq`` order. An op leaves the overlay when the server state shows it:
@@ -100,9 +108,15 @@ RETRY_INITIAL_MS: Final = 250
 RETRY_MAX_MS: Final = 30_000
 STALLED_RETRY_MS: Final = 30_000
 """How often to retry when the hub answers ``seq_gap`` for our oldest op (:class:`OutboxStalled`)."""
+REPLAY_SUBSCRIBE_AFTER: Final = 256
+"""An outbox holding at least this many unsettled ops when a session opens is replayed before the topics
+our ops change are subscribed (:meth:`SyncEngine.connected`): one snapshot each once the replay is
+settled, instead of one event per replayed op."""
 _FRAME_OVERHEAD: Final = 32
 """Bytes of an ``ops`` frame besides its ops: the map header, ``t``, the key and the array header."""
 _SAMPLES: Final = 512
+_NOT_FAILURES: Final = frozenset({ErrorCode.SEQ_GAP, ErrorCode.BATCH_TOO_LARGE, ErrorCode.RATE_LIMITED})
+"""Unsettled-op codes that are flow control, not the hub failing to apply ops (no ``status.last_error``)."""
 
 
 # --- statistics ----------------------------------------------------------------------------------------
@@ -199,7 +213,10 @@ class SyncEngine:
         self._settled_upto = 0
         self._pause_until = 0
         self._retry_ms = RETRY_INITIAL_MS
+        self._failing = False  # an op was refused as not settled (unavailable, internal) since the last ack
         self._sub_ids: dict[int, str] = {}
+        self._deferred: dict[str, None] = {}  # topics subscribed once the replay up to _replay_upto settles
+        self._replay_upto = 0
         self._next_sub_id = SUB_ID_BASE
         self._subs_out: list[frames.Frame] = []
         self._pages = SnapshotAssembler()
@@ -271,7 +288,9 @@ class SyncEngine:
             return
         if view.sub_id is not None:
             self._sub_ids.pop(view.sub_id, None)
-        if self._open:
+        held_back = topic in self._deferred  # never subscribed on this connection: nothing to end
+        self._deferred.pop(topic, None)
+        if self._open and not held_back:
             self._subs_out.append(frames.Unsubscribe(topic=topic))
         self._dirty.discard(topic)
 
@@ -366,6 +385,7 @@ class SyncEngine:
         self._settled_upto = welcome.last_seq
         self._pause_until = 0
         self._retry_ms = RETRY_INITIAL_MS
+        self._failing = False
         self._clock_offset_ms = clock_offset_ms
         if welcome.hub_time:
             self._observe(welcome.hub_time, now_ms)
@@ -375,9 +395,17 @@ class SyncEngine:
                 Notice(SyncError(f"hub has seq {welcome.last_seq} settled, ahead of this device's outbox"))
             )
             self._next_seq = welcome.last_seq + 1
+        # A large backlog is replayed before the topics it changes are subscribed: resuming them first would
+        # bring one event per replayed op (each carrying its line), which the view does not need: its
+        # overlay already shows our ops. Once the replay is settled, one snapshot shows them all.
+        self._replay_upto = self._next_seq - 1 - len(self._uncommitted)
+        replaying = self._pending >= REPLAY_SUBSCRIBE_AFTER and welcome.last_seq < self._replay_upto
         for view in self._topics.values():
             view.error = None
-            self._send_sub(view)
+            if replaying and view.has_pending_writes:
+                self._deferred[view.topic] = None
+            else:
+                self._send_sub(view)
 
     def disconnected(self) -> None:
         """The connection is gone: every op in flight is unsettled again, every topic out of sync."""
@@ -389,6 +417,7 @@ class SyncEngine:
         self._trim_queue()
         self._sub_ids.clear()
         self._subs_out.clear()
+        self._deferred.clear()
         self._pages.clear()
         for view in self._topics.values():
             view.sub_id = None
@@ -506,6 +535,16 @@ class SyncEngine:
         cursor = view.cursor if view.has_state and not view.fresh else None
         self._subs_out.append(frames.Subscribe(id=sub_id, topic=view.topic, cursor=cursor))
 
+    def _subscribe_deferred(self) -> None:
+        """Subscribe the topics held back while the backlog replayed: afresh, so that one snapshot shows
+        every op settled by then (the events of those ops are not fetched)."""
+        for topic in self._deferred:
+            view = self._topics.get(topic)
+            if view is not None:
+                view.fresh = True
+                self._send_sub(view)
+        self._deferred.clear()
+
     def _fill_window(self, out: list[frames.Frame], now_ms: int) -> None:
         room = self._window - len(self._in_flight)
         # Refill in halves of the window so that replay travels in large batches while the hub still has
@@ -583,12 +622,15 @@ class SyncEngine:
 
     def _on_ack(self, ack: frames.Ack, now_ms: int) -> None:
         self._settled_upto = max(self._settled_upto, ack.seq)
+        if self._deferred and self._settled_upto >= self._replay_upto:
+            self._subscribe_deferred()
         taken = self._take(ack.seq)
         if taken is None:
             return  # a duplicate answer for an op already settled
         op, sent_at = taken
         self._pending -= 1
         self._retry_ms = RETRY_INITIAL_MS
+        self._failing = False
         if sent_at is not None:
             self._ack_ms.add(float(max(0, now_ms - sent_at)))
         if not self._pending:
@@ -626,6 +668,7 @@ class SyncEngine:
             # A gap behind our oldest unsettled op is one we cannot fill: the hub lost ops it had acked.
             if ref == lowest:
                 self._events.append(Notice(OutboxStalled(ref, err.message)))
+                self._subscribe_deferred()  # the replay cannot go on: show what the hub has meanwhile
                 delay = STALLED_RETRY_MS
             else:
                 delay = 0
@@ -634,6 +677,10 @@ class SyncEngine:
         else:  # unavailable, internal, or a code of a later version: the op is not settled, back off
             delay = self._retry_ms
             self._retry_ms = min(RETRY_MAX_MS, self._retry_ms * 2)
+        if not self._failing and err.code not in _NOT_FAILURES:  # said once until an op settles again
+            self._failing = True
+            failed = f"hub could not apply op {ref} ({err.code}: {err.message}); resending it"
+            self._events.append(Notice(SyncError(failed)))
         self._pause_until = max(self._pause_until, now_ms + delay) if delay else self._pause_until
 
     def _on_sub_error(self, topic: str, err: frames.Error, now_ms: int) -> None:

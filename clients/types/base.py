@@ -9,6 +9,7 @@ adds its public handle (``client.cart(m)``).
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Protocol
 
@@ -16,7 +17,7 @@ from clients.events import TopicChanged, TopicRecord
 from clients.models import CartConflict
 from protocol import frames, registry
 from protocol.datatype import DataType, check_shape
-from protocol.errors import ErrorCode, ProtocolError, SyncError
+from protocol.errors import ErrorCode, OpRejected, ProtocolError, SyncError
 
 MAX_CTX: Final = 256
 """Entries of one op's causal context the SDK sends (beyond it an op is refused at the call site)."""
@@ -26,9 +27,18 @@ Keys = frozenset[str] | None
 
 def op_topic(kind: str, args: Mapping[str, Any]) -> str:
     """The topic whose view an op changes (``cart.add`` for member ``m42`` → ``cart:m42``)."""
-    if kind not in registry.op_kinds():
-        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"the SDK cannot predict op kind {kind[:64]!r}")
-    return registry.for_op(kind).topic_of(args)
+    try:
+        datatype = registry.for_op(kind)
+    except OpRejected:
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"the SDK cannot predict op kind {kind[:64]!r}") from None
+    return _topic(kind, args[datatype.key_field])
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic(kind: str, key: str) -> str:
+    """A topic's name, built once per (op kind, key) in use: asked for every op made, stored and settled."""
+    datatype = registry.for_op(kind)
+    return datatype.topic_of({datatype.key_field: key})
 
 
 class TopicHandle(Protocol):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from clients.engine import SUB_ID_BASE, ChangeCause, LoadOps, SubscriptionFailed, SyncEngine, TopicRecord
+from clients.engine import (
+    REPLAY_SUBSCRIBE_AFTER,
+    SUB_ID_BASE,
+    ChangeCause,
+    LoadOps,
+    SubscriptionFailed,
+    SyncEngine,
+    TopicRecord,
+)
 from clients.errors import OutboxStalled, SubscriptionRefused, UnexpectedEvent
 from protocol import frames
 from protocol.errors import ErrorCode, OpRejected, ProtocolError
@@ -222,6 +230,31 @@ def test_an_unsettled_op_is_resent_with_everything_after_it_once_the_pause_is_ov
     assert device.engine.pending == 0
 
 
+def test_an_op_the_hub_cannot_apply_is_reported_once_until_ops_settle_again() -> None:
+    hub = FakeHub()
+    device = Device("pos-1")
+    device.connect(hub)
+    for _ in range(3):
+        device.op("cart.add", member="m1", sku="A", qty=1)
+    hub.faults += [Fault("pos-1", 2, ErrorCode.UNAVAILABLE, 100) for _ in range(2)]
+    device.pump(T0)
+    device.pump(T0 + 100)
+    device.pump(T0 + 200)
+    [notice] = device.notices  # two refusals of one op: one notice (status.last_error), not one per resend
+    assert "unavailable" in str(notice) and "op 2" in str(notice)
+    assert device.engine.pending == 0
+    hub.faults.append(Fault("pos-1", 4, ErrorCode.INTERNAL, 100))
+    device.op("cart.add", member="m1", sku="A", qty=1)
+    device.pump(T0 + 300)
+    device.pump(T0 + 400)
+    assert len(device.notices) == 2 and "internal" in str(device.notices[1])
+    hub.faults.append(Fault("pos-1", 5, ErrorCode.RATE_LIMITED, 100))  # flow control, not a failure
+    device.op("cart.add", member="m1", sku="A", qty=1)
+    device.pump(T0 + 500)
+    device.pump(T0 + 600)
+    assert len(device.notices) == 2 and device.engine.pending == 0
+
+
 def test_a_seq_gap_behind_the_oldest_op_is_reported_as_a_stalled_outbox() -> None:
     hub = FakeHub()
     device = Device("pos-1")
@@ -265,6 +298,104 @@ def test_subscriptions_go_before_replayed_ops() -> None:
     device.engine.connected(welcome(), T0)
     sent = device.engine.frames_to_send(T0)
     assert isinstance(sent[0], frames.Subscribe) and ops_in(sent[1:]) == [1]
+
+
+def _offline_backlog(hub: FakeHub, ops: int) -> Device:
+    """A device synced on carts m1 and m2 that then made ``ops`` adds to m1 offline, and restarted."""
+    device = Device("pos-1")
+    device.subscribe("m1")
+    device.subscribe("m2")
+    device.connect(hub)
+    device.pump()
+    device.disconnect()
+    for i in range(ops):
+        device.op("cart.add", member="m1", sku=f"S{i % 3}", qty=1)
+    return device.restart()
+
+
+def test_a_large_backlog_is_replayed_before_the_topics_it_changes_are_subscribed() -> None:
+    hub = FakeHub()
+    device = _offline_backlog(hub, REPLAY_SUBSCRIBE_AFTER)
+    other = Device("app-1")
+    other.connect(hub)
+    device.connect(hub)
+    first = device.engine.frames_to_send(T0)
+    subs = [f for f in first if isinstance(f, frames.Subscribe)]
+    assert [(s.topic, s.cursor) for s in subs] == [("cart:m2", hub.cursor("cart:m2"))]  # m2: nothing of ours
+    assert device.session is not None
+    for frame in first:
+        device.sent.append(frame)
+        device.session.send(frame, T0)
+    other.op("cart.add", member="m1", sku="X", qty=5)  # another device's change during the replay
+    other.pump()
+    device.pump()
+    late = [f for f in device.sent if isinstance(f, frames.Subscribe) and f.topic == "cart:m1"]
+    assert [s.cursor for s in late] == [None]  # once the replay settled: one snapshot, afresh
+    assert all(s.op.seq <= REPLAY_SUBSCRIBE_AFTER for s in device.outcomes)
+    mine = [a for a in hub.applied if a[0] == "pos-1"]
+    assert mine == [("pos-1", s) for s in range(1, REPLAY_SUBSCRIBE_AFTER + 1)]
+    view = device.engine.view("cart:m1")
+    assert view is not None and not view.has_pending_writes and device.engine.all_synced
+    assert device.view("m1") == hub.lines("m1") and qty(device.view("m1"), "X") == 5
+    assert device.store.pending() == [] and device.engine.pending == 0
+    assert not [r for r in device.store.outbox.values() if r.op.args["member"] == "m1"]  # acked rows pruned
+    device.op("cart.add", member="m1", sku="S0", qty=1)  # live again: its own event comes back
+    device.pump()
+    assert device.view("m1") == hub.lines("m1")
+
+
+def test_a_topic_held_back_and_then_unsubscribed_is_never_subscribed_on_that_connection() -> None:
+    hub = FakeHub()
+    device = _offline_backlog(hub, REPLAY_SUBSCRIBE_AFTER)
+    device.connect(hub)
+    device.engine.unsubscribe("cart:m1")
+    device.pump()
+    subs = [f for f in device.sent if isinstance(f, frames.Subscribe | frames.Unsubscribe)]
+    assert [f.topic for f in subs] == ["cart:m2"]
+    assert device.engine.pending == 0
+    assert sum(qty(hub.lines("m1"), f"S{i}") for i in range(3)) == REPLAY_SUBSCRIBE_AFTER
+
+
+def test_a_small_backlog_resumes_every_topic_first() -> None:
+    hub = FakeHub()
+    device = _offline_backlog(hub, REPLAY_SUBSCRIBE_AFTER - 1)
+    device.connect(hub)
+    sent = device.engine.frames_to_send(T0)
+    subs = [f for f in sent if isinstance(f, frames.Subscribe)]
+    assert {(s.topic, s.cursor) for s in subs} == {
+        ("cart:m1", hub.cursor("cart:m1")),
+        ("cart:m2", hub.cursor("cart:m2")),
+    }
+
+
+def test_a_replay_cut_short_is_resumed_on_the_next_connection_and_applied_once() -> None:
+    hub = FakeHub(max_batch=64)
+    device = _offline_backlog(hub, 2 * REPLAY_SUBSCRIBE_AFTER)
+    device.connect(hub)
+    for _ in range(3):
+        device.step()
+    assert 0 < len(hub.applied) < 2 * REPLAY_SUBSCRIBE_AFTER
+    device.disconnect()
+    device = device.restart()
+    device.connect(hub)
+    device.pump()
+    assert hub.applied == [("pos-1", s) for s in range(1, 2 * REPLAY_SUBSCRIBE_AFTER + 1)]
+    assert device.view("m1") == hub.lines("m1") and device.engine.all_synced
+    assert sum(qty(hub.lines("m1"), f"S{i}") for i in range(3)) == 2 * REPLAY_SUBSCRIBE_AFTER
+
+
+def test_a_replay_that_stalls_subscribes_the_topics_it_held_back() -> None:
+    hub = FakeHub()
+    device = _offline_backlog(hub, REPLAY_SUBSCRIBE_AFTER)
+    hub.faults.append(Fault("pos-1", 1, ErrorCode.SEQ_GAP))
+    device.connect(hub)
+    device.pump()
+    assert any(isinstance(n, OutboxStalled) and n.seq == 1 for n in device.notices)
+    assert device.engine.pending == REPLAY_SUBSCRIBE_AFTER  # kept, never skipped
+    late = [f for f in device.sent if isinstance(f, frames.Subscribe) and f.topic == "cart:m1"]
+    assert [s.cursor for s in late] == [None]
+    view = device.engine.view("cart:m1")
+    assert view is not None and view.synced and qty(device.view("m1"), "S0") > 0  # the overlay still shows
 
 
 def test_a_refused_subscription_is_reported() -> None:
