@@ -202,7 +202,9 @@ end
 local shard_gen_value = nil
 local function shard_gen()
     if not shard_gen_value then
-        shard_gen_value = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+        local info = redis.call('INFO', 'replication')
+        local at = string.find(info, 'master_replid:', 1, true) -- a plain search: the pattern scan cost more
+        shard_gen_value = at and string.match(info, '^%w+', at + 14) or ''
     end
     return shard_gen_value
 end
@@ -332,10 +334,10 @@ local function append_event(topkey, logkey, p, data_enc, conflict_enc, topic)
     -- The map {t, topic, cursor, kind, data, at, origin?, conflict?} in that order, its keys' bytes spelled out
     -- (as mp_map would write them; one concatenation instead of a table per part: this runs for every op).
     local body = mp_header(6 + (p.client and 1 or 0) + (conflict_enc and 1 or 0), 0x80, 0xde, 0xdf)
-        .. '\161t\162ev\165topic' .. mp(p.topic) .. '\166cursor\146' .. mp(epoch) .. mp(offset) .. '\164kind'
-        .. mp(p.kind) .. '\164data' .. data_enc .. '\162at' .. mp(at)
+        .. '\161t\162ev\165topic' .. mp(p.topic, 'cursor') .. '\146' .. mp(epoch, offset, 'kind', p.kind, 'data')
+        .. data_enc .. mp('at', at) -- cmsgpack.pack packs each of its arguments, one after the other
     if p.client then -- an event no op caused (a hold expiring) has no origin
-        body = body .. '\166origin\146' .. mp(p.client) .. mp(p.seq)
+        body = body .. '\166origin\146' .. mp(p.client, p.seq)
     end
     if conflict_enc then
         body = body .. '\168conflict' .. conflict_enc

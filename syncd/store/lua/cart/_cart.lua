@@ -484,12 +484,12 @@ local function enc_vv(vv)
     local k1, k2 = next(vv)
     k2 = next(vv, k1)
     if k2 == nil then
-        return '\129' .. mp(k1) .. mp(vv[k1])
+        return '\129' .. mp(k1, vv[k1])
     elseif next(vv, k2) == nil then
         if str_lt(k2, k1) then
             k1, k2 = k2, k1
         end
-        return '\130' .. mp(k1) .. mp(vv[k1]) .. mp(k2) .. mp(vv[k2])
+        return '\130' .. mp(k1, vv[k1], k2, vv[k2]) -- cmsgpack.pack packs each argument, one after the other
     end
     return enc_attrs(vv)
 end
@@ -523,11 +523,11 @@ local function add_in_place(K, p, sku, qty)
     if not (n == 1 and based) and not key_lt(last[5], last[1], last[2], p.hlc, p.client, p.seq) then
         return nil -- the new dot would go before another: line_op inserts it in order
     end
-    local new_dot = mp({p.client, p.seq, 'a', qty, p.hlc})
+    local new_dot = '\149' .. mp(p.client, p.seq, 'a', qty, p.hlc) -- the dot [client, seq, 'a', qty, hlc]
     local adds = n - (based and 1 or 0) + 1
-    local counter, body, count, kept, lens = nil, nil, nil, nil, {} -- kept: the first old dot kept; lens: shape
+    local counter, base, rest, count, kept, lens = nil, '', nil, nil, nil, {} -- kept: the first old dot kept
     if adds <= MAX_DOTS then
-        body, count, kept = sub(raw, first) .. new_dot, n + 1, 1
+        rest, count, kept = sub(raw, first), n + 1, 1
     elseif adds == MAX_DOTS + 1 then -- fold the lowest add (no sets: the first after the base)
         local f = based and 2 or 1
         local folded = dot_at(raw, starts[f])
@@ -539,9 +539,8 @@ local function add_in_place(K, p, sku, qty)
         end
         counter = tonumber(meta[2] or '0') + 1
         local sum = folded[4] + (based and dot_at(raw, starts[1])[4] or 0)
-        local rest = f < n and sub(raw, starts[f + 1]) or ''
-        local base = mp({BASE, counter, 'b', sum, 0})
-        body, count, kept = base .. rest .. new_dot, n - f + 2, f + 1
+        base = '\149' .. mp(BASE, counter, 'b', sum, 0) -- the dot [BASE, counter, 'b', sum, 0]
+        rest, count, kept = f < n and sub(raw, starts[f + 1]) or '', n - f + 2, f + 1
         vv[BASE] = counter
         lens[1] = #base
     else
@@ -553,7 +552,7 @@ local function add_in_place(K, p, sku, qty)
     local qty_after = old_qty + qty
     local head = '\131\163qty' .. mp(qty_after) .. '\162vv' .. enc_vv(vv) .. '\164dots'
         .. mp_header(count, 0x90, 0xdc, 0xdd) -- the map {qty, vv, dots}, as enc_line writes it
-    local after = head .. body
+    local after = head .. base .. rest .. new_dot
     local shape = nil
     for k = kept, n do
         lens[#lens + 1] = (k < n and starts[k + 1] or stop) - starts[k]
