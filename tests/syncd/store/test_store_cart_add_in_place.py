@@ -8,11 +8,14 @@ fixed history): after every op the outcome, the event's lines and the whole stor
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol import cart, frames
 from syncd.store import RedisStore
-from tests.syncd.store.test_store_differential import Action, run_history
+from syncd.store.keys import member_slot
+from tests.syncd.store.test_store_differential import Action, expected, run_history
 
 A, LOWER_A, B = 0, 1, 2  # the differential test's clients "A", "a", "b"
 
@@ -92,3 +95,35 @@ async def test_adds_across_lines_and_a_replay_answer_as_before(store: RedisStore
         *adds(B, 17, sku=0),
     ]
     await run_history(store, mixed)
+
+
+async def test_a_line_changed_behind_its_shape_is_walked_not_trusted(store: RedisStore) -> None:
+    # The in-place add keeps each line's shape (where its dots start) beside it. A script that knows nothing
+    # of shapes — an older hub's, in a rolling upgrade — may rewrite the line: here another client's add with
+    # an earlier hlc lands among A's dots and folds A's lowest, keeping the dot count but not where the dots
+    # start, as such a hub would store it. The next in-place adds must read the line as it is now, and stay
+    # equal to the reference.
+    member, ref = "shape-stale", cart.empty_cart()
+
+    def add(client_id: str, seq: int, hlc: int) -> tuple[frames.Op, cart.Outcome]:
+        args = {"member": member, "sku": "tea", "qty": 1}
+        op = frames.Op(seq=seq, kind="cart.add", args=args, ctx=None, hlc=hlc)
+        return op, expected(ref, client_id, op)
+
+    async def add_here(seq: int) -> cart.Cart:
+        op, want = add("A", seq, seq)
+        got = await store.apply_op("A", op)
+        assert got.ok and got.event is not None and got.event.data == want.event_data(), seq
+        assert await store.load_cart(member) == want.cart, seq
+        return want.cart
+
+    for seq in range(1, 19):  # a base and 16 dots, twice folded: the shape is kept
+        ref = await add_here(seq)
+    _, older = add("older-hub-client", 1, 10)
+    assert len(older.cart["lines"]["tea"]["dots"]) == len(ref["lines"]["tea"]["dots"])
+    slot = member_slot(member)
+    await store._client.hset(f"{slot}:cart", "tea", msgspec.msgpack.encode(older.cart["lines"]["tea"]))
+    await store._client.hset(f"{slot}:cart:meta", "fold", older.cart["folds"])
+    ref = older.cart
+    for seq in range(19, 22):
+        ref = await add_here(seq)

@@ -16,6 +16,7 @@ local MAX_DOTS = 16
 local MAX_LINE_BYTES = 65536 -- protocol.cart.MAX_LINE_BYTES: a line's encoded size (what is stored and sent)
 local MAX_CART_BYTES = 1048576 -- protocol.cart.MAX_CART_BYTES: the sum over the cart's lines
 local BASE = '~'
+local SHAPE = 's:' -- the meta hash's field of a line's shape: SHAPE .. sku (see add_in_place)
 
 -- Step 1 of every cart op: its parameters, its keys, and the reply to give when (client, seq) was settled here
 -- before (nil for a fresh op).
@@ -281,20 +282,22 @@ local function cart_bytes(K, kept)
 end
 
 -- Checks the size bounds, then writes the changed lines and the fold counter, then commits (dedup, event with
--- the cart's new size, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil, encoded_after?}
--- (the encoded line when the caller built its bytes itself, see add_in_place); only lines whose
--- bytes changed are written and reported in the event (null = the line is gone). Bounds (docs/cart-rules.md,
--- Bounds): an op may not leave a line above MAX_LINE_BYTES, nor the cart above MAX_CART_BYTES, unless it
--- leaves them no larger than they were; every check comes before the first write.
+-- the cart's new size, publish). changes: list of {sku, raw_before_or_false, line_after_or_nil, encoded_after?,
+-- shape_after?} (the encoded line and its shape when the caller built its bytes itself, see add_in_place);
+-- only lines whose bytes changed are written and reported in the event (null = the line is gone). Every
+-- written line's shape (SHAPE) is written with it, or dropped: a shape never outlives its line's bytes.
+-- Bounds (docs/cart-rules.md, Bounds): an op may not leave a line above MAX_LINE_BYTES, nor the cart above
+-- MAX_CART_BYTES, unless it leaves them no larger than they were; every check comes before the first write.
 local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
     local topic = {meta = topic_read(K.top)}
     if not topic.meta[1] then -- a new history: does it start from the empty cart? (read before writing)
         topic.empty = redis.call('EXISTS', K.cart) == 0
     end
-    local skus, lines = {}, {}
+    local skus, lines, shapes = {}, {}, {}
     local grown = 0
     for _, ch in ipairs(changes) do
         local sku, before, line, after = ch[1], ch[2], ch[3], ch[4]
+        shapes[sku] = ch[5]
         if after == nil then -- not already encoded (add_in_place)
             if line and #line.dots == 0 then
                 line = nil -- a line without live dots does not exist, and loses its attrs
@@ -317,19 +320,37 @@ local function finish(K, p, changes, new_counter, result_enc, conflict_enc)
             return reject(K.dedup, p, 'too_large', 'a cart holds at most 1048576 bytes (encoded)')
         end
     end
+    local meta, dropped = {}, {}
     for _, sku in ipairs(skus) do
         if lines[sku] == MP_NIL then
             redis.call('HDEL', K.cart, sku)
         else
             redis.call('HSET', K.cart, sku, lines[sku])
         end
+        if shapes[sku] then
+            meta[#meta + 1], meta[#meta + 2] = SHAPE .. sku, shapes[sku]
+        else
+            dropped[#dropped + 1] = SHAPE .. sku
+        end
     end
     if new_counter then
-        redis.call('HSET', K.meta, 'fold', fmt(new_counter))
+        meta[#meta + 1], meta[#meta + 2] = 'fold', fmt(new_counter)
     end
-    table.sort(skus, str_lt)
-    local data = mp_map({'lines'}, {lines = mp_map(skus, lines)})
-    return commit(K.dedup, K.top, K.log, p, result_enc, data, conflict_enc, topic)
+    if #meta > 0 then
+        redis.call('HSET', K.meta, unpack(meta))
+    end
+    if #dropped > 0 then
+        redis.call('HDEL', K.meta, unpack(dropped))
+    end
+    local parts = {'\129\165lines', mp_header(#skus, 0x80, 0xde, 0xdf)} -- {"lines": {sku: line}}, skus in byte order
+    if #skus > 1 then
+        table.sort(skus, str_lt)
+    end
+    for _, sku in ipairs(skus) do
+        parts[#parts + 1] = mp(sku)
+        parts[#parts + 1] = lines[sku]
+    end
+    return commit(K.dedup, K.top, K.log, p, result_enc, table.concat(parts), conflict_enc, topic)
 end
 
 -- The shared body of cart.add, cart.set and cart.remove (docs/cart-rules.md, in the reference's order):
@@ -364,12 +385,20 @@ end
 -- The common cart.add, incrementally (docs/cart-rules.md gives the rules; line_op is their general form).
 -- A replayed or busy line holds a base and 16 add dots, and each add appends one dot and folds the lowest
 -- one into the base. Decoding the whole line into Lua tables and encoding it again costs more than all the
--- rules: here the stored bytes are walked instead, only the dots the add touches are decoded (the first,
--- the one folded, the last), and the new line is spliced from the old bytes. The bytes are the same as
--- line_op's: a line's encoding depends only on its live dots. Taken only for the shape it was made for —
--- an existing line with no attrs and no set dots, every dot plain ({client, seq, kind, value, hlc}), and
--- the new dot sorting after every other; anything else returns nil and the op takes line_op.
-local byte, sub = string.byte, string.sub
+-- rules: here only the dots the add touches are decoded (the first, the one folded, the last), and the new
+-- line is spliced from the old bytes. The bytes are the same as line_op's: a line's encoding depends only
+-- on its live dots. Taken only for the shape it was made for — an existing line with no attrs and no set
+-- dots, every dot plain ({client, seq, kind, value, hlc}), and the new dot sorting after every other;
+-- anything else returns nil and the op takes line_op.
+--
+-- Where the dots start is known without reading them from the line's shape, kept in the meta hash under
+-- SHAPE .. sku by the op that wrote the line in place: the line's bytes up to its first dot (the map header,
+-- qty, vv, the 'dots' key and the array header), then one byte per dot, its encoded length. A shape is
+-- trusted only while that prefix, the dot count and the lengths' sum match the line: every write of a line
+-- changes its length or its vv (a dot added raises its client's entry, a fold the base's; removing dots
+-- shortens it), so a line changed by any other writer (line_op, which drops the shape, or an older hub's
+-- script, which knows nothing of it) is walked instead. Walking (walk_dots) costs about ten times more.
+local byte, sub, char = string.byte, string.sub, string.char
 
 -- Where the MessagePack integer at i ends (the index after it); nil for anything else.
 local function int_end(s, i)
@@ -436,6 +465,35 @@ local function dot_at(raw, i)
     return d
 end
 
+-- The same from the line's shape, when it matches the line (see above); nil otherwise.
+local function shape_dots(raw, first, n, shape)
+    if not shape or #shape ~= first - 1 + n or sub(shape, 1, first - 1) ~= sub(raw, 1, first - 1) then
+        return nil
+    end
+    local starts, i = {}, first
+    local lens = {byte(shape, first, first - 1 + n)}
+    for k = 1, n do
+        starts[k] = i
+        i = i + lens[k]
+    end
+    return starts, dot_at(raw, first)[3] == 'b', i
+end
+
+-- A version vector's bytes, keys in byte order (enc_attrs, without building tables for the usual one or two).
+local function enc_vv(vv)
+    local k1, k2 = next(vv)
+    k2 = next(vv, k1)
+    if k2 == nil then
+        return '\129' .. mp(k1, vv[k1])
+    elseif next(vv, k2) == nil then
+        if str_lt(k2, k1) then
+            k1, k2 = k2, k1
+        end
+        return '\130' .. mp(k1, vv[k1], k2, vv[k2]) -- cmsgpack.pack packs each argument, one after the other
+    end
+    return enc_attrs(vv)
+end
+
 local function add_in_place(K, p, sku, qty)
     local raw = redis.call('HGET', K.cart, sku)
     if not raw or byte(raw, 1) ~= 0x83 then -- a new line, or one with attrs (a fourth key)
@@ -453,7 +511,11 @@ local function add_in_place(K, p, sku, qty)
     else
         return nil
     end
-    local starts, based, stop = walk_dots(raw, first, n)
+    local meta = redis.call('HMGET', K.meta, SHAPE .. sku, 'fold')
+    local starts, based, stop = shape_dots(raw, first, n, meta[1])
+    if not starts then
+        starts, based, stop = walk_dots(raw, first, n)
+    end
     if not starts or n == 0 or stop ~= #raw + 1 then
         return nil
     end
@@ -461,11 +523,11 @@ local function add_in_place(K, p, sku, qty)
     if not (n == 1 and based) and not key_lt(last[5], last[1], last[2], p.hlc, p.client, p.seq) then
         return nil -- the new dot would go before another: line_op inserts it in order
     end
-    local new_dot = mp({p.client, p.seq, 'a', qty, p.hlc})
+    local new_dot = '\149' .. mp(p.client, p.seq, 'a', qty, p.hlc) -- the dot [client, seq, 'a', qty, hlc]
     local adds = n - (based and 1 or 0) + 1
-    local counter, body, count = nil, nil, nil
+    local counter, base, rest, count, kept, lens = nil, '', nil, nil, nil, {} -- kept: the first old dot kept
     if adds <= MAX_DOTS then
-        body, count = sub(raw, first) .. new_dot, n + 1
+        rest, count, kept = sub(raw, first), n + 1, 1
     elseif adds == MAX_DOTS + 1 then -- fold the lowest add (no sets: the first after the base)
         local f = based and 2 or 1
         local folded = dot_at(raw, starts[f])
@@ -475,11 +537,12 @@ local function add_in_place(K, p, sku, qty)
                 return nil
             end
         end
-        counter = tonumber(redis.call('HGET', K.meta, 'fold') or '0') + 1
+        counter = tonumber(meta[2] or '0') + 1
         local sum = folded[4] + (based and dot_at(raw, starts[1])[4] or 0)
-        local rest = f < n and sub(raw, starts[f + 1]) or ''
-        body, count = mp({BASE, counter, 'b', sum, 0}) .. rest .. new_dot, n - f + 2
+        base = '\149' .. mp(BASE, counter, 'b', sum, 0) -- the dot [BASE, counter, 'b', sum, 0]
+        rest, count, kept = f < n and sub(raw, starts[f + 1]) or '', n - f + 2, f + 1
         vv[BASE] = counter
+        lens[1] = #base
     else
         return nil
     end
@@ -487,13 +550,19 @@ local function add_in_place(K, p, sku, qty)
         vv[p.client] = p.seq
     end
     local qty_after = old_qty + qty
-    local after = mp_map({'qty', 'vv', 'dots'}, {
-        qty = mp(qty_after),
-        vv = enc_attrs(vv),
-        dots = mp_header(count, 0x90, 0xdc, 0xdd) .. body,
-    })
-    local result = mp_map({'qty'}, {qty = mp(qty_after)})
-    return finish(K, p, {{sku, raw, nil, after}}, counter, result, nil)
+    local head = '\131\163qty' .. mp(qty_after) .. '\162vv' .. enc_vv(vv) .. '\164dots'
+        .. mp_header(count, 0x90, 0xdc, 0xdd) -- the map {qty, vv, dots}, as enc_line writes it
+    local after = head .. base .. rest .. new_dot
+    local shape = nil
+    for k = kept, n do
+        lens[#lens + 1] = (k < n and starts[k + 1] or stop) - starts[k]
+    end
+    lens[#lens + 1] = #new_dot
+    if #lens == count and math.max(unpack(lens)) < 256 then
+        shape = head .. char(unpack(lens))
+    end
+    local result = '\129\163qty' .. mp(qty_after)
+    return finish(K, p, {{sku, raw, nil, after, shape}}, counter, result, nil)
 end
 
 local function check_sku(sku)
