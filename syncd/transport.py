@@ -147,8 +147,18 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
 
     def handle_text(self, event: Any) -> None:
+        """Refuse a text message at its first frame: the protocol is binary messages only (PROTOCOL.md §2).
+
+        Here rather than in the endpoint because uvicorn decodes text before the app sees it, and answers
+        invalid UTF-8 with a traceback logged at ERROR: any peer could flood the log with its own mistake.
+        """
         self._frames += 1
-        super().handle_text(event)
+        self.curr_msg_data_type = "text"  # its continuation frames, if any, are dropped with the connection
+        self.frames = []
+        if not self.close_sent:
+            log.debug("closing a connection that sent a text message (1002)")
+            self.conn.send_close(CloseCode.PROTOCOL_ERROR, "frames are binary messages")
+            self.handle_parser_exception()
 
     def handle_bytes(self, event: Any) -> None:
         self._frames += 1

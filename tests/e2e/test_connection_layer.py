@@ -255,3 +255,38 @@ async def test_connections_awaiting_hello_are_capped_per_address_and_sessions_pe
     fourth = await WireClient.open(hub.url, "till")
     assert fourth.welcome is not None
     assert_no_error_logged(hub)
+
+
+async def close_code_of(sock: socket.socket) -> int | None:
+    """The code of the close frame the hub sends on ``sock`` (``None`` if it closes without one)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        async with asyncio.timeout(10):
+            while chunk := await loop.sock_recv(sock, 4096):
+                data += chunk
+    sock.close()
+    start = data.find(b"\x88")  # the close frame (FIN + opcode 8), after anything sent before it
+    if start < 0 or len(data) < start + 4:
+        return None
+    return int.from_bytes(data[start + 2 : start + 4], "big")
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe\xfd", b"hello"], ids=["invalid_utf8", "valid_utf8"])
+async def test_a_text_message_is_refused_with_1002_and_logs_no_error(
+    redis_server_factory: RedisServerFactory, hub_factory: HubFactory, payload: bytes
+) -> None:
+    """The protocol is binary messages only (PROTOCOL.md §2): any text message, decodable or not, before the
+    hello or after, closes 1002 — and a peer's mistake, repeated, never reaches the log as an ERROR."""
+    hub = hub_factory(redis_server_factory(appendonly=False).url)
+    codes = []
+    for _ in range(20):
+        sock = upgraded_socket(hub.port, rcvbuf=65536)
+        sock.sendall(masked(0x1, payload))
+        codes.append(await close_code_of(sock))
+    assert codes == [CloseCode.PROTOCOL_ERROR] * 20
+    client = await WireClient.open(hub.url, "texter")  # after the hello too
+    await client.ws.send(payload.decode(errors="replace"))
+    assert await client.closed() == CloseCode.PROTOCOL_ERROR
+    assert "version" in hub.healthz()
+    assert_no_error_logged(hub)
