@@ -290,3 +290,45 @@ async def test_a_text_message_is_refused_with_1002_and_logs_no_error(
     assert await client.closed() == CloseCode.PROTOCOL_ERROR
     assert "version" in hub.healthz()
     assert_no_error_logged(hub)
+
+
+async def test_subscribers_leaving_while_the_hub_writes_to_them_log_no_error(
+    redis_server_factory: RedisServerFactory, hub_factory: HubFactory
+) -> None:
+    """A client leaving is normal, even in the middle of the events being written to it: half of them close
+    cleanly, half reset their socket, while a writer keeps their cart busy — the hub logs no ERROR, no
+    ``Task exception was never retrieved`` and no ``socket.send() raised``, and keeps serving."""
+    hub = hub_factory(redis_server_factory(appendonly=False).url)
+    topic, member = "cart:leavers", "leavers"
+    subscribers = []
+    for i in range(60):
+        client = await WireClient.open(hub.url, f"leaver-{i}")
+        await client.send(frames.Subscribe(id=1, topic=topic))
+        await client.recv_type(frames.Snapshot)
+        subscribers.append(client)
+    writer = await WireClient.open(hub.url, "writer")
+    attrs = {f"k{i:02d}": "x" * 200 for i in range(16)}  # events of a few KiB: writes are still under way
+
+    async def write(ops: int) -> None:
+        for _ in range(ops):
+            await writer.op(
+                "cart.add", {"member": member, "sku": f"s{writer.seq % 8}", "qty": 1, "attrs": attrs}
+            )
+        for _ in range(ops):
+            assert (await writer.recv_type(frames.Ack, 20)).ok
+
+    await write(40)
+    for i, client in enumerate(subscribers):
+        if i % 2:
+            client.ws.transport.abort()  # a reset: the hub's next write to it fails
+        else:
+            await client.close()
+        if i % 10 == 0:
+            await write(5)
+    await write(20)
+    await writer.send(frames.Ping(ts=1))
+    assert (await writer.recv_type(frames.Pong)).echo_ts == 1
+    await asyncio.sleep(1)  # anything the hub would log about the gone peers is written by now
+    log = hub.log()
+    assert "never retrieved" not in log and "socket.send() raised" not in log
+    assert_no_error_logged(hub)
