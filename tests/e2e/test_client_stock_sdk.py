@@ -12,10 +12,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from clients import ChangeCause, OpRejected, StockChange, SyncClient, SyncClientSync
+from protocol import frames
 from protocol import stock as rules
 from syncd.embedded import EmbeddedRedis
 from tests.e2e.conftest import HubFactory
-from tests.e2e.harness import HubProcess, token
+from tests.e2e.harness import HubProcess, WireClient, token
 from tests.e2e.test_client_stock import SKU, setup_stock
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +53,50 @@ async def test_an_acked_reservation_and_commit_show_in_the_view_at_once(
             await asyncio.sleep(0.02)
         state = stock.state
         assert (state.on_hand, state.pool, state.sold, state.has_pending_writes) == (5, 5, 5, False)
+
+
+async def test_stock_rejections_are_kept_by_the_sdk_until_the_app_has_seen_them(
+    hub: HubProcess, tmp_path: Path
+) -> None:
+    """A refused reservation is not dropped: it stays among the client's rejections, with its
+    typed code, across a restart, until the application marks it seen."""
+    await setup_stock(hub, (rules.RESTOCK, {"qty": 2}))
+    tok, data_dir = token("app-1", channel="web"), tmp_path / "app"
+    async with SyncClient(hub.url, token=tok, data_dir=data_dir, client_id="app-1") as client:
+        stock = client.stock(SKU)
+        await client.wait_synced(timeout=20)
+        with pytest.raises(OpRejected):
+            await (await stock.reserve("m1", 3, channel="web", ttl_ms=60_000)).acked()
+    async with SyncClient(hub.url, token=tok, data_dir=data_dir, client_id="app-1") as client:
+        kept = await client.pending_rejections()
+        assert [(r.kind, r.code) for r in kept] == [("stock.reserve", "insufficient_stock")]
+        await client.mark_seen(*kept)
+        assert await client.pending_rejections() == []
+
+
+async def test_a_stock_event_is_small_whatever_the_sku_has_seen(hub: HubProcess) -> None:
+    """``stock:<sku>`` is the topic thousands of shoppers watch in a flash sale: each event carries the SKU's
+    few figures (PROTOCOL.md §18), not its holds or their history: small however many there are."""
+    await setup_stock(hub, (rules.RESTOCK, {"qty": 500}), (rules.QUOTA, {"channel": "web", "qty": 400}))
+    watcher = await WireClient.open(hub.url, "watcher")
+    await watcher.send(frames.Subscribe(id=1, topic=f"stock:{SKU}"))
+    await watcher.recv_type(frames.Snapshot)
+    shopper = await WireClient.open(hub.url, "shopper", tok=token("shopper", channel="web"))
+    sizes = []
+    for n in range(300):
+        await shopper.op(
+            rules.RESERVE, {"member": f"m{n}", "sku": SKU, "qty": 1, "channel": "web", "ttl_ms": 600_000}
+        )
+        assert (await shopper.recv_type(frames.Ack)).ok
+        while True:
+            raw = await asyncio.wait_for(watcher.ws.recv(), 10)
+            assert isinstance(raw, bytes)
+            event = watcher.decoder.decode(raw)
+            if isinstance(event, frames.Event):
+                break
+        assert set(event.data) == {"on_hand", "pool", "sold", "atp", "allot"}
+        sizes.append(len(raw))
+    assert max(sizes) <= 256 and max(sizes) - min(sizes) <= 8, (min(sizes), max(sizes))
 
 
 async def test_stock_changes_tell_another_devices_sale_and_our_own_ack(

@@ -196,6 +196,17 @@ async def test_the_dashboard_shows_load_alerts_and_the_pos_fleet_to_ops_only(
             assert await page.locator("#ops-chart polyline").get_attribute("points") != before
             await page.wait_for_selector("#latency tr[data-channel=pos]", timeout=10_000)
             assert await page.locator("#alerts.firing").count() == 0
+            # The health strip, success rate, connections by channel and rejections by code.
+            assert "Redis 正常 · ok" in await text_of(page, "#redis")
+            assert "hubs alive: 1" in await text_of(page, "#hubs")
+            assert "event stream: ok" in await text_of(page, "#fanout")
+            assert (await text_of(page, "#durability")).startswith("持久性 durability: auto")  # the setting
+            assert (await text_of(page, "#success")).endswith("%")
+            channels = await page.locator("#connections tbody tr td:first-child").all_inner_texts()
+            assert {"miniapp", "pos"} <= set(channels)
+            await till.op("cart.add", {"member": "m-load", "sku": "SKU-1", "qty": "2"})  # a typed rejection
+            assert (await till.recv_type(frames.Ack)).code == "bad_args"
+            await page.wait_for_selector("#codes td:text-is('拒绝 rejected bad_args')", timeout=10_000)
 
             # 700 ms more on the pos channel's network: its p99 alert within 10 s; back to normal: cleared.
             proxy.delay = 0.7
@@ -234,6 +245,12 @@ async def test_the_dashboard_shows_load_alerts_and_the_pos_fleet_to_ops_only(
     await page.fill("#filter-store", "s7")
     stores = await page.locator("#log tbody tr td:nth-child(5)").all_inner_texts()
     assert stores and set(stores) == {"s7"}
+    await page.fill("#filter-store", "")
+    await page.fill("#filter-channel", "pos")
+    channels = await page.locator("#log tbody tr td:nth-child(4)").all_inner_texts()
+    assert channels and set(channels) == {"pos"}
+    for label in ("同步延迟 · Sync latency", "收银台 · terminal", "积压 · backlog", "门店 · store"):
+        assert label in page_text  # labels in both languages
     assert "app-139****5678" in page_text
     for secret in (PHONE, ops_token, ops_token.split(".")[2]):
         assert secret not in page_text

@@ -93,6 +93,34 @@ async def test_counters_agree_exactly_with_what_clients_did_across_two_hub_proce
     await again.close()
 
 
+async def test_conflicts_subscriptions_send_queues_and_the_fan_out_are_exported(hub: HubProcess) -> None:
+    first = await WireClient.open(hub.url, "app-c1", tok=token("app-c1", channel="h5"))
+    second = await WireClient.open(hub.url, "app-c2", tok=token("app-c2", channel="h5"))
+    for topic_id, topic in enumerate(("cart:m9", "stock:SKU-9"), start=1):
+        await first.send(frames.Subscribe(id=topic_id, topic=topic))
+        await first.recv_type(frames.Snapshot)
+    # Two sets of one line, neither having seen the other: both stay live, the second is a conflict.
+    await first.op("cart.set", {"member": "m9", "sku": "C", "qty": 5}, ctx={})
+    assert (await first.recv_type(frames.Ack)).ok
+    await second.op("cart.set", {"member": "m9", "sku": "C", "qty": 7}, ctx={})
+    assert (await second.recv_type(frames.Ack)).ok
+    while (event := await first.recv_type(frames.Event)).origin != frames.Origin("app-c2", 1):
+        pass
+    assert event.conflict is not None
+
+    samples = [scrape(hub)]
+    assert total(samples, "syncd_ops_conflicts_total", channel="h5") == 1
+    assert total(samples, "syncd_ops_accepted_total", channel="h5") == 2
+    assert total(samples, "syncd_subscriptions") == 2
+    assert total(samples, "syncd_fanout_connected") == 1
+    assert total(samples, "syncd_redis_reconnects_total") == 0
+    await until(lambda: total([scrape(hub)], "syncd_send_queue_bytes") == 0)  # idle: everything written
+    assert total([scrape(hub)], "syncd_send_queue_max_bytes") == 0
+    await first.close()
+    await second.close()
+    await until(lambda: total([scrape(hub)], "syncd_subscriptions") == 0)
+
+
 async def test_device_reports_become_latency_and_backlog_gauges_and_the_offline_backlog_ages(
     hub: HubProcess,
 ) -> None:

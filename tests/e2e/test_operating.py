@@ -26,6 +26,7 @@ from protocol.errors import CloseCode
 from syncd.embedded import EmbeddedRedis
 from tests.e2e.conftest import HubFactory
 from tests.e2e.harness import SECRET, HubProcess, WireClient, token
+from tests.e2e.test_observability import scrape, total
 
 pytestmark = [
     pytest.mark.e2e,
@@ -171,6 +172,9 @@ async def test_while_redis_is_down_the_fan_out_logs_the_loss_and_the_return_once
     assert log.count("fan-out connection restored") == 1, log
     up = hub.healthz()["fanout"]
     assert up["outages"] == 1 and up["reconnect_attempts"] >= 3 and up["down_since"] is None
+    metrics = [scrape(hub)]  # the same figures for Prometheus
+    assert total(metrics, "syncd_redis_reconnects_total") == 1
+    assert total(metrics, "syncd_fanout_connected") == 1
 
 
 async def test_revoking_a_client_closes_it_on_every_hub_and_refuses_its_old_tokens(
