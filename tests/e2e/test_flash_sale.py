@@ -129,7 +129,17 @@ async def test_expired_holds_return_exactly_once_with_three_hubs_one_killed(
         await redis.aclose()
 
 
-async def reserve_until_answered(urls: list[str], i: int) -> frames.Ack:
+class Burst:
+    """What the shoppers of one burst did: ops handed to a hub, and those replayed on the next hub after their
+    connection died before the ack (the ops that were in flight when a hub was killed)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.replayed = 0
+        self.some_sent = asyncio.Event()
+
+
+async def reserve_until_answered(urls: list[str], i: int, burst: Burst) -> frames.Ack:
     """Reserve through the first hub; when the connection dies before the ack, replay the same op (same
     client_id, same seq) through the next hub, as the SDK does."""
     op = frames.Op(
@@ -137,10 +147,16 @@ async def reserve_until_answered(urls: list[str], i: int) -> frames.Ack:
         kind=rules.RESERVE,
         args={"member": f"m{i}", "sku": "KILL-1", "channel": "web", "qty": 1, "ttl_ms": 600_000},
     )
+    sent = False
     for url in urls:
         try:
             client = await WireClient.open(url, f"shopper-{i}", tok=token(f"shopper-{i}", channel="web"))
             await client.send(op)
+            burst.replayed += sent
+            sent = True
+            burst.sent += 1
+            if burst.sent >= 20:
+                burst.some_sent.set()
             return await client.recv_type(frames.Ack, timeout=30)
         except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError):
             continue
@@ -154,14 +170,18 @@ async def test_a_hub_killed_during_reservations_loses_no_acked_hold_and_doubles_
     ops = await WireClient.open(second.url, "ops-1", tok=token("ops-1", role="ops"))
     await ops.op(rules.RESTOCK, {"member": "ops", "sku": "KILL-1", "qty": UNITS})
     assert (await ops.recv_type(frames.Ack)).ok
+    burst = Burst()
 
-    async def kill_soon() -> None:
-        await asyncio.sleep(0.05)  # fault injection mid-burst, not a timing check
+    async def kill_mid_burst() -> None:
+        await burst.some_sent.wait()  # ops are on their way to the first hub: kill it under them
         first.kill()
 
-    killer = asyncio.create_task(kill_soon())
-    acks = await asyncio.gather(*(reserve_until_answered([first.url, second.url], i) for i in range(120)))
+    killer = asyncio.create_task(kill_mid_burst())
+    shoppers = [first.url, second.url]
+    acks = await asyncio.gather(*(reserve_until_answered(shoppers, i, burst) for i in range(120)))
     await killer
+    # The kill must have caught ops in flight (sent, not yet acked), or this test proved nothing.
+    assert burst.replayed > 0
 
     held = {a.result["rid"] for a in acks if a.ok and a.result is not None}
     assert len(held) == UNITS and sum(a.ok for a in acks) == UNITS
