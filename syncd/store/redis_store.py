@@ -178,7 +178,7 @@ PIPELINE_MAX: Final = 256
 """Member scripts sent in one pipeline (the protocol's default ``max_batch``)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class OpOutcome:
     """What applying one op did, as the hub acks it and fans it out.
 
@@ -817,8 +817,11 @@ def _validate(op: frames.Op) -> tuple[StoreType, OpArgs, _OpFields]:
     """The op's spec, typed args and fields, or :class:`OpRejected` (``unknown_op``/``bad_args``)."""
     args = parse_args(op.kind, op.args)
     spec = for_op(op.kind)
+    hlc = op.hlc
+    if op.ctx is None and type(hlc) is int and 0 <= hlc <= _MAX_SEQ:  # what the conversion would accept
+        return spec, args, _OpFields(hlc)
     try:
-        fields = msgspec.convert({"hlc": op.hlc, "ctx": op.ctx}, type=_OpFields, strict=True)
+        fields = msgspec.convert({"hlc": hlc, "ctx": op.ctx}, type=_OpFields, strict=True)
     except msgspec.ValidationError as exc:
         raise OpRejected(ErrorCode.BAD_ARGS, f"{op.kind}: {exc}") from None
     return spec, args, fields
