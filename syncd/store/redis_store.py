@@ -443,8 +443,10 @@ class RedisStore:
         Replays (``seq <=`` the watermark) and ops rejected before any script take the careful path, one
         at a time (:meth:`_apply`).
         """
+        if ops:
+            _check_client(client_id)
         for op in ops:
-            _check_identity(client_id, op.seq)
+            _check_seq(op.seq)
         outcomes: list[OpOutcome] = []
         await self._locks.acquire(client_id)
         try:
@@ -805,10 +807,13 @@ def _outcome(seq: int, reply: Any) -> OpOutcome:
     )
 
 
-def _check_identity(client_id: str, seq: int) -> None:
-    """``client_id`` and ``seq`` name the op: without valid ones there is nothing to settle or answer."""
+def _check_client(client_id: str) -> None:
+    """``client_id`` and a ``seq`` name an op: without valid ones there is nothing to settle or answer."""
     if not isinstance(client_id, str) or _CLIENT_ID.fullmatch(client_id) is None:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"invalid client_id {str(client_id)[:64]!r}")
+
+
+def _check_seq(seq: int) -> None:
     if type(seq) is not int or not 1 <= seq <= _MAX_SEQ:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"invalid seq {seq!r}")
 
