@@ -93,7 +93,6 @@ partial effect (docs/traps.md §3).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import re
@@ -593,7 +592,7 @@ class RedisStore:
         *,
         settled: bool,
     ) -> list[EncodableArg]:
-        topic = str(spec.topic(args))
+        topic = spec.topic_name(args)
         return [
             client_id,
             op.seq,
@@ -860,8 +859,7 @@ def _pairs(flat: list[Any]) -> dict[Any, Any]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
-@contextlib.contextmanager
-def _unavailable(what: str) -> Any:
+class _unavailable:  # noqa: N801 - used as ``with _unavailable(what):``, like the function it was
     """Map Redis being unreachable, loading, down or read-only to :class:`BackendUnavailable`, and so every
     failure of the client library whatever its class.
 
@@ -870,18 +868,30 @@ def _unavailable(what: str) -> Any:
     connection it closed under a pending command): the op's outcome is just as unknown, and the client's
     retry with the same seq is just as safe, so it must be ``unavailable`` rather than kill the session
     that called.
+
+    A class, not a ``contextlib.contextmanager``: it wraps every batch of ops, and a generator-based
+    context manager costs a few microseconds more each time.
     """
-    try:
-        yield
-    except (BackendUnavailable, ProtocolError, OpRejected):
-        raise
-    except _UNAVAILABLE as exc:
-        raise BackendUnavailable(f"redis unavailable ({what}): {exc}") from exc
-    except rexc.ResponseError:
-        raise
-    except Exception as exc:
-        log.warning("redis client failed (%s): %r", what, exc)
-        raise BackendUnavailable(f"redis client failed ({what}): {exc!r}") from exc
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        if isinstance(exc, BackendUnavailable | ProtocolError | OpRejected):
+            return
+        if isinstance(exc, _UNAVAILABLE):
+            raise BackendUnavailable(f"redis unavailable ({self.what}): {exc}") from exc
+        if isinstance(exc, rexc.ResponseError):
+            return
+        log.warning("redis client failed (%s): %r", self.what, exc)
+        raise BackendUnavailable(f"redis client failed ({self.what}): {exc!r}") from exc
 
 
 def _as_unavailable(what: str, exc: Exception) -> BackendUnavailable:
