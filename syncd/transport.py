@@ -102,7 +102,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         self._inbox += data
         self._sync_reading()
-        self._schedule()
+        if self._turn_handle is None and self._may_parse() and self.pacer.delay() <= 0:
+            self._turn()  # the turn a call_soon would run next, without a trip through the loop's queue
+        else:
+            self._schedule()
 
     def _schedule(self) -> None:
         if self._turn_handle is not None or not self._may_parse():
