@@ -12,6 +12,11 @@ Decoding happens in two passes over one websocket message:
    the UTF-8 of every string it reads; the strings it skips (unknown keys) are checked by a second walk
    when there are any, so that text that is not UTF-8 is refused wherever it is.
 
+A device's common message — an ``op``/``ops`` frame of scalar arguments, no longer than the length limits —
+skips the walk when msgspec decodes it and its encoding is exactly the message: the walk could refuse
+nothing such a message holds (:meth:`FrameDecoder._quick`); anything else, and any message that fails,
+takes the two passes.
+
 Every failure leaves as one :class:`~protocol.errors.ProtocolError` carrying an
 :class:`~protocol.errors.ErrorCode` (and the close code a server uses for it); nothing from the codec library
 escapes.
