@@ -12,6 +12,11 @@ Decoding happens in two passes over one websocket message:
    the UTF-8 of every string it reads; the strings it skips (unknown keys) are checked by a second walk
    when there are any, so that text that is not UTF-8 is refused wherever it is.
 
+A device's common message — an ``op``/``ops`` frame of scalar arguments, no longer than the length limits —
+skips the walk when msgspec decodes it and its encoding is exactly the message: the walk could refuse
+nothing such a message holds (:meth:`FrameDecoder._quick`); anything else, and any message that fails,
+takes the two passes.
+
 Every failure leaves as one :class:`~protocol.errors.ProtocolError` carrying an
 :class:`~protocol.errors.ErrorCode` (and the close code a server uses for it); nothing from the codec library
 escapes.
@@ -80,11 +85,15 @@ def shared_decoder(accept: tuple[type[frames.Frame], ...], limits: Limits) -> Fr
 class FrameDecoder:
     """Decodes the frames one side accepts (``frames.CLIENT_FRAMES`` on a hub), within ``limits``."""
 
-    __slots__ = ("_decoder", "_tags", "limits")
+    __slots__ = ("_decoder", "_quick_max", "_tags", "limits")
 
     def __init__(self, accept: Iterable[type[frames.Frame]], limits: Limits = SERVER_LIMITS) -> None:
         kinds = tuple(accept)
         self.limits = limits
+        # A frame this short cannot hold a string, a container or a frame's worth of entries over the limits
+        # (each needs at least one byte per byte or entry counted): see _quick.
+        quick = min(limits.max_frame, limits.max_len, limits.max_str, limits.max_items)
+        self._quick_max = quick if limits.max_depth >= _QUICK_DEPTH else 0
         self._tags = frozenset(k.__struct_config__.tag for k in kinds)
         # Always a union, even of one kind: msgspec treats the tag of a lone struct type as optional.
         union: Any = functools.reduce(operator.or_, kinds, _NeverSent)
@@ -92,6 +101,10 @@ class FrameDecoder:
 
     def decode(self, data: bytes) -> frames.Frame:
         """One frame from one message, or :class:`ProtocolError`."""
+        if len(data) <= self._quick_max:
+            quick = self._quick(data)
+            if quick is not None:
+                return quick
         check_structure(data, self.limits)
         # What passed check_structure is one well-formed map msgspec can build (no reserved byte, no
         # extension, no container as a key). msgspec checks the UTF-8 of every string it reads, but skips
@@ -109,6 +122,32 @@ class FrameDecoder:
             _check_text(data, self.limits)
         return frame
 
+    def _quick(self, data: bytes) -> frames.Frame | None:
+        """The op frame of a device's common message, decoded without the structural walk, when that walk
+        could not refuse it; ``None`` for anything else (then :meth:`decode` walks and decodes as always).
+
+        The walk refuses nothing msgspec decodes into an ``op``/``ops`` frame whose encoding is exactly
+        ``data`` (so every string was read, hence UTF-8, and nothing is reserved, truncated or trailing)
+        and whose ``args`` hold only scalars (so no extension value, no container as a key, nesting at most
+        :data:`_QUICK_DEPTH`), in a message no longer than the length, string and entry limits (a frame of
+        ``n`` bytes holds at most ``n`` of each). Any other message, hostile ones included, takes the walk,
+        which names the first violation in byte order as before; this decode costs them at most one more
+        msgspec pass over a short message.
+        """
+        try:
+            frame = self._decoder.decode(data)
+        except Exception:  # the walk and the full decode name the fault
+            return None
+        if type(frame) is frames.Op:
+            if not _scalars(frame.args):
+                return None
+        elif type(frame) is frames.OpBatch:
+            if not all(_scalars(op.args) for op in frame.ops):
+                return None
+        else:
+            return None
+        return frame if _encoder.encode(frame) == data else None
+
     def _invalid(self, data: bytes, detail: str) -> ProtocolError:
         """Tell an unknown tag (answered with an error frame) from an ill-typed frame (closes)."""
         value = msgspec.msgpack.decode(data)  # bounded by check_structure, so safe to build
@@ -116,6 +155,15 @@ class FrameDecoder:
         if isinstance(tag, str) and tag not in self._tags:
             return ProtocolError(ErrorCode.UNKNOWN_FRAME, f"unknown frame tag {tag[:32]!r}")
         return ProtocolError(ErrorCode.BAD_FRAME, detail)
+
+
+_QUICK_DEPTH: Final = 4
+"""Nesting of an ``ops`` frame whose ops' args hold scalars: frame, ops array, op, args."""
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _scalars(args: dict[str, Any]) -> bool:
+    return all(type(value) in _SCALARS for value in args.values())
 
 
 # --- structural pre-check ------------------------------------------------------------------------------

@@ -141,13 +141,15 @@ class Metrics:
         )
         self._hot: dict[str, tuple[Counter, Histogram]] = {}
         """Per channel: the ``accepted`` and ``apply_latency`` children every batch updates."""
+        self._reserved: dict[str, Counter] = {}
+        """Per channel: the ``reservations`` child (a flash sale updates it with every batch)."""
 
     def settled(
         self, channel: str, ops: Sequence[frames.Op], outcomes: Sequence[OpOutcome], seconds: float
     ) -> None:
         """The first ``len(outcomes)`` of a connection's ``ops`` were settled in ``seconds``."""
         label = self.channel(channel)
-        accepted = 0
+        accepted = reserved = 0
         for op, outcome in zip(ops, outcomes, strict=False):
             if outcome.dup:
                 self.duplicates.labels(label).inc()
@@ -161,12 +163,17 @@ class Metrics:
                 if outcome.conflict:
                     self.conflicts.labels(label).inc()
                 if op.kind == RESERVE:
-                    self.reservations.labels(label).inc()
+                    reserved += 1
         children = self._hot.get(label)
         if children is None:  # labels() takes a lock and builds a key: once per channel, not per batch
             children = self._hot[label] = (self.accepted.labels(label), self.apply_latency.labels(label))
         if accepted:
             children[0].inc(accepted)
+        if reserved:
+            counter = self._reserved.get(label)
+            if counter is None:  # made on the first reservation: no series before there is one
+                counter = self._reserved[label] = self.reservations.labels(label)
+            counter.inc(reserved)
         children[1].observe(seconds)
 
     def refused_op(self, channel: str, code: str) -> None:

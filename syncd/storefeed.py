@@ -68,6 +68,8 @@ class StoreFeed:
         """Mark every store ``ops`` may change; raises :class:`~protocol.errors.BackendUnavailable` when a
         mark cannot be made durable (then the ops must not run: the client sends them again)."""
         marks = marks_of(client_id, ops)
+        if not marks:  # most ops (a cart's, a reservation) change no store: nothing to write
+            return marks
         now = time.time_ns() // 1_000_000
         by_store: dict[str, list[str]] = {}
         for m in marks:  # one call per store (a till's replayed batch: one), all in one pipeline

@@ -18,9 +18,9 @@ peer reads. Here:
 - received bytes wait in a small inbox and are parsed :data:`READ_CHUNK` at a time, in turns paced by the
   connection's :class:`~syncd.pacing.Pacer` (also offered to the endpoint as :data:`PACER`, which charges the
   decoding and serving of frames to it); every frame, control frames included, costs at least a minimum;
-- reading pauses while a message waits for the application, while the inbox is full, and while outgoing
-  data is above the transport's high-water mark: a peer that sends pings and never reads the pongs stops
-  being read, instead of growing the hub's memory;
+- reading pauses while a message waits for the application (once more bytes arrived behind it), while the
+  inbox is full, and while outgoing data is above the transport's high-water mark: a peer that sends pings
+  and never reads the pongs stops being read, instead of growing the hub's memory;
 - closing never waits for the peer to drain: the close frame is written behind what is buffered, and the
   connection is aborted if the peer has not read it within the heartbeat timeout (``config.syncd_close_
   timeout_s``, set by ``syncd serve``; :data:`CLOSE_TIMEOUT_S_DEFAULT` otherwise) — the time after which
@@ -102,7 +102,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         self._inbox += data
         self._sync_reading()
-        self._schedule()
+        if self._turn_handle is None and self._may_parse() and self.pacer.delay() <= 0:
+            self._turn()  # the turn a call_soon would run next, without a trip through the loop's queue
+        else:
+            self._schedule()
 
     def _schedule(self) -> None:
         if self._turn_handle is not None or not self._may_parse():
@@ -138,13 +141,30 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._schedule()
 
     def _sync_reading(self) -> None:
-        """Read from the socket only while there is room for what it brings and the peer takes our data."""
+        """Read from the socket only while there is room for what it brings and the peer takes our data.
+
+        While a message waits for the application (``read_paused``) the socket is left open for one more
+        read and paused only once bytes wait in the inbox: a device that sends its next frame after the
+        answer (one op in flight) then costs no pause and resume (two ``epoll_ctl`` calls) per frame, and
+        what the hub holds unparsed stays bounded as before (the inbox, one read beyond it).
+        """
         if self.transport.is_closing():
             return
-        if self.read_paused or len(self._inbox) >= INBOX_LIMIT or not self.writable.is_set():
+        if (
+            (self.read_paused and self._inbox)
+            or len(self._inbox) >= INBOX_LIMIT
+            or not self.writable.is_set()
+        ):
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
+
+    def send_receive_event_to_app(self) -> None:
+        if not self.read_paused and not self.close_sent:
+            # uvicorn pauses the transport here, and resumes it as the application takes the message;
+            # _sync_reading pauses it instead if more bytes arrive meanwhile.
+            self.read_paused = True
+        super().send_receive_event_to_app()
 
     def handle_text(self, event: Any) -> None:
         """Refuse a text message at its first frame: the protocol is binary messages only (PROTOCOL.md §2).

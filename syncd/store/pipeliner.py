@@ -77,6 +77,8 @@ class Pipeliner:
         self._callers = 0  # execute() calls not answered yet: who shares Redis now
         self._running = 0  # flushers under way, counted synchronously (a done callback would come late)
         self._tasks: set[asyncio.Task[None]] = set()  # held here: the loop keeps only weak references
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the last call: asking asyncio for it costs a system call (getpid) each time."""
 
     async def execute(self, commands: Sequence[Command], *, tail: int = 0) -> list[Any]:
         """The replies to ``commands``, run in order: each a value or the exception its command raised.
@@ -85,7 +87,10 @@ class Pipeliner:
         WAIT after writes). Raises what stopped a pipeline (a lost connection: then any of the commands
         may or may not have run; those of later turns were not sent).
         """
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # the one loop every call of a hub comes from
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         caller = _Caller(commands, tail, future)
         # A short request (a device's op or few) goes first; a long one (a flood, a replay) joins the backlog.
         (self._fresh if len(commands) <= QUANTUM else self._backlog).append(caller)
@@ -102,7 +107,8 @@ class Pipeliner:
     def _start_flusher(self) -> None:
         if self._running < IN_FLIGHT and self._ready():
             self._running += 1
-            task = asyncio.create_task(self._flush(), name="syncd-pipeliner")
+            assert self._loop is not None  # set by execute(), the only caller
+            task = self._loop.create_task(self._flush(), name="syncd-pipeliner")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -46,6 +46,11 @@ class OpEnv:
     """How long a stock reservation without a ttl holds (the brand's clearing time, the default hold)."""
 
 
+NAMES_CACHED = 4096
+"""Entities per type whose key names :meth:`StoreType.keys` keeps (all are forgotten when it is full)."""
+_NAMES: dict[StoreType, dict[Any, tuple[str, tuple[str, ...], str]]] = {}
+
+
 class StoreType(abc.ABC):
     """One data type in Redis. Subclasses set :attr:`datatype` and :attr:`scripts`."""
 
@@ -61,8 +66,25 @@ class StoreType(abc.ABC):
 
     def keys(self, args: OpArgs, client_id: str) -> list[str]:
         """KEYS of an op script: dedup hash, the type's keys, then the topic's meta and stream."""
-        topic = self.topic(args)
-        return [dedup_key(topic_slot(topic), client_id), *self.keys_after_dedup(topic)]
+        slot, after, _ = self._names(args)
+        return [dedup_key(slot, client_id), *after]
+
+    def topic_name(self, args: OpArgs) -> str:
+        """``str(self.topic(args))``, as every op's ARGV takes it."""
+        return self._names(args)[2]
+
+    def _names(self, args: OpArgs) -> tuple[str, tuple[str, ...], str]:
+        """The slot, the keys after the dedup hash and the topic name of the entity ``args`` act on: built
+        once per entity (a flash sale's thousands of ops on one SKU, a device's on its cart), not per op."""
+        key = getattr(args, self.datatype.key_field)
+        cache = _NAMES.setdefault(self, {})
+        names = cache.get(key)
+        if names is None:
+            if len(cache) >= NAMES_CACHED:
+                cache.clear()
+            topic = self.topic(args)
+            names = cache[key] = (topic_slot(topic), tuple(self.keys_after_dedup(topic)), str(topic))
+        return names
 
     def keys_after_dedup(self, topic: TopicName) -> list[str]:
         """The type's keys in the topic's slot, then the topic's meta and stream."""

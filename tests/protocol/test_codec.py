@@ -252,6 +252,34 @@ def test_mutated_hub_frames_decode_or_raise_protocol_error_only(data: bytes) -> 
     decode_or_refuse(CLIENT, frames.SERVER_FRAMES, data)
 
 
+def walk_first(decoder: codec.FrameDecoder, data: bytes) -> frames.Frame:
+    """What decoding answers by the letter of §4.1: the structural walk, then msgspec (no quick path)."""
+    codec.check_structure(data, decoder.limits)
+    return decoder._decoder.decode(data)  # type: ignore[no-any-return]
+
+
+def answer(decode: Any, data: bytes) -> tuple[str, Any]:
+    try:
+        return "frame", codec.encode(decode(data))
+    except ProtocolError as exc:
+        return "refused", exc.code
+    except msgspec.MsgspecError:
+        return "refused", "msgspec"
+
+
+@FAST
+@given(mutated(strategies.client_frames))
+@example(codec.encode(frames.Op(seq=1, kind="k", args={"a": 1})) + b"\xc0")  # trailing byte
+@example(codec.encode(frames.Op(seq=1, kind="k", args={"a": [[[[[[[[1]]]]]]]]})))  # too deep
+def test_a_short_op_frame_is_answered_as_the_walk_would(data: bytes) -> None:
+    """The quick path (an ``op``/``ops`` frame of scalars decoded without the walk) never accepts what the
+    walk refuses: whatever it accepts, the walk-first decode accepts as the same frame."""
+    quick = HUB._quick(data) if len(data) <= HUB._quick_max else None
+    if quick is not None:
+        assert answer(lambda d: walk_first(HUB, d), data) == ("frame", codec.encode(quick))
+        assert codec.encode(quick) == data
+
+
 # --- every refusal, by hand --------------------------------------------------------------------------------
 
 TINY = codec.Limits(max_frame=64, max_depth=3, max_len=2, max_str=4, max_items=3)
