@@ -42,6 +42,9 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from protocol.errors import CloseCode
 from syncd.pacing import Pacer
@@ -150,6 +153,26 @@ class _Flag:
                 self._waiters.remove(waiter)
 
 
+def forget_request(conn: ServerProtocol) -> bool:
+    """Let go of the handshake's request that ``conn``'s parser holds for the connection's lifetime.
+
+    websockets' server parser reads the request into a local variable, then parses frames in the same
+    generator, so the request (its headers parsed into a dict and a list, ~2 KiB) lives as long as the
+    connection. Once the request is parsed and the parser waits for the first frame with nothing buffered,
+    a fresh frame parser is in exactly the same state: it replaces the old one. Otherwise (a frame already
+    under way) nothing changes. Returns whether the parser was replaced.
+    """
+    innermost: Any = conn.parser
+    while innermost.gi_yieldfrom is not None:
+        innermost = innermost.gi_yieldfrom
+    if innermost.gi_code is not StreamReader.at_eof.__code__ or conn.reader.buffer:
+        return False
+    parser = Protocol.parse(conn)
+    next(parser)  # runs to the same wait: for the first byte of a frame
+    conn.parser = parser
+    return True
+
+
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's protocol, paced (see the module docstring), with :data:`RAW_SEND` and :data:`PACER` in every
     websocket scope.
@@ -180,6 +203,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[RAW_SEND] = self.raw_send
         extensions[PACER] = self.pacer
+        forget_request(self.conn)
 
     # -- reading, in paced turns ----------------------------------------------------------------------------
 
