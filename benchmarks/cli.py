@@ -1,5 +1,5 @@
-"""``python -m benchmarks <workload> [--json] [--quick | --smoke] [--subs N,N] [--rounds N] [--out FILE]
-[--keep]``."""
+"""``python -m benchmarks <workload> [--json] [--quick | --smoke] [--subs N,N] [--conns N,N] [--rounds N]
+[--out FILE] [--keep]``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--subs",
         help="fanout and stockwatch: subscriber counts, comma-separated (fanout measures the first)",
     )
+    parser.add_argument(
+        "--conns",
+        help="conns: connection counts, comma-separated (the target applies to the first; e.g. 5000,20000)",
+    )
     parser.add_argument("--rounds", type=int, help="rounds per system, interleaved (default: the profile's)")
     parser.add_argument("--out", help="also append the JSON objects to this file")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (server logs)")
@@ -82,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.subs:
         counts = tuple(int(n) for n in args.subs.split(","))
         profile = dataclasses.replace(profile, fanout_subs=counts[0], watch_subs=counts)
+    if args.conns:
+        held = tuple(int(n) for n in args.conns.split(","))
+        profile = dataclasses.replace(profile, conns=held[0], conns_more=held[1:])
     if args.rounds:
         profile = dataclasses.replace(profile, rounds=args.rounds)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
@@ -110,6 +117,9 @@ def _human(result: Result) -> str:
         figures = {k: v for k, v in result[system].items() if k != "steps"}
         lines.append(f"  {system:6} {json.dumps(figures)}")
     lines.append(f"  ratios {json.dumps(result['ratios'])}")
+    for more in result.get("more", []):  # conns: the further counts
+        figures = {name: more[name]["kib_per_conn"] for name in shown if name in more}
+        lines.append(f"  at {more['connections']}: KiB per connection {json.dumps(figures)}")
     for target in result["targets"]:
         mark = "PASS" if target["pass"] else "FAIL"
         lines.append(

@@ -385,24 +385,28 @@ async def _conn_holder(
 ) -> dict[str, Any]:
     gate = asyncio.Semaphore(concurrency)
     failures: dict[str, int] = {}
+    clients: list[Client] = []
+    receivers: list[_Receiver] = []  # answer engine.io pings, drain pongs
+    # Pings start with the first connection: opening thousands takes longer than the hub's heartbeat timeout.
+    pinger = asyncio.create_task(_keepalive(clients))
 
-    async def open_one(cid: str, member: str) -> Client | None:
+    async def open_one(cid: str, member: str) -> None:
         # A refused or dropped handshake is retried like the SDK does: jittered exponential backoff.
         for attempt in range(CONNECT_ATTEMPTS):
             async with gate:
                 try:
-                    return await Client.open(dialect, url, cid, member)
+                    client = await Client.open(dialect, url, cid, member)
                 except Exception as exc:
                     code = getattr(getattr(exc, "rcvd", None), "code", None)
                     name = type(exc).__name__ + (f" {code}" if code else "")
                     failures[name] = failures.get(name, 0) + 1
+                else:
+                    clients.append(client)
+                    receivers.append(_Receiver(client))
+                    return
             await asyncio.sleep(random.uniform(0, 0.25 * 2**attempt))
-        return None
 
-    results = await asyncio.gather(*(open_one(cid, member) for cid, member in devices))
-    clients = [client for client in results if client is not None]
-    receivers = [_Receiver(client) for client in clients]  # answers engine.io pings, drains pongs
-    pinger = asyncio.create_task(_keepalive(clients))
+    await asyncio.gather(*(open_one(cid, member) for cid, member in devices))
     opened.put(len(clients))
     await _wait(stop, 0.05)
     closed = sum(1 for receiver in receivers if receiver.closed is not None)

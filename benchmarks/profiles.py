@@ -39,6 +39,9 @@ class Profile:
     sustain_p99_ms: float = 100.0
     """A fan-out step counts as sustained when every delivery arrived and their p99 is at most this."""
     conns: int = 5000
+    """``conns``: idle connections held; the target applies to this count."""
+    conns_more: tuple[int, ...] = ()
+    """``conns``: further counts, each measured on fresh servers and reported beside the first (no target)."""
     conns_procs: int = 4
     conns_settle_s: float = 3.0
     replay_ops: int = 10_000

@@ -42,6 +42,9 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from protocol.errors import CloseCode
 from syncd.pacing import Pacer
@@ -73,9 +76,111 @@ def frame_header(length: int) -> bytes:
     return b"\x82\x7f" + length.to_bytes(8, "big")
 
 
+class _Inbox:
+    """What uvicorn's ``asyncio.Queue`` of ASGI messages does for its one reader, in a list and one future.
+
+    An ``asyncio.Queue`` is three deques and an ``asyncio.Event`` (a fourth): about 3 KiB per connection,
+    held by every idle one (benchmarks `conns`). The queue never holds more than a message and a disconnect
+    (reading pauses while a message waits), so a list is all it needs.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("the websocket's messages have one reader at a time")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class _Flag:
+    """``asyncio.Event``'s ``set``/``clear``/``is_set``/``wait``, with its list of waiters made only when
+    someone waits (the event's deque is another ~760 bytes per idle connection)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            waiters, self._waiters = self._waiters, None
+            for waiter in waiters or ():
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+def forget_request(conn: ServerProtocol) -> bool:
+    """Let go of the handshake's request that ``conn``'s parser holds for the connection's lifetime.
+
+    websockets' server parser reads the request into a local variable, then parses frames in the same
+    generator, so the request (its headers parsed into a dict and a list, ~2 KiB) lives as long as the
+    connection. Once the request is parsed and the parser waits for the first frame with nothing buffered,
+    a fresh frame parser is in exactly the same state: it replaces the old one. Otherwise (a frame already
+    under way) nothing changes. Returns whether the parser was replaced.
+    """
+    innermost: Any = conn.parser
+    while innermost.gi_yieldfrom is not None:
+        innermost = innermost.gi_yieldfrom
+    if innermost.gi_code is not StreamReader.at_eof.__code__ or conn.reader.buffer:
+        return False
+    parser = Protocol.parse(conn)
+    next(parser)  # runs to the same wait: for the first byte of a frame
+    conn.parser = parser
+    return True
+
+
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's protocol, paced (see the module docstring), with :data:`RAW_SEND` and :data:`PACER` in every
-    websocket scope."""
+    websocket scope.
+
+    Memory per idle connection (benchmarks `conns`): uvicorn's ``asyncio.Queue`` and ``asyncio.Event`` are
+    replaced by :class:`_Inbox` and :class:`_Flag`, and the handshake's request and response (their headers
+    parsed into dicts and lists) are dropped once the handshake is answered.
+    """
 
     def __init__(
         self,
@@ -85,6 +190,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
         self.pacer = Pacer()
         self._inbox = bytearray()
         self._turn_handle: asyncio.Handle | None = None
@@ -96,6 +203,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[RAW_SEND] = self.raw_send
         extensions[PACER] = self.pacer
+        forget_request(self.conn)
 
     # -- reading, in paced turns ----------------------------------------------------------------------------
 
@@ -228,6 +336,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self._close_now(message.get("code", CloseCode.NORMAL), message.get("reason") or "")
             return
         await super().send(message)
+        if message["type"] == "websocket.accept":  # answered: uvicorn reads neither again
+            self.request = self.response = None  # type: ignore[assignment]
 
     def _close_now(self, code: int, reason: str) -> None:
         """uvicorn's close, without first waiting for the transport to drain (it may never): the close frame

@@ -16,10 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_smoke(workload: str) -> list[str]:
+def run_smoke(workload: str, *extra: str) -> list[str]:
     """``python -m benchmarks <workload> --smoke --json``: its non-empty output lines, once it exited 0."""
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", workload, "--smoke", "--json"],
+        [sys.executable, "-m", "benchmarks", workload, "--smoke", "--json", *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -54,6 +54,23 @@ def test_sync_smoke_reports_every_system_ratio_and_target() -> None:
     for target in result["targets"]:
         assert set(target) == {"target", "value", "op", "limit", "pass"}
         assert isinstance(target["pass"], bool)
+    assert result["pass"] == all(target["pass"] for target in result["targets"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_conns_smoke_reports_every_count_asked_for() -> None:
+    result = json.loads(run_smoke("conns", "--conns", "40,60")[-1])
+    assert result["workload"] == "conns"
+    assert result["params"]["connections"] == 40
+    assert result["params"]["more"] == [60]
+    assert [more["connections"] for more in result["more"]] == [60]
+    for figures in (result, result["more"][0]):
+        for system in ("syncd", "floor", "peer"):
+            assert set(figures[system]) >= {"connections", "rss_base_kib", "rss_kib", "kib_per_conn"}
+        assert set(figures["ratios"]) == {"vs_floor", "vs_peer"}
+    for target in result["targets"]:
+        assert set(target) == {"target", "value", "op", "limit", "pass"}
     assert result["pass"] == all(target["pass"] for target in result["targets"])
 
 
